@@ -1,0 +1,49 @@
+# mpipar -- `make demo` and `make test` work on a fresh clone: they create .venv on first use.
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+MPIEXEC ?= $(VENV)/bin/mpirun
+NP      ?= 4
+# outer guard for each MPI run, in seconds; pytest-timeout guards each test inside it
+MPI_TIMEOUT ?= 900
+
+# one BLAS thread per rank in everything that launches ranks
+export OMP_NUM_THREADS=1
+export OPENBLAS_NUM_THREADS=1
+export MKL_NUM_THREADS=1
+
+PYTEST_MPI = -m mpi4py -m pytest --with-mpi -m mpi -q -p no:cacheprovider \
+             --timeout=300 --timeout-method=thread
+
+.PHONY: install demo test test-serial test-mpi lessons bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: install
+	$(MPIEXEC) -n $(NP) $(PY) -m mpi4py -m mpipar.demo $(ARGS)
+
+test: test-serial test-mpi lessons
+
+test-serial: install
+	$(PY) -m pytest -q -p no:cacheprovider -m "not mpi" tests
+
+test-mpi: install
+	@for n in 1 2 3 4; do \
+	  echo "== MPI tests on $$n rank(s)"; \
+	  timeout $(MPI_TIMEOUT) $(MPIEXEC) -n $$n $(PY) $(PYTEST_MPI) tests || exit 1; \
+	done
+
+lessons: install
+	$(PY) -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=300 lessons
+
+bench: install
+	$(MPIEXEC) -n $(NP) $(PY) -m mpi4py -m mpipar.bench collectives --json bench-collectives-p$(NP).json
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

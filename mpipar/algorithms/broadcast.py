@@ -1,0 +1,69 @@
+"""Broadcast algorithms: root's buffer to every rank, in place.
+
+Costs for n bytes on p ranks (Thakur, Rabenseifner & Gropp 2005, sec. 3;
+alpha = latency per message, beta = seconds per byte):
+
+    naive               (p-1)(alpha + n beta)            root sends p-1 copies
+    binomial            ceil(lg p)(alpha + n beta)       copies double each round
+    scatter_allgather   (ceil(lg p) + p-1) alpha + 2 (p-1)/p n beta
+                        (van de Geijn: binomial scatter, then ring allgather)
+
+Every rank ends with identical bits because broadcast only copies: no
+arithmetic touches the data.
+"""
+from .allgather import ring_blocks
+from .blocks import split_offsets
+
+
+def naive(ch, buf, root):
+    """Linear broadcast: the root sends the whole buffer to each rank in turn."""
+    ch.step()
+    if ch.rank == root:
+        for r in range(ch.size):
+            if r != root:
+                ch.send(buf, r)
+    else:
+        ch.recv(buf, root)
+    return buf
+
+
+def binomial(ch, buf, root):
+    """Binomial tree: in round k, every rank that has the data sends it 2^k ranks on.
+
+    Ranks are renumbered relative to the root (v = rank - root mod p). A rank
+    with v < 2^k holds the data after round k and sends it to v + 2^k.
+    """
+    p, v = ch.size, (ch.rank - root) % ch.size
+    mask = 1
+    while mask < p:
+        ch.step()
+        if v < mask and v + mask < p:
+            ch.send(buf, (v + mask + root) % p)
+        elif mask <= v < 2 * mask:
+            ch.recv(buf, (v - mask + root) % p)
+        mask <<= 1
+    return buf
+
+
+def scatter_allgather(ch, buf, root):
+    """Van de Geijn's long-message broadcast: scatter p blocks, then allgather them.
+
+    Scatter: the range of blocks a rank is responsible for is halved each round;
+    the rank at the low end keeps the lower part and sends the upper part to the
+    rank at its start. After ceil(lg p) rounds relative rank v holds block v.
+    Allgather: the ring algorithm over relative ranks.
+    """
+    p, v = ch.size, (ch.rank - root) % ch.size
+    offsets = split_offsets(buf.size, p)
+    real = lambda w: (w + root) % p  # noqa: E731  relative -> real rank
+    lo, hi = 0, p
+    while hi - lo > 1:
+        ch.step()
+        mid = lo + (hi - lo + 1) // 2
+        part = buf[offsets[mid]:offsets[hi]]
+        if v == lo:
+            ch.send(part, real(mid))
+        elif v == mid:
+            ch.recv(part, real(lo))
+        lo, hi = (lo, mid) if v < mid else (mid, hi)
+    return ring_blocks(ch, buf, offsets, v, real)

@@ -1,0 +1,80 @@
+"""Point-to-point messages with a tally: the only way the algorithms talk.
+
+A :class:`Channel` wraps a communicator for the duration of one collective call.
+It sends NumPy buffers as raw bytes (``[array, MPI.BYTE]``), so every dtype --
+float16 and bfloat16 included, which MPI has no type for -- travels the same
+way and nothing is pickled. It counts the bytes and messages this rank sends and
+the communication rounds ("steps") of the algorithm, and can keep a trace of
+``(step, source, dest, nbytes)`` for the lessons' who-sends-what pictures.
+
+All messages use one tag, :data:`TAG`. MPI never lets two messages between the
+same pair of ranks on the same communicator and tag overtake each other, and
+every rank runs the collectives in the same order, so consecutive collectives
+cannot steal each other's messages.
+"""
+from mpi4py import MPI
+import numpy as np
+
+TAG = 0x6D70  # "mp"
+
+
+def _wire(buf):
+    """The buffer spec mpi4py needs: the array's bytes, no datatype conversion."""
+    if not buf.flags.c_contiguous:
+        raise ValueError("internal error: message buffers must be contiguous")
+    return [buf, MPI.BYTE] if buf.nbytes else [np.empty(0, np.uint8), MPI.BYTE]
+
+
+class Channel:
+    """Counting send/recv on ``comm`` for one collective call."""
+
+    def __init__(self, comm, trace=False):
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self.bytes_sent = 0
+        self.messages = 0
+        self.steps = 0
+        self.trace = [] if trace else None
+
+    def step(self):
+        """Mark the start of a new communication round of the algorithm."""
+        self.steps += 1
+
+    def _count(self, buf, dest):
+        self.bytes_sent += buf.nbytes
+        self.messages += 1
+        if self.trace is not None:
+            self.trace.append((self.steps, self.rank, int(dest), int(buf.nbytes)))
+
+    def send(self, buf, dest):
+        self._count(buf, dest)
+        self.comm.Send(_wire(buf), dest=dest, tag=TAG)
+
+    def recv(self, buf, source):
+        self.comm.Recv(_wire(buf), source=source, tag=TAG)
+
+    def sendrecv(self, sendbuf, dest, recvbuf, source):
+        """Send to ``dest`` and receive from ``source`` at once (no deadlock in rings)."""
+        self._count(sendbuf, dest)
+        self.comm.Sendrecv(_wire(sendbuf), dest=dest, sendtag=TAG,
+                           recvbuf=_wire(recvbuf), source=source, recvtag=TAG)
+
+    def isend(self, buf, dest):
+        self._count(buf, dest)
+        return self.comm.Isend(_wire(buf), dest=dest, tag=TAG)
+
+    def irecv(self, buf, source):
+        return self.comm.Irecv(_wire(buf), source=source, tag=TAG)
+
+    @staticmethod
+    def waitall(requests):
+        MPI.Request.Waitall(requests)
+
+
+def quiet_wait(request, interval=2e-4):
+    """Wait for a non-blocking request while sleeping, so an idle rank leaves its
+    core to the ranks that are measuring (blocking MPI waits spin)."""
+    import time
+    while not request.Test():
+        time.sleep(interval)

@@ -1,0 +1,124 @@
+"""Reduce-scatter algorithms: rank r gets block r of the elementwise reduction.
+
+``x`` is this rank's whole input (a private copy the algorithm may overwrite);
+block j is ``x[offsets[j]:offsets[j+1]]``. Costs for an n-byte input on p ranks
+(Thakur, Rabenseifner & Gropp 2005, sec. 4.3; gamma = seconds per byte reduced):
+
+    naive               reduce all of x at rank 0 ((p-1)(alpha + n beta + n gamma)),
+                        then send block r to rank r ((p-1) alpha + (p-1)/p n beta)
+    ring                (p-1) alpha + (p-1)/p n beta + (p-1)/p n gamma
+    recursive_halving   lg p alpha + (p-1)/p n (beta + gamma)   (p a power of two;
+                        otherwise fold ranks q..p-1 in first: + alpha + n (beta + gamma),
+                        and send their block out last: + alpha + n/p beta)
+
+Floating-point sums are reduced in a different order by each algorithm, so they
+differ in the last bits; every order satisfies |computed - exact| <= (p-1) u sum|x_i|
+(Higham 2002, eq. 4.4, to first order in the unit roundoff u).
+"""
+import numpy as np
+
+from .blocks import Fold, block, combine, span
+
+
+def naive(ch, x, offsets, op):
+    """Rank 0 receives every input, reduces them in rank order, and sends each block out."""
+    p, rank = ch.size, ch.rank
+    ch.step()
+    if rank == 0:
+        incoming = np.empty_like(x)
+        for r in range(1, p):
+            ch.recv(incoming, r)
+            combine(op, x, incoming, out=x)  # ((x0 + x1) + x2) + ...
+    else:
+        ch.send(x, 0)
+    ch.step()
+    if rank == 0:
+        for r in range(1, p):
+            ch.send(block(x, offsets, r), r)
+        return block(x, offsets, 0).copy()
+    out = np.empty_like(block(x, offsets, rank))
+    ch.recv(out, 0)
+    return out
+
+
+def ring_blocks(ch, x, offsets, op):
+    """Ring reduce-scatter, leaving block r reduced in place in ``x`` on rank r.
+
+    In step s rank r sends its partial sum of block (r-s-1) mod p to the right and
+    adds the left neighbour's partial sum of block (r-s-2) mod p to its own data.
+    Block b starts at rank b+1 and travels once round the ring, ending at rank b.
+    """
+    p, rank = ch.size, ch.rank
+    right, left = (rank + 1) % p, (rank - 1) % p
+    incoming = np.empty(max(offsets[j + 1] - offsets[j] for j in range(p)), x.dtype)
+    for s in range(p - 1):
+        ch.step()
+        send_b, recv_b = (rank - s - 1) % p, (rank - s - 2) % p
+        mine = block(x, offsets, recv_b)
+        part = incoming[:mine.size]
+        ch.sendrecv(block(x, offsets, send_b), right, part, left)
+        combine(op, part, mine, out=mine)  # partial from earlier ranks of the ring, then ours
+    return x
+
+
+def ring(ch, x, offsets, op):
+    """Ring reduce-scatter: p-1 steps, each rank sends (p-1)/p of its input."""
+    return block(ring_blocks(ch, x, offsets, op), offsets, ch.rank).copy()
+
+
+def halving_slots(ch, slotbuf, slot_offsets, q, op):
+    """Recursive halving among ranks 0..q-1 (q a power of two) on a slot-ordered buffer.
+
+    With distance d = q/2, q/4, ..., 1, rank i keeps the half of its current slot
+    range that contains slot i, sends the other half to rank i XOR d and adds
+    what that rank sends back. After lg q steps rank i holds slot i reduced.
+    """
+    i, lo, hi = ch.rank, 0, q
+    d = q >> 1
+    incoming = np.empty_like(slotbuf)
+    while d:
+        ch.step()
+        mid = lo + d
+        keep, give = ((lo, mid), (mid, hi)) if i < mid else ((mid, hi), (lo, mid))
+        mine = span(slotbuf, slot_offsets, *keep)
+        theirs = incoming[:mine.size]
+        ch.sendrecv(span(slotbuf, slot_offsets, *give), i ^ d, theirs, i ^ d)
+        left, right = (mine, theirs) if i < (i ^ d) else (theirs, mine)
+        combine(op, left, right, out=mine)
+        lo, hi = keep
+        d >>= 1
+    return slotbuf
+
+
+def fold_in(ch, fold, x, op):
+    """Extras send their whole input to rank - q, which adds it (lower rank first)."""
+    rank = ch.rank
+    if fold.q == fold.p:
+        return
+    ch.step()
+    if fold.is_extra(rank):
+        ch.send(x, fold.partner(rank))
+    elif fold.partner(rank) is not None:
+        incoming = np.empty_like(x)
+        ch.recv(incoming, fold.partner(rank))
+        combine(op, x, incoming, out=x)
+
+
+def recursive_halving(ch, x, offsets, op):
+    """Recursive halving; for p not a power of two, fold the extra ranks in, then out."""
+    fold, rank = Fold(ch.size, offsets), ch.rank
+    fold_in(ch, fold, x, op)
+    out = np.empty_like(block(x, offsets, rank))
+    if fold.is_extra(rank):
+        ch.steps += fold.q.bit_length() - 1
+    else:
+        slots = halving_slots(ch, fold.to_slots(x), fold.slot_offsets, fold.q, op)
+        mine = block(slots, fold.slot_offsets, rank)  # block rank, then block rank+q
+        out[...] = mine[:out.size]
+    if fold.q < fold.p:
+        ch.step()  # fold out: the partner sends the extra its block
+    if fold.is_extra(rank):
+        ch.recv(out, fold.partner(rank))
+    elif fold.partner(rank) is not None:
+        ch.send(mine[out.size:], fold.partner(rank))
+    return out

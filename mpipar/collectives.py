@@ -1,0 +1,208 @@
+"""Hand-written collectives on point-to-point MPI, each call recorded in the ledger.
+
+    allreduce(comm, x, op="sum", algorithm="auto")        -> reduction of every rank's x
+    allgather(comm, x, axis=0, algorithm="auto")          -> every rank's x, concatenated
+    reduce_scatter(comm, x, axis=0, op="sum", algorithm="auto") -> block r of the reduction
+    broadcast(comm, x, root=0, algorithm="auto")          -> root's x
+
+The algorithms live in ``mpipar.algorithms`` (one file per collective, with cost
+formulas and the reason every rank ends with identical bits). ``algorithm="mpi"``
+calls the MPI library's own collective for side-by-side comparison; ``"auto"``
+picks the hand-written algorithm the default :class:`CostModel` predicts fastest
+for this p and message size, as MPI libraries do with their thresholds.
+
+Before any data moves, every rank's arguments are compared (``check=True``, one
+small control message): a bad or mismatched call raises the same ``ValueError``
+on every rank instead of deadlocking. ``check=False`` skips that message and only
+checks locally -- for benchmarks of the bare algorithm.
+
+dtypes: float16, float32, float64, int32, int64, bfloat16 (``ml_dtypes``). Data
+travels as raw bytes; 16-bit floats are reduced in float32 (see ``combine``).
+MPI has no 16-bit float reduction, so ``"mpi"`` reduces them as float32 and
+rounds once: it moves twice the bytes.
+"""
+import time
+
+from mpi4py import MPI
+import numpy as np
+
+from . import ledger
+from .algorithms import allgather as _ag, allreduce as _ar, broadcast as _bc, reduce_scatter as _rs
+from .algorithms.blocks import BFLOAT16, OPS, split_offsets
+from .algorithms.channel import Channel
+from .cost_model import ALGORITHMS, CostModel
+
+DTYPES = [np.dtype(t) for t in ("float16", "float32", "float64", "int32", "int64")] + [BFLOAT16]
+MPI_OPS = {"sum": MPI.SUM, "prod": MPI.PROD, "max": MPI.MAX, "min": MPI.MIN}
+_AUTO_MODEL = CostModel()
+
+__all__ = ["allreduce", "allgather", "reduce_scatter", "broadcast", "ALGORITHMS", "DTYPES"]
+
+
+def allreduce(comm, x, op="sum", algorithm="auto", *, check=True):
+    """Elementwise reduction of every rank's ``x``; a new array, bitwise equal on all ranks."""
+    x = np.asarray(x)
+    problem = _local_problems("allreduce", algorithm, x, op=op)
+    _agree(comm, "allreduce", problem, check, algorithm=algorithm, op=op,
+           dtype=x.dtype.str, shape=x.shape)
+    alg = _resolve("allreduce", algorithm, comm.Get_size(), x.nbytes)
+    work = np.array(x, order="C", copy=True).reshape(-1)
+    if alg == "mpi":
+        fn = lambda ch: _mpi_reduce(comm, work, op, None)  # noqa: E731
+    else:
+        fn = lambda ch: getattr(_ar, alg)(ch, work, op)  # noqa: E731
+    return _run(comm, "allreduce", alg, algorithm, x, x.nbytes, fn).reshape(x.shape)
+
+
+def allgather(comm, x, axis=0, algorithm="auto", *, check=True):
+    """Concatenation of every rank's ``x`` along ``axis`` in rank order; lengths may differ."""
+    x = np.asarray(x)
+    problem = _local_problems("allgather", algorithm, x, axis=axis)
+    ax = axis % x.ndim if x.ndim and not problem else 0
+    rest = tuple(s for i, s in enumerate(x.shape) if i != ax)
+    sigs = _agree(comm, "allgather", problem, check, algorithm=algorithm, dtype=x.dtype.str,
+                  axis=axis, other_dims=rest, info=x.shape[ax] if x.ndim else 0)
+    p, rank = comm.Get_size(), comm.Get_rank()
+    if sigs is None:  # unchecked: the lengths still have to be exchanged
+        lengths = np.zeros(p, np.int64)
+        comm.Allgather(np.array([x.shape[ax]], np.int64), lengths)
+    else:
+        lengths = np.array(sigs, np.int64)
+    row = int(np.prod(rest, dtype=np.int64))
+    offsets = [0] + list(np.cumsum(lengths * row))
+    total = np.empty(offsets[-1], x.dtype)
+    total[offsets[rank]:offsets[rank + 1]] = np.moveaxis(x, ax, 0).reshape(-1)
+    alg = _resolve("allgather", algorithm, p, total.nbytes)
+    if alg == "mpi":
+        fn = lambda ch: _mpi_allgather(comm, total, offsets)  # noqa: E731
+    else:
+        fn = lambda ch: getattr(_ag, alg)(ch, total, offsets)  # noqa: E731
+    out = _run(comm, "allgather", alg, algorithm, x, total.nbytes, fn)
+    return np.moveaxis(out.reshape((int(lengths.sum()),) + rest), 0, ax)
+
+
+def reduce_scatter(comm, x, axis=0, op="sum", algorithm="auto", *, check=True):
+    """Block ``rank`` (as ``np.array_split(x, p, axis)`` cuts it) of the reduction of all x."""
+    x = np.asarray(x)
+    problem = _local_problems("reduce_scatter", algorithm, x, op=op, axis=axis)
+    _agree(comm, "reduce_scatter", problem, check, algorithm=algorithm, op=op,
+           dtype=x.dtype.str, shape=x.shape, axis=axis)
+    p, rank, ax = comm.Get_size(), comm.Get_rank(), axis % x.ndim
+    moved = np.moveaxis(x, ax, 0)
+    row = int(np.prod(moved.shape[1:], dtype=np.int64))
+    offsets = [row * o for o in split_offsets(moved.shape[0], p)]
+    work = np.array(moved, order="C", copy=True).reshape(-1)
+    alg = _resolve("reduce_scatter", algorithm, p, x.nbytes)
+    if alg == "mpi":
+        fn = lambda ch: _mpi_reduce(comm, work, op, offsets)  # noqa: E731
+    else:
+        fn = lambda ch: getattr(_rs, alg)(ch, work, offsets, op)  # noqa: E731
+    mine = _run(comm, "reduce_scatter", alg, algorithm, x, x.nbytes, fn)
+    return np.moveaxis(mine.reshape((-1,) + moved.shape[1:]), 0, ax)
+
+
+def broadcast(comm, x, root=0, algorithm="auto", *, check=True):
+    """Root's ``x`` on every rank; every rank passes an array of the same shape and dtype."""
+    x = np.asarray(x)
+    problem = _local_problems("broadcast", algorithm, x, root=root, p=comm.Get_size())
+    _agree(comm, "broadcast", problem, check, algorithm=algorithm, root=root,
+           dtype=x.dtype.str, shape=x.shape)
+    alg = _resolve("broadcast", algorithm, comm.Get_size(), x.nbytes)
+    work = np.array(x, order="C", copy=True).reshape(-1)
+    if alg == "mpi":
+        fn = lambda ch: (comm.Bcast([work, MPI.BYTE], root=root), work)[1]  # noqa: E731
+    else:
+        fn = lambda ch: getattr(_bc, alg)(ch, work, root)  # noqa: E731
+    return _run(comm, "broadcast", alg, algorithm, x, x.nbytes, fn).reshape(x.shape)
+
+
+# --- checking -------------------------------------------------------------------------------
+
+def _local_problems(name, algorithm, x, op="sum", axis=None, root=None, p=None):
+    """What is wrong with this rank's arguments on their own, as a message, or None."""
+    if algorithm not in ALGORITHMS[name] + ("mpi", "auto"):
+        return (f"unknown algorithm {algorithm!r} for {name}; choose from "
+                f"{', '.join(ALGORITHMS[name] + ('mpi', 'auto'))}")
+    if op not in OPS:
+        return f"unknown op {op!r}; choose from {', '.join(OPS)}"
+    if x.dtype not in DTYPES:
+        return f"dtype {x.dtype} is not supported; use one of {', '.join(map(str, DTYPES))}"
+    if axis is not None and not (x.ndim and -x.ndim <= axis < x.ndim):
+        return f"axis {axis} is out of range for an array of shape {x.shape}"
+    if root is not None and not (isinstance(root, (int, np.integer)) and 0 <= root < p):
+        return f"root {root!r} is out of range for a communicator of {p} ranks"
+    return None
+
+
+def _agree(comm, name, problem, check, info=None, **fields):
+    """Raise the same ValueError on every rank if any rank's call is bad or differs.
+
+    With ``check`` every rank's (problem, fields, info) is gathered -- small
+    control data, so the pickling ``allgather`` -- and every rank runs the same
+    test on the same table. ``fields`` must agree; ``info`` may differ (allgather's
+    lengths). Returns every rank's ``info`` (None without ``check``).
+    """
+    if not check:
+        if problem:
+            raise ValueError(f"{name}: {problem}")
+        return None
+    table = comm.allgather((problem, fields, info))
+    for r, (prob, _, _) in enumerate(table):
+        if prob:
+            raise ValueError(f"{name}: rank {r}: {prob}")
+    for key in fields:
+        values = [f[key] for _, f, _ in table]
+        if any(v != values[0] for v in values):
+            seen = ", ".join(f"rank {r}: {v}" for r, v in enumerate(values))
+            raise ValueError(f"{name}: ranks disagree on {key} ({seen})")
+    return [i for _, _, i in table]
+
+
+def _resolve(name, algorithm, p, nbytes):
+    return _AUTO_MODEL.best(name, p, nbytes) if algorithm == "auto" else algorithm
+
+
+# --- running and recording ------------------------------------------------------------------
+
+def _run(comm, name, alg, requested, x, payload, fn):
+    """Run one algorithm; if a ledger is open, time it and record what it sent."""
+    if not ledger.recording():
+        return fn(Channel(comm))
+    ch = Channel(comm, trace=ledger.tracing())
+    t0 = time.perf_counter()
+    out = fn(ch)
+    seconds = time.perf_counter() - t0
+    library = alg == "mpi"
+    ledger.record(dict(
+        op=name, algorithm=alg, requested=requested, dtype=str(x.dtype), count=int(x.size),
+        nbytes=int(payload), world_size=ch.size, rank=ch.rank,
+        bytes_sent=None if library else ch.bytes_sent,
+        messages=None if library else ch.messages,
+        steps=None if library else ch.steps, seconds=seconds, trace=ch.trace))
+    return out
+
+
+def _wide(work):
+    """MPI cannot reduce 16-bit floats: widen them to float32."""
+    return work.astype(np.float32) if work.dtype in (BFLOAT16, np.float16) else work
+
+
+def _mpi_reduce(comm, work, op, offsets):
+    """The library's Allreduce (offsets None) or Reduce_scatter (block sizes from offsets)."""
+    wide = _wide(work)
+    if offsets is None:
+        comm.Allreduce(MPI.IN_PLACE, wide, op=MPI_OPS[op])
+        return wide.astype(work.dtype) if wide is not work else wide
+    counts = [offsets[j + 1] - offsets[j] for j in range(comm.Get_size())]
+    mine = np.empty(counts[comm.Get_rank()], wide.dtype)
+    comm.Reduce_scatter(wide, mine, recvcounts=counts, op=MPI_OPS[op])
+    return mine.astype(work.dtype)
+
+
+def _mpi_allgather(comm, total, offsets):
+    size = total.dtype.itemsize
+    counts = [size * (offsets[j + 1] - offsets[j]) for j in range(comm.Get_size())]
+    displs = [size * o for o in offsets[:-1]]
+    mine = total[offsets[comm.Get_rank()]:offsets[comm.Get_rank() + 1]].copy()
+    comm.Allgatherv([mine, MPI.BYTE], [total, (counts, displs), MPI.BYTE])
+    return total

@@ -1,0 +1,118 @@
+"""CommLedger: what every collective cost on this rank, next to what the model predicted.
+
+    with CommLedger() as led:
+        y = allreduce(comm, x, algorithm="ring")
+    print0(comm, led.summary())
+    led.to_dict()["records"][0]["bytes_sent"]
+
+Ledgers nest: a call is recorded in every ledger open on the rank. Each ledger
+predicts with its own :class:`CostModel` (the default constants unless you pass
+``CostModel.calibrate(comm)``). Recording costs one clock read around the call
+and one dict per call, cheap enough to leave on.
+"""
+import time
+
+from .cost_model import CostModel
+
+__all__ = ["CommLedger", "CostModel"]
+
+_OPEN = []  # the ledgers open on this rank, innermost last
+
+
+def recording():
+    """True while at least one ledger is open (collectives skip the clock otherwise)."""
+    return bool(_OPEN)
+
+
+def tracing():
+    """True if an open ledger asked for per-message traces."""
+    return any(led.trace for led in _OPEN)
+
+
+def record(entry):
+    """Add one collective call's entry to every open ledger."""
+    for led in _OPEN:
+        led._add(dict(entry))
+
+
+class CommLedger:
+    """Records every collective this rank calls while the ledger is open."""
+
+    def __init__(self, model=None, trace=False):
+        self.model = model or CostModel()
+        self.trace = trace  #: keep (step, source, dest, nbytes) for every message
+        self.records = []
+        self.wall_seconds = 0.0
+        self._t0 = None
+
+    def __enter__(self):
+        _OPEN.append(self)
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall_seconds += time.perf_counter() - self._t0
+        _OPEN.remove(self)
+        return False
+
+    def _add(self, entry):
+        op, alg, p, n = entry["op"], entry["algorithm"], entry["world_size"], entry["nbytes"]
+        entry["predicted_seconds"] = self.model.predict(op, alg, p, n)
+        entry["lower_bound_seconds"] = self.model.lower_bound(op, p, n)
+        if not self.trace:
+            entry.pop("trace", None)
+        self.records.append(entry)
+
+    def clear(self):
+        self.records.clear()
+
+    def to_dict(self):
+        """JSON-ready: the records, the model they were predicted with, the open time."""
+        return {"records": list(self.records), "model": self.model.to_dict(),
+                "wall_seconds": self.wall_seconds}
+
+    def totals(self):
+        """Per (op, algorithm): calls, nbytes, bytes_sent, messages, seconds, predicted."""
+        groups = {}
+        for r in self.records:
+            g = groups.setdefault((r["op"], r["algorithm"]), dict(
+                calls=0, nbytes=0, bytes_sent=0, messages=0, seconds=0.0, predicted_seconds=0.0))
+            g["calls"] += 1
+            for key in ("nbytes", "bytes_sent", "messages", "seconds", "predicted_seconds"):
+                g[key] += r[key] or 0  # the MPI library's own calls report no bytes_sent
+        return groups
+
+    def summary(self):
+        """A table grouped by op and algorithm, with totals and each group's share of time."""
+        groups = self.totals()
+        comm_s = sum(g["seconds"] for g in groups.values())
+        wall = self.wall_seconds or (time.perf_counter() - self._t0 if self._t0 else 0.0)
+        head = (f"{'op':<15}{'algorithm':<20}{'calls':>6}{'payload':>11}{'sent':>11}"
+                f"{'msgs':>7}{'seconds':>11}{'predicted':>11}{'% comm':>8}")
+        lines = [head, "-" * len(head)]
+        total = dict(calls=0, nbytes=0, bytes_sent=0, messages=0, seconds=0.0, predicted_seconds=0.0)
+        for (op, alg), g in sorted(groups.items()):
+            lines.append(_row(op, alg, g, comm_s))
+            for key in total:
+                total[key] += g[key]
+        lines.append("-" * len(head))
+        lines.append(_row("total", "", total, comm_s))
+        if wall > 0:
+            lines.append(f"communication took {comm_s:.4g} s of the {wall:.4g} s the ledger was "
+                         f"open ({100 * comm_s / wall:.1f}%); predictions: {self.model.source} model")
+        return "\n".join(lines)
+
+
+def _row(op, alg, g, comm_s):
+    share = 100 * g["seconds"] / comm_s if comm_s else 0.0
+    return (f"{op:<15}{alg:<20}{g['calls']:>6}{format_bytes(g['nbytes']):>11}"
+            f"{format_bytes(g['bytes_sent']):>11}{g['messages']:>7}{g['seconds']:>11.3g}"
+            f"{g['predicted_seconds']:>11.3g}{share:>7.1f}%")
+
+
+def format_bytes(n):
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
