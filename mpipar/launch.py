@@ -31,12 +31,13 @@ ONE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_N
 
 @dataclass
 class Job:
-    """What a finished job left: rank 0's JSON (or None), the output, the wall time."""
+    """What a finished job left: rank 0's JSON (or None), the output, the exit status, the time."""
     data: object
     stdout: str
     stderr: str
     seconds: float
     command: list
+    returncode: int
 
 
 def mpiexec():
@@ -94,7 +95,7 @@ def run(target, n, args=(), timeout=300, check=True):
         if os.path.exists(result):
             with open(result) as f:
                 data = json.load(f)
-        return Job(data, proc.stdout, proc.stderr, seconds, cmd)
+        return Job(data, proc.stdout, proc.stderr, seconds, cmd, proc.returncode)
 
 
 def _text(b):

@@ -79,7 +79,10 @@ class CommLedger:
                 calls=0, nbytes=0, bytes_sent=0, messages=0, seconds=0.0, predicted_seconds=0.0))
             g["calls"] += 1
             for key in ("nbytes", "bytes_sent", "messages", "seconds", "predicted_seconds"):
-                g[key] += r[key] or 0  # the MPI library's own calls report no bytes_sent
+                if r[key] is None or g[key] is None:
+                    g[key] = None  # the MPI library does not tell what its own calls sent
+                else:
+                    g[key] += r[key]
         return groups
 
     def summary(self):
@@ -94,7 +97,7 @@ class CommLedger:
         for (op, alg), g in sorted(groups.items()):
             lines.append(_row(op, alg, g, comm_s))
             for key in total:
-                total[key] += g[key]
+                total[key] += g[key] or 0
         lines.append("-" * len(head))
         lines.append(_row("total", "", total, comm_s))
         if wall > 0:
@@ -105,8 +108,10 @@ class CommLedger:
 
 def _row(op, alg, g, comm_s):
     share = 100 * g["seconds"] / comm_s if comm_s else 0.0
+    sent = "-" if g["bytes_sent"] is None else format_bytes(g["bytes_sent"])
+    msgs = "-" if g["messages"] is None else g["messages"]
     return (f"{op:<15}{alg:<20}{g['calls']:>6}{format_bytes(g['nbytes']):>11}"
-            f"{format_bytes(g['bytes_sent']):>11}{g['messages']:>7}{g['seconds']:>11.3g}"
+            f"{sent:>11}{msgs:>7}{g['seconds']:>11.3g}"
             f"{g['predicted_seconds']:>11.3g}{share:>7.1f}%")
 
 

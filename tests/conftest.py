@@ -24,7 +24,7 @@ def _world():
 RANK, SIZE = _world()
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(trylast=True)
 def pytest_configure(config):
     if SIZE == 1:
         return

@@ -1,0 +1,163 @@
+"""What ``python -m mpipar.bench`` computes from its timings, and the tables it prints.
+
+Bus bandwidth follows the nccl-tests convention (NVIDIA nccl-tests, doc/PERFORMANCE.md):
+algorithm bandwidth S/t times the fraction of the payload S that the busiest
+link must carry in an optimal algorithm, so the figure can be compared with the
+hardware's link bandwidth whatever p is:
+
+    allreduce       busbw = S/t * 2(p-1)/p
+    allgather       busbw = S/t * (p-1)/p      (S = the whole gathered result)
+    reduce_scatter  busbw = S/t * (p-1)/p      (S = the whole input)
+    broadcast       busbw = S/t
+
+These factors are also the bandwidth lower bounds of Thakur, Rabenseifner &
+Gropp (2005): ``CostModel.lower_bound`` is factor * S * beta. GB here is 1e9 bytes.
+"""
+import sys
+
+import numpy as np
+
+BUSBW_FACTOR = {
+    "allreduce": lambda p: 2 * (p - 1) / p,
+    "allgather": lambda p: (p - 1) / p,
+    "reduce_scatter": lambda p: (p - 1) / p,
+    "broadcast": lambda p: 1.0,
+}
+
+
+def busbw_GBps(op, p, nbytes, seconds):
+    """Bus bandwidth in GB/s (1e9 bytes) of one call that took ``seconds``."""
+    return nbytes / seconds * BUSBW_FACTOR[op](p) / 1e9
+
+
+def make_row(op, algorithm, p, nbytes, count, times, iterations, model):
+    """One JSON row: per-call seconds of each trial (slowest rank) -> the contract's keys."""
+    seconds = float(np.median(times))
+    return {
+        "op": op, "algorithm": algorithm, "bytes": int(nbytes), "count": int(count),
+        "seconds": seconds, "seconds_min": float(min(times)), "seconds_max": float(max(times)),
+        "trials": len(times), "iterations": int(iterations),
+        "busbw_GBps": busbw_GBps(op, p, nbytes, seconds),
+        "predicted_seconds": model.predict(op, algorithm, p, nbytes),
+        "lower_bound_seconds": model.lower_bound(op, p, nbytes),
+        "ratio_to_mpi": None,
+    }
+
+
+def add_ratios(rows):
+    """Set ratio_to_mpi = seconds / the "mpi" row's seconds at the same op and size."""
+    mpi = {(r["op"], r["bytes"]): r["seconds"] for r in rows if r["algorithm"] == "mpi"}
+    for r in rows:
+        ref = mpi.get((r["op"], r["bytes"]))
+        r["ratio_to_mpi"] = r["seconds"] / ref if ref else None
+
+
+# --- formatting ------------------------------------------------------------------------------
+
+def fmt_time(seconds):
+    """3 significant digits in the unit a person would use: 41.2 us, 1.25 ms, 2.03 s."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if abs(seconds) >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds * 1e9:.3g} ns" if seconds else "0"
+
+
+def fmt_size(nbytes):
+    """4096 -> '4 KiB', 1536 -> '1.5 KiB', 12 -> '12 B'."""
+    for unit in ("GiB", "MiB", "KiB"):
+        scale = {"GiB": 1 << 30, "MiB": 1 << 20, "KiB": 1 << 10}[unit]
+        if nbytes >= scale:
+            value = nbytes / scale
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.3g} {unit}"
+    return f"{nbytes} B"
+
+
+def fmt_ratio(ratio):
+    return "-" if ratio is None else f"{ratio:.2f}"
+
+
+def op_table(op, rows, p):
+    """The detailed table of one op: a group of rows per size, '*' on the fastest there."""
+    head = (f"{'size':>9}  {'algorithm':<20}{'median':>10}{'min':>10}{'max':>10}"
+            f"{'busbw GB/s':>12}{'predicted':>11}{'lower bnd':>11}{'vs mpi':>8}")
+    lines = [f"== {op} on {p} rank(s) " + "=" * max(0, len(head) - len(op) - 17), head]
+    for nbytes in sorted({r["bytes"] for r in rows}):
+        group = [r for r in rows if r["bytes"] == nbytes]
+        fastest = min(group, key=lambda r: r["seconds"])
+        for i, r in enumerate(group):
+            star = "*" if r is fastest and len(group) > 1 else ""
+            lines.append(
+                f"{fmt_size(nbytes) if i == 0 else '':>9}  {r['algorithm'] + star:<20}"
+                f"{fmt_time(r['seconds']):>10}{fmt_time(r['seconds_min']):>10}"
+                f"{fmt_time(r['seconds_max']):>10}{r['busbw_GBps']:>12.3f}"
+                f"{fmt_time(r['predicted_seconds']):>11}"
+                f"{fmt_time(r['lower_bound_seconds']) if i == 0 else '':>11}"
+                f"{fmt_ratio(r['ratio_to_mpi']):>8}")
+    return "\n".join(lines)
+
+
+def ratio_table(op, rows):
+    """Sizes down, algorithms across: time / the MPI library's time (below 1: we are faster)."""
+    algorithms = list(dict.fromkeys(r["algorithm"] for r in rows if r["algorithm"] != "mpi"))
+    if not algorithms or all(r["ratio_to_mpi"] is None for r in rows):
+        return ""
+    widths = [max(7, len(a) + 2) for a in algorithms]
+    lines = [f"{op}: time / MPI library's time (below 1.00 = faster than the library)",
+             f"{'size':>9}" + "".join(f"{a:>{w}}" for a, w in zip(algorithms, widths))]
+    for nbytes in sorted({r["bytes"] for r in rows}):
+        ratio = {r["algorithm"]: r["ratio_to_mpi"] for r in rows if r["bytes"] == nbytes}
+        lines.append(f"{fmt_size(nbytes):>9}"
+                     + "".join(f"{fmt_ratio(ratio.get(a)):>{w}}" for a, w in zip(algorithms, widths)))
+    return "\n".join(lines)
+
+
+def header(p, library, dtype, model, settings):
+    """What was run and how it was measured, for the top of the output."""
+    return "\n".join([
+        f"mpipar bench collectives: {p} rank(s), {dtype}, {library}",
+        f"cost model [{model.source}]: alpha = {model.alpha * 1e6:.2f} us/message, "
+        f"beta = {model.beta * 1e9:.4f} ns/byte ({1e-9 / model.beta:.2f} GB/s), "
+        f"gamma = {model.gamma * 1e9:.4f} ns/byte",
+        f"each time: per call, slowest rank, median (and min, max) of {settings['trials']} "
+        f"trials of >= {settings['target_trial_seconds'] * 1e3:g} ms or 1 call, "
+        f"after {settings['warmup']} warm-up call(s); check=False",
+        "busbw: nccl-tests convention; predicted: alpha-beta-gamma model; "
+        "lower bnd: bandwidth bound; vs mpi: time / the MPI library's time; * fastest",
+    ])
+
+
+class Progress:
+    """A progress bar on stderr (tqdm if installed, else one line per op); off when quiet."""
+
+    def __init__(self, total, enabled):
+        self.enabled, self.bar, self.last_op = enabled, None, None
+        if enabled:
+            try:
+                from tqdm import tqdm
+                self.bar = tqdm(total=total, file=sys.stderr, unit="case", leave=False)
+            except ImportError:
+                pass
+
+    def start(self, op, label):
+        """Say what is being measured now."""
+        if self.bar is not None:
+            self.bar.set_description(label)
+        elif self.enabled and op != self.last_op:
+            print(f"measuring {op} ...", file=sys.stderr, flush=True)
+        self.last_op = op
+
+    def done(self):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def write(self, text):
+        """Print to stdout without tearing the bar."""
+        if self.bar is not None:
+            self.bar.clear()
+        print(text, flush=True)
+        if self.bar is not None:
+            self.bar.refresh()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()

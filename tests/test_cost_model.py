@@ -1,0 +1,66 @@
+"""The cost model's closed forms, checked by hand on small cases (no MPI needed)."""
+import math
+
+import pytest
+
+from mpipar.cost_model import ALGORITHMS, CostModel
+
+A, B, G = 1e-5, 1e-9, 1e-10
+model = CostModel(A, B, G)
+
+
+@pytest.mark.parametrize("p", [2, 4, 8])
+def test_power_of_two_formulas(p):
+    n, lg = 1 << 20, math.log2(p)
+    f = (p - 1) / p
+    assert model.predict("allreduce", "ring", p, n) == pytest.approx(
+        2 * (p - 1) * A + 2 * f * n * B + f * n * G)
+    assert model.predict("allreduce", "recursive_doubling", p, n) == pytest.approx(lg * (A + n * B + n * G))
+    assert model.predict("allreduce", "rabenseifner", p, n) == pytest.approx(
+        2 * lg * A + 2 * f * n * B + f * n * G)
+    assert model.predict("allgather", "ring", p, n) == pytest.approx((p - 1) * A + f * n * B)
+    assert model.predict("allgather", "bruck", p, n) == pytest.approx(lg * A + f * n * B)
+    assert model.predict("broadcast", "binomial", p, n) == pytest.approx(lg * (A + n * B))
+    assert model.predict("reduce_scatter", "recursive_halving", p, n) == pytest.approx(
+        lg * A + f * n * (B + G))
+
+
+def test_hand_computed_value():
+    # ring allreduce, p = 4, n = 1000 bytes: 6 alpha + 1500 beta + 750 gamma
+    assert model.predict("allreduce", "ring", 4, 1000) == pytest.approx(6e-5 + 1.5e-6 + 7.5e-8)
+
+
+@pytest.mark.parametrize("p", [2, 3, 5, 7, 12])
+@pytest.mark.parametrize("op", list(ALGORITHMS))
+def test_no_algorithm_beats_the_lower_bound(op, p):
+    for n in (8, 4096, 1 << 24):
+        bound = model.lower_bound(op, p, n)
+        for alg in ALGORITHMS[op]:
+            assert model.predict(op, alg, p, n) >= bound * (1 - 1e-12), (op, alg, p, n)
+
+
+def test_non_power_of_two_pays_for_folding():
+    n = 1 << 16
+    assert model.predict("allreduce", "recursive_doubling", 3, n) > \
+        model.predict("allreduce", "recursive_doubling", 2, n)
+    # ring has no such penalty: its cost grows smoothly with p
+    assert model.predict("allreduce", "ring", 3, n) < model.predict("allreduce", "ring", 4, n)
+
+
+def test_auto_picks_latency_optimal_for_small_and_bandwidth_optimal_for_large():
+    assert model.best("allreduce", 8, 8) == "recursive_doubling"
+    assert model.best("allreduce", 8, 1 << 26) in ("ring", "rabenseifner")
+    assert model.best("allgather", 8, 8) in ("bruck", "recursive_doubling")
+    assert model.best("broadcast", 16, 1 << 26) == "scatter_allgather"
+
+
+def test_one_rank_costs_nothing_and_mpi_is_the_best_hand_written():
+    assert model.predict("allreduce", "ring", 1, 1 << 20) == 0.0
+    for op, algs in ALGORITHMS.items():
+        best = min(model.predict(op, a, 6, 5000) for a in algs)
+        assert model.predict(op, "mpi", 6, 5000) == best
+
+
+def test_unknown_algorithm_is_a_clear_error():
+    with pytest.raises(ValueError, match="no cost formula"):
+        model.predict("allreduce", "bruck", 4, 100)

@@ -1,0 +1,81 @@
+"""CommLedger records what each call cost; it nests; it predicts with its own model."""
+from mpi4py import MPI
+import numpy as np
+import pytest
+
+from mpipar.collectives import allgather, allreduce, broadcast
+from mpipar.ledger import CommLedger, CostModel
+
+KEYS = {"op", "algorithm", "dtype", "nbytes", "bytes_sent", "messages", "steps", "seconds",
+        "predicted_seconds", "world_size", "rank"}
+
+
+@pytest.mark.mpi
+def test_records_every_call_with_its_costs():
+    comm = MPI.COMM_WORLD
+    p = comm.Get_size()
+    x = np.ones(1000, np.float32)
+    with CommLedger() as led:
+        allreduce(comm, x, algorithm="ring")
+        allreduce(comm, x, algorithm="mpi")
+        broadcast(comm, x, algorithm="binomial")
+    recs = led.to_dict()["records"]
+    assert [r["op"] for r in recs] == ["allreduce", "allreduce", "broadcast"]
+    assert all(KEYS <= set(r) for r in recs)
+    ring = recs[0]
+    assert ring["nbytes"] == 4000 and ring["dtype"] == "float32" and ring["world_size"] == p
+    assert ring["messages"] == 2 * (p - 1) and ring["steps"] == 2 * (p - 1)
+    assert ring["predicted_seconds"] == CostModel().predict("allreduce", "ring", p, 4000)
+    assert ring["seconds"] > 0
+    assert recs[1]["bytes_sent"] is None  # the library does not say what it sent
+    text = led.summary()
+    assert "allreduce" in text and "ring" in text and "broadcast" in text and "total" in text
+
+
+@pytest.mark.mpi
+def test_nested_ledgers_and_own_models():
+    comm = MPI.COMM_WORLD
+    slow = CostModel(alpha=1.0, beta=1.0, gamma=1.0, source="made up")
+    with CommLedger() as outer:
+        allgather(comm, np.arange(3), algorithm="ring")
+        with CommLedger(model=slow) as inner:
+            allreduce(comm, np.arange(3), algorithm="tree")
+        allreduce(comm, np.arange(3), algorithm="naive")
+    assert len(outer.records) == 3 and len(inner.records) == 1
+    assert inner.records[0]["algorithm"] == "tree"
+    p = comm.Get_size()
+    assert inner.records[0]["predicted_seconds"] == slow.predict("allreduce", "tree", p, 24)
+    assert outer.records[1]["predicted_seconds"] == CostModel().predict("allreduce", "tree", p, 24)
+    # closed ledgers record nothing
+    allreduce(comm, np.arange(3))
+    assert len(outer.records) == 3
+
+
+@pytest.mark.mpi
+def test_auto_records_the_algorithm_it_chose():
+    comm = MPI.COMM_WORLD
+    with CommLedger() as led:
+        allreduce(comm, np.ones(4, np.float32))
+    rec = led.records[0]
+    assert rec["requested"] == "auto"
+    assert rec["algorithm"] == CostModel().best("allreduce", comm.Get_size(), 16)
+
+
+@pytest.mark.mpi
+def test_trace_lists_every_message():
+    comm = MPI.COMM_WORLD
+    p, rank = comm.Get_size(), comm.Get_rank()
+    with CommLedger(trace=True) as led:
+        allreduce(comm, np.ones(4 * p, np.float64), algorithm="ring")
+    trace = led.records[0]["trace"]
+    assert len(trace) == led.records[0]["messages"]
+    assert all(src == rank and dst == (rank + 1) % p and nb == 32 for _, src, dst, nb in trace)
+    assert [step for step, *_ in trace] == list(range(1, 2 * (p - 1) + 1))
+
+
+@pytest.mark.mpi
+def test_calibrate_gives_positive_constants_on_every_rank():
+    comm = MPI.COMM_WORLD
+    model = CostModel.calibrate(comm, sizes=(8, 1024, 65536), trials=2)
+    assert model.alpha > 0 and model.beta > 0 and model.gamma > 0
+    assert comm.allgather(model) == [model] * comm.Get_size()
