@@ -33,6 +33,7 @@ from .algorithms.channel import Channel
 from .cost_model import ALGORITHMS, CostModel
 
 DTYPES = [np.dtype(t) for t in ("float16", "float32", "float64", "int32", "int64")] + [BFLOAT16]
+_DTYPE_NAMES = {d: str(d) for d in DTYPES}  # str(dtype) is slow enough to show in the ledger's cost
 MPI_OPS = {"sum": MPI.SUM, "prod": MPI.PROD, "max": MPI.MAX, "min": MPI.MIN}
 _AUTO_MODEL = CostModel()
 
@@ -174,7 +175,7 @@ def _run(comm, name, alg, requested, x, payload, fn):
     seconds = time.perf_counter() - t0
     library = alg == "mpi"
     ledger.record(dict(
-        op=name, algorithm=alg, requested=requested, dtype=str(x.dtype), count=int(x.size),
+        op=name, algorithm=alg, requested=requested, dtype=_DTYPE_NAMES[x.dtype], count=int(x.size),
         nbytes=int(payload), world_size=ch.size, rank=ch.rank,
         bytes_sent=None if library else ch.bytes_sent,
         messages=None if library else ch.messages,

@@ -11,7 +11,6 @@ n is the payload: the input of allreduce, broadcast and reduce_scatter, the
 whole gathered result of allgather.
 """
 from dataclasses import asdict, dataclass
-import math
 import time
 
 import numpy as np
@@ -25,7 +24,7 @@ ALGORITHMS = {
 
 
 def _lg(p):
-    return math.ceil(math.log2(p)) if p > 1 else 0
+    return (p - 1).bit_length()  # ceil(lg p) for p >= 1
 
 
 @dataclass(frozen=True)
@@ -49,34 +48,45 @@ class CostModel:
             return min(self.predict(op, a, p, n) for a in ALGORITHMS[op])
         a, b, g = self.alpha, self.beta, self.gamma
         lg, f = _lg(p), (p - 1) / p
+        # power-of-two algorithms run on q = 2^floor(lg p) ranks; if q < p the extra
+        # ranks are folded in before and out after (`odd` is then 1)
         q = 1 << (p.bit_length() - 1)
-        lq, odd = _lg(q), q != p  # odd: extra ranks must be folded in and out
-        table = {
-            ("broadcast", "naive"): (p - 1) * (a + n * b),
-            ("broadcast", "binomial"): lg * (a + n * b),
-            ("broadcast", "scatter_allgather"): (lg + p - 1) * a + 2 * f * n * b,
-            ("allgather", "naive"): (p - 1) * a + f * n * b + (p - 1) * (a + n * b),
-            ("allgather", "ring"): (p - 1) * a + f * n * b,
-            ("allgather", "recursive_doubling"):
-                lq * a + (q - 1) / q * n * b + odd * (2 * a + n / p * b + n * b),
-            ("allgather", "bruck"): lg * a + f * n * b,
-            ("reduce_scatter", "naive"): (p - 1) * (a + n * b + n * g) + (p - 1) * a + f * n * b,
-            ("reduce_scatter", "ring"): (p - 1) * a + f * n * (b + g),
-            ("reduce_scatter", "recursive_halving"):
-                lq * a + (q - 1) / q * n * (b + g) + odd * (2 * a + n * (b + g) + n / p * b),
-            ("allreduce", "naive"): 2 * (p - 1) * (a + n * b) + (p - 1) * n * g,
-            ("allreduce", "tree"): 2 * lg * (a + n * b) + lg * n * g,
-            ("allreduce", "recursive_doubling"):
-                lq * (a + n * b + n * g) + odd * (2 * a + 2 * n * b + n * g),
-            ("allreduce", "ring"): 2 * (p - 1) * a + 2 * f * n * b + f * n * g,
-            ("allreduce", "rabenseifner"):
-                2 * lq * a + 2 * (q - 1) / q * n * b + (q - 1) / q * n * g
-                + odd * (2 * a + 2 * n * b + n * g),
-        }
-        try:
-            return table[(op, algorithm)]
-        except KeyError:
-            raise ValueError(f"no cost formula for {op} algorithm {algorithm!r}") from None
+        lq, fq, odd = _lg(q), (q - 1) / q, int(q != p)
+        if op == "broadcast":
+            if algorithm == "naive":
+                return (p - 1) * (a + n * b)
+            if algorithm == "binomial":
+                return lg * (a + n * b)
+            if algorithm == "scatter_allgather":
+                return (lg + p - 1) * a + 2 * f * n * b
+        elif op == "allgather":
+            if algorithm == "naive":
+                return (p - 1) * a + f * n * b + (p - 1) * (a + n * b)
+            if algorithm == "ring":
+                return (p - 1) * a + f * n * b
+            if algorithm == "recursive_doubling":
+                return lq * a + fq * n * b + odd * (2 * a + n / p * b + n * b)
+            if algorithm == "bruck":
+                return lg * a + f * n * b
+        elif op == "reduce_scatter":
+            if algorithm == "naive":
+                return (p - 1) * (a + n * b + n * g) + (p - 1) * a + f * n * b
+            if algorithm == "ring":
+                return (p - 1) * a + f * n * (b + g)
+            if algorithm == "recursive_halving":
+                return lq * a + fq * n * (b + g) + odd * (2 * a + n * (b + g) + n / p * b)
+        elif op == "allreduce":
+            if algorithm == "naive":
+                return 2 * (p - 1) * (a + n * b) + (p - 1) * n * g
+            if algorithm == "tree":
+                return 2 * lg * (a + n * b) + lg * n * g
+            if algorithm == "recursive_doubling":
+                return lq * (a + n * b + n * g) + odd * (2 * a + 2 * n * b + n * g)
+            if algorithm == "ring":
+                return 2 * (p - 1) * a + 2 * f * n * b + f * n * g
+            if algorithm == "rabenseifner":
+                return 2 * lq * a + 2 * fq * n * b + fq * n * g + odd * (2 * a + 2 * n * b + n * g)
+        raise ValueError(f"no cost formula for {op} algorithm {algorithm!r}")
 
     def lower_bound(self, op, p, n):
         """Bandwidth lower bound: bytes that must leave the busiest rank, times beta."""
