@@ -24,6 +24,21 @@ BUSBW_FACTOR = {
     "broadcast": lambda p: 1.0,
 }
 
+COLUMNS = """\
+output columns (one table per op, one group of rows per size):
+  size        payload S (allgather: the whole gathered result); ~ marks a rounded figure
+  algorithm   hand-written algorithm, or "mpi" (the MPI library's own call);
+              * marks the fastest at this size
+  median      seconds per call: slowest rank, median over trials; min, max over trials
+  busbw GB/s  bus bandwidth, nccl-tests convention: allreduce S/t*2(p-1)/p,
+              allgather and reduce_scatter S/t*(p-1)/p, broadcast S/t
+  predicted   the alpha-beta-gamma model's time (Thakur, Rabenseifner & Gropp 2005);
+              for "mpi", the best hand-written algorithm's
+  lower bnd   bandwidth lower bound: bytes that must leave the busiest rank * beta
+  vs mpi      median / the MPI library's median at this size (below 1: faster)
+--json PATH writes the same numbers, and the settings, for plotting.
+Messages of 16-bit floats: "mpi" reduces them as float32 (twice the bytes)."""  # the --help epilog
+
 
 def busbw_GBps(op, p, nbytes, seconds):
     """Bus bandwidth in GB/s (1e9 bytes) of one call that took ``seconds``."""
@@ -63,12 +78,11 @@ def fmt_time(seconds):
 
 
 def fmt_size(nbytes):
-    """4096 -> '4 KiB', 1536 -> '1.5 KiB', 12 -> '12 B'."""
-    for unit in ("GiB", "MiB", "KiB"):
-        scale = {"GiB": 1 << 30, "MiB": 1 << 20, "KiB": 1 << 10}[unit]
+    """4096 -> '4 KiB', 1536 -> '1.5 KiB', 12 -> '12 B', 4092 -> '~4 KiB' (rounded)."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if nbytes >= scale:
-            value = nbytes / scale
-            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.3g} {unit}"
+            text = f"{nbytes / scale:.3g}"
+            return f"{text} {unit}" if float(text) * scale == nbytes else f"~{text} {unit}"
     return f"{nbytes} B"
 
 
@@ -78,8 +92,8 @@ def fmt_ratio(ratio):
 
 def op_table(op, rows, p):
     """The detailed table of one op: a group of rows per size, '*' on the fastest there."""
-    head = (f"{'size':>9}  {'algorithm':<20}{'median':>10}{'min':>10}{'max':>10}"
-            f"{'busbw GB/s':>12}{'predicted':>11}{'lower bnd':>11}{'vs mpi':>8}")
+    head = (f"{'size':>9}  {'algorithm':<19}{'median':>10}{'min':>9}{'max':>9}"
+            f"{'busbw GB/s':>11}{'predicted':>11}{'lower bnd':>11}{'vs mpi':>8}")
     lines = [f"== {op} on {p} rank(s) " + "=" * max(0, len(head) - len(op) - 17), head]
     for nbytes in sorted({r["bytes"] for r in rows}):
         group = [r for r in rows if r["bytes"] == nbytes]
@@ -87,9 +101,9 @@ def op_table(op, rows, p):
         for i, r in enumerate(group):
             star = "*" if r is fastest and len(group) > 1 else ""
             lines.append(
-                f"{fmt_size(nbytes) if i == 0 else '':>9}  {r['algorithm'] + star:<20}"
-                f"{fmt_time(r['seconds']):>10}{fmt_time(r['seconds_min']):>10}"
-                f"{fmt_time(r['seconds_max']):>10}{r['busbw_GBps']:>12.3f}"
+                f"{fmt_size(nbytes) if i == 0 else '':>9}  {r['algorithm'] + star:<19}"
+                f"{fmt_time(r['seconds']):>10}{fmt_time(r['seconds_min']):>9}"
+                f"{fmt_time(r['seconds_max']):>9}{r['busbw_GBps']:>11.3f}"
                 f"{fmt_time(r['predicted_seconds']):>11}"
                 f"{fmt_time(r['lower_bound_seconds']) if i == 0 else '':>11}"
                 f"{fmt_ratio(r['ratio_to_mpi']):>8}")
@@ -101,29 +115,38 @@ def ratio_table(op, rows):
     algorithms = list(dict.fromkeys(r["algorithm"] for r in rows if r["algorithm"] != "mpi"))
     if not algorithms or all(r["ratio_to_mpi"] is None for r in rows):
         return ""
-    widths = [max(7, len(a) + 2) for a in algorithms]
+    columns = [(a, max(7, len(a) + 2)) for a in algorithms]
     lines = [f"{op}: time / MPI library's time (below 1.00 = faster than the library)",
-             f"{'size':>9}" + "".join(f"{a:>{w}}" for a, w in zip(algorithms, widths))]
+             f"{'size':>9}" + "".join(f"{a:>{w}}" for a, w in columns)]
     for nbytes in sorted({r["bytes"] for r in rows}):
         ratio = {r["algorithm"]: r["ratio_to_mpi"] for r in rows if r["bytes"] == nbytes}
         lines.append(f"{fmt_size(nbytes):>9}"
-                     + "".join(f"{fmt_ratio(ratio.get(a)):>{w}}" for a, w in zip(algorithms, widths)))
+                     + "".join(f"{fmt_ratio(ratio.get(a)):>{w}}" for a, w in columns))
     return "\n".join(lines)
 
 
 def header(p, library, dtype, model, settings):
     """What was run and how it was measured, for the top of the output."""
     return "\n".join([
-        f"mpipar bench collectives: {p} rank(s), {dtype}, {library}",
+        f"mpipar bench collectives: {p} rank(s), {dtype}, {' '.join(library.split())}",
         f"cost model [{model.source}]: alpha = {model.alpha * 1e6:.2f} us/message, "
         f"beta = {model.beta * 1e9:.4f} ns/byte ({1e-9 / model.beta:.2f} GB/s), "
         f"gamma = {model.gamma * 1e9:.4f} ns/byte",
-        f"each time: per call, slowest rank, median (and min, max) of {settings['trials']} "
-        f"trials of >= {settings['target_trial_seconds'] * 1e3:g} ms or 1 call, "
-        f"after {settings['warmup']} warm-up call(s); check=False",
+        f"times are per call and the slowest rank's: median (min, max) of {settings['trials']} "
+        f"trials, each >= {settings['target_trial_seconds'] * 1e3:g} ms of calls (1 call for "
+        f"big messages), after {settings['warmup']} warm-up call(s); check=False",
         "busbw: nccl-tests convention; predicted: alpha-beta-gamma model; "
         "lower bnd: bandwidth bound; vs mpi: time / the MPI library's time; * fastest",
     ])
+
+
+def overhead_line(seconds):
+    """The check_overhead_seconds measurement, in words."""
+    if seconds > 0:
+        return (f"argument check (check=True) adds {fmt_time(seconds)} per call "
+                f"(allreduce, 8 B); not included below\n")
+    return (f"argument check (check=True): lost in the timing noise here (measured "
+            f"{fmt_time(seconds)}); not included below\n")
 
 
 class Progress:

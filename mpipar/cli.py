@@ -4,7 +4,11 @@ Every rank parses the same argv and validates the same inputs, so every rank
 reaches the same verdict without sending a message. Only rank 0 speaks.
 """
 import argparse
+import re
 import sys
+import time
+
+UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
 
 
 def world():
@@ -21,7 +25,8 @@ def print0(comm, *args, **kwargs):
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose help and error messages appear once, from rank 0.
 
-    On an error every rank exits with status 2, as argparse does.
+    On an error every rank raises SystemExit(2), as argparse does; :func:`run_main`
+    turns that into a clean exit of the whole job.
     """
 
     def _print_message(self, message, file=None):
@@ -29,32 +34,55 @@ class Parser(argparse.ArgumentParser):
             super()._print_message(message, file)
 
 
-def run_main(main, argv=None):
-    """Run ``main(argv)``; a ValueError becomes one message from rank 0 and exit status 2.
-
-    All ranks raise the same ValueError (inputs are validated identically before
-    any message is sent), so all ranks exit together and nothing hangs. Any other
-    exception propagates: under ``python -m mpi4py`` it aborts the whole job.
-    """
-    try:
-        main(argv)
-    except ValueError as e:
-        if world().Get_rank() == 0:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
-
-
 def parse_size(text):
-    """'8', '8B', '4KiB', '1MiB', '64MiB' (also KB/MB as powers of 1024) -> bytes."""
-    units = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1024 ** 2, "MB": 1024 ** 2,
-             "MIB": 1024 ** 2, "G": 1024 ** 3, "GB": 1024 ** 3, "GIB": 1024 ** 3}
-    s = text.strip().upper()
-    digits = s.rstrip("KMGIB")
-    unit = s[len(digits):]
+    """'8', '8B', '4KiB', '1MiB', '64MiB' -> bytes (binary units, whole numbers)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in UNITS:
+        raise argparse.ArgumentTypeError(
+            f"not a size: {text!r} (a whole number with B, KiB, MiB or GiB, e.g. 8, 4KiB, 64MiB)")
+    nbytes = int(match.group(1)) * UNITS[match.group(2).lower()]
+    if nbytes < 1:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be at least 1 byte")
+    return nbytes
+
+
+def comma_list(text):
+    """'a, b,a' -> ['a', 'b'] (repeats dropped, order kept)."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return list(dict.fromkeys(items))
+
+
+def run_main(main, argv=None, grace_seconds=20.0):
+    """Run ``main(argv)`` (it returns an exit status) and end the job cleanly.
+
+    A usage error (argparse's SystemExit) or a ValueError -- raised identically
+    on every rank, since inputs are validated before any message is sent --
+    becomes one message from rank 0 and exit status 2 on every rank. Ranks meet
+    at a barrier first, so rank 0's message is out before anyone leaves, then
+    finalize MPI (under ``python -m mpi4py`` a bare non-zero exit would be an
+    MPI_Abort). If the barrier does not complete within ``grace_seconds`` -- a
+    rank failed alone, which is a bug -- the job is aborted rather than left
+    hanging. Any other exception propagates: ``python -m mpi4py`` aborts the job.
+    """
+    from mpi4py import MPI
     try:
-        value = float(digits)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 8, 4KiB, 1MiB)") from None
-    if unit not in units or value < 0:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 8, 4KiB, 1MiB)")
-    return int(value * units[unit])
+        status = main(argv)
+    except SystemExit as stop:
+        status = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
+    except ValueError as error:
+        print0(MPI.COMM_WORLD, f"error: {error}", file=sys.stderr)
+        status = 2
+    status = status or 0
+    if status:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        barrier = MPI.COMM_WORLD.Ibarrier()
+        deadline = time.monotonic() + grace_seconds
+        while not barrier.Test():
+            if time.monotonic() > deadline:
+                MPI.COMM_WORLD.Abort(status)
+            time.sleep(1e-3)
+        MPI.Finalize()
+    sys.exit(status)

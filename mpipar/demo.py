@@ -41,9 +41,10 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.repeat < 1:
-        raise ValueError("--repeat must be at least 1")
+        parser.error("--repeat must be at least 1")
     comm = MPI.COMM_WORLD
     p, rank = comm.Get_size(), comm.Get_rank()
     dtype = next(d for d in DTYPES if str(d) == args.dtype)
@@ -107,6 +108,7 @@ def main(argv=None):
                        "other_collectives": [dict(op=a, identical_to_mpi=b, note=c) for a, b, c in others],
                        "ring_trace": trace, "comm": led.to_dict()}, f, indent=1)
         print0(comm, f"\nwrote {args.json}")
+    return 0
 
 
 def _random(seed, n, dtype):

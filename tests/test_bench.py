@@ -1,0 +1,100 @@
+"""The benchmark command as a notebook runs it: its JSON rows keep the contract.
+
+These tests launch mpirun themselves (through ``mpipar.launch``), so they are
+ordinary pytest tests, not ``mpi``-marked ones. Tiny settings keep each job to a
+few seconds on two cores.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mpipar import launch
+from mpipar.cost_model import ALGORITHMS, CostModel
+
+TINY = ["collectives", "--max-size", "4KiB", "--trials", "2", "--no-calibrate", "--quiet"]
+NOMINAL_SIZES = [8, 64, 512, 4096]  # 8 B * 8^k up to 4 KiB
+ROW_KEYS = {"op", "algorithm", "bytes", "count", "seconds", "seconds_min", "seconds_max", "trials",
+            "iterations", "busbw_GBps", "predicted_seconds", "lower_bound_seconds", "ratio_to_mpi"}
+# nccl-tests PERFORMANCE.md: busbw = S/t * factor
+BUSBW_FACTOR = {"allreduce": lambda p: 2 * (p - 1) / p, "allgather": lambda p: (p - 1) / p,
+                "reduce_scatter": lambda p: (p - 1) / p, "broadcast": lambda p: 1.0}
+
+
+def payload_bytes(op, nominal, p, itemsize=4):
+    """The payload the bench must report: allgather's ranks each give S/p whole elements."""
+    count = nominal // itemsize
+    if op == "allgather":
+        return max(1, round(count / p)) * p * itemsize
+    return count * itemsize
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_rows_keep_the_contract(n):
+    job = launch.run("mpipar.bench", n=n, args=TINY, timeout=120)
+    data = job.data
+    assert data["benchmark"] == "collectives" and data["world_size"] == n
+    assert data["dtype"] == "float32" and isinstance(data["mpi_library"], str)
+    assert data["model"]["source"] == "default"
+    assert math.isfinite(data["check_overhead_seconds"])
+    assert data["settings"]["trials"] == 2 and data["settings"]["sizes"] == NOMINAL_SIZES
+
+    rows = data["rows"]
+    assert all(set(r) == ROW_KEYS for r in rows)
+    expected = [(op, alg, payload_bytes(op, s, n)) for op, algs in ALGORITHMS.items()
+                for alg in algs + ("mpi",) for s in NOMINAL_SIZES]
+    assert sorted((r["op"], r["algorithm"], r["bytes"]) for r in rows) == sorted(expected)
+
+    mpi = {(r["op"], r["bytes"]): r["seconds"] for r in rows if r["algorithm"] == "mpi"}
+    model = CostModel()
+    for r in rows:
+        t = r["seconds"]
+        assert math.isfinite(t) and 0 < r["seconds_min"] <= t <= r["seconds_max"], r
+        assert r["trials"] == 2 and r["iterations"] >= 1 and r["count"] * 4 == r["bytes"]
+        busbw = r["bytes"] / t * BUSBW_FACTOR[r["op"]](n) / 1e9
+        assert r["busbw_GBps"] == pytest.approx(busbw, rel=1e-9)
+        assert r["ratio_to_mpi"] == pytest.approx(t / mpi[(r["op"], r["bytes"])], rel=1e-9)
+        assert r["predicted_seconds"] == pytest.approx(
+            model.predict(r["op"], r["algorithm"], n, r["bytes"]))
+        assert r["lower_bound_seconds"] == pytest.approx(model.lower_bound(r["op"], n, r["bytes"]))
+
+    for op in ALGORITHMS:  # a table per op on stdout, and nothing from the other ranks
+        assert job.stdout.count(f"== {op} on {n} rank(s)") == 1
+    assert "Traceback" not in job.stdout + job.stderr
+
+
+def test_without_mpirun_and_without_mpi_rows(tmp_path):
+    """One rank, no launcher; without "mpi" in --algorithms the ratio is None."""
+    out = tmp_path / "b.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mpipar.bench", "collectives", "--ops", "broadcast,allreduce",
+         "--algorithms", "binomial,ring", "--min-size", "8B", "--max-size", "100",
+         "--trials", "1", "--warmup", "1", "--no-calibrate", "--quiet", "--json", str(out)],
+        capture_output=True, text=True, timeout=60, env=dict(os.environ, **launch.ONE_THREAD))
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert data["world_size"] == 1
+    assert [(r["op"], r["algorithm"], r["bytes"]) for r in data["rows"]] == [
+        ("broadcast", "binomial", 8), ("broadcast", "binomial", 64), ("broadcast", "binomial", 100),
+        ("allreduce", "ring", 8), ("allreduce", "ring", 64), ("allreduce", "ring", 100)]
+    assert all(r["ratio_to_mpi"] is None for r in data["rows"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ops", "allreduce,bogus"], "unknown op 'bogus'"),
+    (["--algorithms", "ring,fancy"], "unknown algorithm 'fancy'"),
+    (["--max-size", "4XB"], "not a size: '4XB'"),
+    (["--min-size", "1MiB", "--max-size", "4KiB"], "is larger than --max-size"),
+])
+def test_bad_option_one_message_nonzero_exit(args, message):
+    cmd = launch.mpiexec() + ["-n", "3", sys.executable, "-m", "mpi4py", "-m", "mpipar.bench",
+                              "collectives"] + args
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, **launch.ONE_THREAD))
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert text.count(message) == 1, text
+    assert text.count("usage:") == 1 and "Traceback" not in text and "Abort" not in text, text
