@@ -30,9 +30,10 @@ def tracing():
 
 
 def record(entry):
-    """Add one collective call's entry to every open ledger."""
-    for led in _OPEN:
+    """Add one collective call's entry to every open ledger (each gets its own copy)."""
+    for led in _OPEN[:-1]:
         led._add(dict(entry))
+    _OPEN[-1]._add(entry)
 
 
 class CommLedger:
@@ -41,7 +42,8 @@ class CommLedger:
     def __init__(self, model=None, trace=False):
         self.model = model or CostModel()
         self.trace = trace  #: keep (step, source, dest, nbytes) for every message
-        self.records = []
+        self._records = []
+        self._predicted = 0  # records before this index carry their predictions
         self.wall_seconds = 0.0
         self._t0 = None
 
@@ -56,15 +58,27 @@ class CommLedger:
         return False
 
     def _add(self, entry):
-        op, alg, p, n = entry["op"], entry["algorithm"], entry["world_size"], entry["nbytes"]
-        entry["predicted_seconds"] = self.model.predict(op, alg, p, n)
-        entry["lower_bound_seconds"] = self.model.lower_bound(op, p, n)
         if not self.trace:
             entry.pop("trace", None)
-        self.records.append(entry)
+        self._records.append(entry)
+
+    @property
+    def records(self):
+        """One dict per call, oldest first, with the model's prediction added.
+
+        Predictions are computed when the records are read, not while the
+        collectives run, to keep recording cheap.
+        """
+        for entry in self._records[self._predicted:]:
+            op, alg, p, n = entry["op"], entry["algorithm"], entry["world_size"], entry["nbytes"]
+            entry["predicted_seconds"] = self.model.predict(op, alg, p, n)
+            entry["lower_bound_seconds"] = self.model.lower_bound(op, p, n)
+        self._predicted = len(self._records)
+        return self._records
 
     def clear(self):
-        self.records.clear()
+        self._records.clear()
+        self._predicted = 0
 
     def to_dict(self):
         """JSON-ready: the records, the model they were predicted with, the open time."""

@@ -98,3 +98,13 @@ def test_bad_option_one_message_nonzero_exit(args, message):
     assert proc.returncode != 0
     assert text.count(message) == 1, text
     assert text.count("usage:") == 1 and "Traceback" not in text and "Abort" not in text, text
+
+
+def test_ledger_overhead_benchmark_reports_paired_ratio():
+    job = launch.run("mpipar.bench", n=2, args=["ledger", "--size", "4KiB", "--trials", "3",
+                                                  "--calls", "2"], timeout=120)
+    data = job.data
+    assert data["benchmark"] == "ledger" and data["world_size"] == 2 and data["bytes"] == 4096
+    assert data["seconds_without"] > 0 and data["seconds_with"] > 0
+    assert data["record_seconds"] < 1e-3  # far below a millisecond per call
+    assert "overhead" in job.stdout
