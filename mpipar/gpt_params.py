@@ -1,0 +1,173 @@
+"""GPT-2's configuration and parameters: presets, random init, safetensors loading, sharding.
+
+Parameter names and layouts are Hugging Face's GPT-2 ones (Radford et al. 2019,
+"Language Models are Unsupervised Multitask Learners"); its Conv1D stores
+weights as (in, out), so ``x @ W + b`` applies them:
+
+    wte.weight (vocab, d)   wpe.weight (n_ctx, d)   ln_f.weight|bias (d)
+    h.{i}.ln_1.weight|bias (d)          h.{i}.ln_2.weight|bias (d)
+    h.{i}.attn.c_attn.weight (d, 3d)    .bias (3d)     [q | k | v] columns
+    h.{i}.attn.c_proj.weight (d, d)     .bias (d)
+    h.{i}.mlp.c_fc.weight (d, 4d)       .bias (4d)
+    h.{i}.mlp.c_proj.weight (4d, d)     .bias (d)
+"""
+from dataclasses import asdict, dataclass
+import json
+import os
+
+import numpy as np
+
+from .tensor_parallel import split
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """The shape of a GPT-2 model."""
+
+    vocab_size: int = 50257  #: number of token ids
+    n_ctx: int = 1024  #: longest sequence (rows of the position embedding)
+    n_embd: int = 768  #: model width d
+    n_head: int = 12  #: attention heads (d must be divisible by it)
+    n_layer: int = 12  #: transformer blocks
+    layer_norm_epsilon: float = 1e-5  #: added to the variance in LayerNorm
+    dtype: str = "float32"  #: dtype of parameters and activations
+
+    def to_dict(self):
+        return asdict(self)
+
+    def problems(self):
+        """What makes this configuration unusable, or None."""
+        if min(self.vocab_size, self.n_ctx, self.n_embd, self.n_head, self.n_layer) < 1:
+            return "every size in the config must be at least 1"
+        if self.n_embd % self.n_head:
+            return f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}"
+        if self.dtype not in ("float32", "float64"):
+            return f"dtype {self.dtype!r}: use float32 or float64"
+        return None
+
+    @classmethod
+    def from_hf_json(cls, path, **overrides):
+        """Read the Hugging Face ``config.json`` saved beside ``model.safetensors``."""
+        with open(path) as f:
+            hf = json.load(f)
+        fields = dict(vocab_size=hf["vocab_size"], n_ctx=hf.get("n_positions", hf.get("n_ctx")),
+                      n_embd=hf["n_embd"], n_head=hf["n_head"], n_layer=hf["n_layer"],
+                      layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5))
+        return cls(**dict(fields, **overrides))
+
+
+PRESETS = {
+    "tiny": GPTConfig(vocab_size=96, n_ctx=64, n_embd=48, n_head=4, n_layer=2),
+    "small": GPTConfig(vocab_size=1000, n_ctx=128, n_embd=192, n_head=6, n_layer=4),
+    "gpt2-small": GPTConfig(),  # the 124M-parameter GPT-2
+}
+
+
+def param_shapes(config):
+    """Every parameter's name and shape."""
+    d, f = config.n_embd, 4 * config.n_embd
+    shapes = {"wte.weight": (config.vocab_size, d), "wpe.weight": (config.n_ctx, d),
+              "ln_f.weight": (d,), "ln_f.bias": (d,)}
+    for i in range(config.n_layer):
+        h = f"h.{i}."
+        shapes.update({h + "ln_1.weight": (d,), h + "ln_1.bias": (d,),
+                       h + "ln_2.weight": (d,), h + "ln_2.bias": (d,),
+                       h + "attn.c_attn.weight": (d, 3 * d), h + "attn.c_attn.bias": (3 * d,),
+                       h + "attn.c_proj.weight": (d, d), h + "attn.c_proj.bias": (d,),
+                       h + "mlp.c_fc.weight": (d, f), h + "mlp.c_fc.bias": (f,),
+                       h + "mlp.c_proj.weight": (f, d), h + "mlp.c_proj.bias": (d,)})
+    return shapes
+
+
+def init_params(config, seed=0):
+    """A deterministic random GPT-2: N(0, 0.02) weights, residual projections scaled by
+    1/sqrt(2 n_layer) (Radford et al. 2019, sec. 2.3), zero biases, unit LayerNorm gains."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in param_shapes(config).items():
+        if name.endswith("bias") or "ln_" in name:
+            value = np.ones(shape) if name.endswith("ln_1.weight") or name.endswith(
+                "ln_2.weight") or name == "ln_f.weight" else np.zeros(shape)
+        else:
+            std = 0.02 / np.sqrt(2 * config.n_layer) if name.endswith("c_proj.weight") else 0.02
+            value = rng.normal(0.0, std, shape)
+        params[name] = value.astype(config.dtype)
+    return params
+
+
+IGNORED = ("lm_head.weight", "attn.bias", "attn.masked_bias")  # tied head, causal-mask buffers
+
+
+def load_state_dict(path_or_dict, config=None):
+    """GPT-2 parameters from a safetensors file (never pickle) or a dict of arrays.
+
+    Keys may carry the ``transformer.`` prefix; the tied ``lm_head.weight`` and the
+    ``attn.bias`` / ``attn.masked_bias`` buffers are ignored. With ``config`` every
+    tensor is checked: a missing, unexpected or misshapen one is a ValueError naming it.
+    """
+    if isinstance(path_or_dict, (str, os.PathLike)):
+        from safetensors.numpy import load_file
+        raw = load_file(os.fspath(path_or_dict))
+    else:
+        raw = dict(path_or_dict)
+    params = {}
+    for key, value in raw.items():
+        name = key[len("transformer."):] if key.startswith("transformer.") else key
+        if name.endswith(IGNORED):
+            continue
+        params[name] = np.asarray(value)
+    if config is not None:
+        check_params(config, params)
+        params = {k: v.astype(config.dtype, copy=False) for k, v in params.items()}
+    return params
+
+
+def check_params(config, params):
+    """Raise ValueError naming the first missing, unexpected or misshapen tensor."""
+    shapes = param_shapes(config)
+    for name, shape in shapes.items():
+        if name not in params:
+            raise ValueError(f"parameter {name!r} is missing")
+        if tuple(params[name].shape) != shape:
+            raise ValueError(f"parameter {name!r} has shape {tuple(params[name].shape)}, "
+                             f"expected {shape} for {config}")
+    extra = sorted(set(params) - set(shapes))
+    if extra:
+        raise ValueError(f"unexpected parameter {extra[0]!r} (and {len(extra) - 1} more)"
+                         if len(extra) > 1 else f"unexpected parameter {extra[0]!r}")
+
+
+def shard_params(config, params, r, p):
+    """The parameters shard r of a p-way tensor-parallel split owns, as contiguous copies.
+
+    Attention splits by heads: shard r owns heads ``split(n_head, p, r)``; its Q, K
+    and V columns of c_attn (column-parallel) and the matching rows of c_proj
+    (row-parallel). The MLP splits its 4d hidden units: columns of c_fc, rows of
+    c_proj. The token embedding splits by vocabulary rows. Everything else --
+    position embedding, LayerNorms, row-parallel biases -- is replicated.
+    """
+    d = config.n_embd
+    hd = d // config.n_head
+    heads = split(config.n_head, p, r)
+    cols = np.arange(heads.start * hd, heads.stop * hd)
+    qkv = np.concatenate([cols, d + cols, 2 * d + cols])
+    hidden = split(4 * d, p, r)
+    vocab = split(config.vocab_size, p, r)
+    take = lambda a, idx, axis=0: np.ascontiguousarray(np.take(a, idx, axis=axis))  # noqa: E731
+    shard = {"wte.weight": take(params["wte.weight"], np.arange(vocab.start, vocab.stop)),
+             "vocab": vocab, "heads": heads}
+    for name, value in params.items():
+        if name == "wte.weight":
+            continue
+        if name.endswith("attn.c_attn.weight"):
+            value = take(value, qkv, axis=1)
+        elif name.endswith("attn.c_attn.bias"):
+            value = take(value, qkv)
+        elif name.endswith("attn.c_proj.weight"):
+            value = take(value, cols)
+        elif name.endswith("mlp.c_fc.weight"):
+            value = take(value, np.arange(hidden.start, hidden.stop), axis=1)
+        elif name.endswith("mlp.c_fc.bias") or name.endswith("mlp.c_proj.weight"):
+            value = take(value, np.arange(hidden.start, hidden.stop))
+        shard[name] = value
+    return shard

@@ -1,0 +1,100 @@
+"""Megatron-style tensor parallelism: who owns which slice, and the four conjugate operators.
+
+Shoeybi et al., "Megatron-LM: Training Multi-Billion Parameter Language Models
+Using Model Parallelism" (2019), sec. 3. A weight matrix is split either
+
+* by columns (column-parallel): Y = X [A_1 .. A_p] = [X A_1 .. X A_p]. Each rank
+  computes its block of output columns exactly; nothing is summed across ranks.
+* by rows (row-parallel): Y = [X_1 .. X_p] [B_1; ..; B_p] = sum_r X_r B_r. Each
+  rank computes a partial sum; an all-reduce adds them -- in an order that differs
+  from one serial matmul, hence last-bit differences (deterministic mode fixes
+  the order).
+
+The MLP pairs them: column-parallel c_fc, GELU locally, row-parallel c_proj --
+one all-reduce per MLP. Attention splits by heads the same way.
+
+Operators (forward pass; their backward is the conjugate, used by training):
+    copy_to_tp      f: identity forward, all-reduce backward
+    reduce_from_tp  g: all-reduce forward, identity backward
+    gather_from_tp  all-gather the column blocks along the last axis
+    scatter_to_tp   keep this rank's column block
+
+A ``TPGroup`` is the communicator plus the shards this process computes. On p
+ranks each rank holds one shard. On one process it may hold all p shards of a
+p-way split: that *emulates* p ranks -- the same blocks, the same matmul shapes,
+the same reduction order -- and is how the serial reference reproduces a
+parallel run bit for bit (deterministic mode).
+"""
+import numpy as np
+
+from .collectives import allgather, allreduce
+from .cost_model import ALGORITHMS
+
+
+def split(n, p, r):
+    """The slice of range(n) that shard r of p owns (``np.array_split`` sizes)."""
+    base, extra = divmod(n, p)
+    start = r * base + min(r, extra)
+    return slice(start, start + base + (1 if r < extra else 0))
+
+
+class TPGroup:
+    """A tensor-parallel group: ``comm`` and the shard indices this process computes.
+
+    ``ways`` is the split (p). With ``comm`` of size p each rank holds shard
+    ``rank``; with ``comm`` of size 1 and ``ways`` > 1 the process holds every shard.
+    ``deterministic`` reduces partial sums in fixed rank order: all partials are
+    gathered and added ((P_0 + P_1) + P_2) + ... on every rank, identically.
+    """
+
+    def __init__(self, comm, ways=None, algorithm="auto", deterministic=False):
+        size = comm.Get_size()
+        self.comm = comm
+        self.ways = size if ways is None else ways
+        if size not in (1, self.ways):
+            raise ValueError(f"a {self.ways}-way split needs 1 or {self.ways} ranks, not {size}")
+        self.shards = [comm.Get_rank()] if size == self.ways else list(range(self.ways))
+        self.algorithm = algorithm  #: the allreduce algorithm of every reduce_from_tp
+        # allgathers use the same algorithm where allgather has one of that name
+        self.gather_algorithm = algorithm if algorithm in ALGORITHMS["allgather"] + ("mpi",) else "auto"
+        self.deterministic = deterministic
+
+    @property
+    def emulated(self):
+        return len(self.shards) > 1
+
+    def copy_to_tp(self, x):
+        """Megatron's f: every shard gets the same input (forward identity)."""
+        return x
+
+    def reduce_from_tp(self, partials):
+        """Megatron's g: the sum of every shard's partial result, identical on every rank.
+
+        ``partials`` holds one array per shard this process computes.
+        """
+        if self.deterministic:
+            if self.comm.Get_size() == 1:
+                everyone = partials
+            else:  # (p, ...) -- every rank gets every partial, then adds them in rank order
+                everyone = allgather(self.comm, partials[0][None], algorithm=self.gather_algorithm)
+            total = everyone[0].copy()
+            for part in everyone[1:]:
+                total += part
+            return total
+        local = partials[0].copy()
+        for part in partials[1:]:
+            local += part
+        if self.comm.Get_size() == 1:
+            return local
+        return allreduce(self.comm, local, algorithm=self.algorithm)
+
+    def gather_from_tp(self, parts, axis=-1):
+        """Every shard's block, concatenated along ``axis`` in shard order."""
+        if self.comm.Get_size() == 1:
+            return np.concatenate(parts, axis=axis)
+        return allgather(self.comm, parts[0], axis=axis, algorithm=self.gather_algorithm)
+
+    def scatter_to_tp(self, x, axis=-1):
+        """The blocks of ``x`` along ``axis`` that this process's shards own."""
+        n = x.shape[axis]
+        return [np.take(x, np.arange(n)[split(n, self.ways, r)], axis=axis) for r in self.shards]
