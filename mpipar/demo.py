@@ -1,176 +1,241 @@
-"""python -m mpipar.demo -- every allreduce algorithm, side by side, on the ranks you started.
+"""python -m mpipar.demo -- a GPT-2 split over MPI ranks, next to the same model on one.
 
-    mpirun -n 4 python -m mpipar.demo [--size 1MiB] [--dtype float32] [--json out.json]
+    mpirun -n 4 python -m mpi4py -m mpipar.demo [--preset small] [--deterministic] [--json out.json]
 
-Each rank makes its own random vector; the ranks sum them with every hand-written
-allreduce algorithm and with the MPI library's. For each algorithm rank 0 shows:
-whether all ranks hold identical bits, whether the result equals a serial sum
-(one process adding the p vectors in rank order) bit for bit, the largest
-distance in ULPs, the error in units of u * sum|x_i| against the exact sum with
-its bound p-1, and the time next to the alpha-beta model's prediction. Then who
-sends what to whom at each step of ring allreduce, the other collectives checked
-against the library, and the communication ledger.
+The model's attention heads, MLP columns and vocabulary rows are divided over
+the ranks (Megatron-style tensor parallelism). Rank 0 shows how it is sharded,
+the tokens generated greedily by the parallel model and by the serial one (the
+same code on one process), how close their logits are (bitwise? largest ULP
+distance, error in units of u * sum|x|, per layer), whether every rank holds the
+same bits, every message that crossed between ranks with the alpha-beta model's
+prediction, and compute versus communication time.
+
+--deterministic reduces partial sums in fixed rank order and compares with a
+serial run that reproduces the same blocking: the logits are then bitwise equal.
 """
+import argparse
 import json
+import os
 import time
 
 from mpi4py import MPI
 import numpy as np
 
 from . import numerics
-from .cli import Parser, parse_size, print0, run_main
-from .collectives import DTYPES, allgather, allreduce, broadcast, reduce_scatter
+from .algorithms.channel import quiet_wait
+from .cli import Parser, print0, run_main
 from .cost_model import ALGORITHMS, CostModel
 from .ledger import CommLedger, format_bytes
+from .model import GPT, PRESETS, GPTConfig, init_params, load_state_dict
 
 
 def build_parser():
     parser = Parser(prog="python -m mpipar.demo", description=__doc__.split("\n\n", 1)[1],
-                    formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=parse_size, default=parse_size("1MiB"),
-                        help="bytes per rank of the vector to reduce (default 1MiB; e.g. 8, 4KiB, 16MiB)")
-    parser.add_argument("--dtype", default="float32", choices=[str(d) for d in DTYPES],
-                        help="element type (default float32); 16-bit floats are reduced in float32")
-    parser.add_argument("--repeat", type=int, default=5,
-                        help="calls per algorithm; the table shows the median (default 5)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (rank r uses seed + r)")
-    parser.add_argument("--no-calibrate", action="store_true",
-                        help="predict with the default cost model instead of fitting one here (~1 s)")
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=list(PRESETS), default="small",
+                        help="model shape with random weights: tiny (2 layers, d=48), small "
+                             "(4 layers, d=192, default), gpt2-small (the 124M GPT-2 shape)")
+    parser.add_argument("--weights", metavar="PATH", help="a GPT-2 model.safetensors; its shape "
+                        "comes from the Hugging Face config.json in the same folder")
+    parser.add_argument("--algorithm", default="auto", choices=ALGORITHMS["allreduce"] + ("mpi", "auto"),
+                        help="allreduce algorithm of the row-parallel reductions (default auto)")
+    parser.add_argument("--deterministic", action="store_true", help="reduce in fixed rank "
+                        "order; compare with a serial run that uses the same blocking")
+    parser.add_argument("--tokens", type=int, default=16, metavar="N",
+                        help="new tokens to generate greedily (default 16)")
+    parser.add_argument("--prompt-length", type=int, default=8, metavar="T",
+                        help="tokens in the (random) prompt (default 8)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the prompt")
     parser.add_argument("--json", metavar="PATH", help="rank 0 writes the results as JSON here")
     return parser
+
+
+def load_model_inputs(args):
+    """(config, params) from --weights or --preset; ValueError for anything missing."""
+    if args.weights is None:
+        config = PRESETS[args.preset]
+        return config, init_params(config, args.seed)
+    folder = os.path.dirname(os.path.abspath(args.weights))
+    config_json = os.path.join(folder, "config.json")
+    if not os.path.isfile(args.weights):
+        raise ValueError(f"--weights {args.weights!r}: no such file")
+    if not os.path.isfile(config_json):
+        raise ValueError(f"--weights needs the Hugging Face config.json beside it: {config_json}")
+    config = GPTConfig.from_hf_json(config_json)
+    return config, load_state_dict(args.weights, config)
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
+    if args.tokens < 0 or args.prompt_length < 1:
+        parser.error("--tokens must be >= 0 and --prompt-length >= 1")
     comm = MPI.COMM_WORLD
     p, rank = comm.Get_size(), comm.Get_rank()
-    dtype = next(d for d in DTYPES if str(d) == args.dtype)
-    n = max(1, args.size // dtype.itemsize)
-    model = CostModel() if args.no_calibrate else CostModel.calibrate(comm)
-    x = _random(args.seed + rank, n, dtype)
+    config, params = load_model_inputs(args)
+    model = GPT(config, params, comm, algorithm=args.algorithm, deterministic=args.deterministic)
+    prompt = np.random.default_rng(args.seed).integers(0, config.vocab_size, (1, args.prompt_length))
+    model.check_tokens(prompt, extra=args.tokens)
+    print0(comm, f"mpipar demo: GPT-2 ({config.n_layer} layers, d={config.n_embd}, "
+                 f"{config.n_head} heads, vocab {config.vocab_size}) split over {p} rank(s); "
+                 f"{'weights ' + args.weights if args.weights else 'random weights, preset ' + args.preset}")
+    sharding = comm.gather(dict(rank=rank, heads=_range(model.shards[0]["heads"]),
+                                mlp_columns=_range(_mlp_cols(config, p, rank)),
+                                vocab_rows=_range(model.shards[0]["vocab"]),
+                                param_bytes=model.param_bytes()), root=0)
+    serial_bytes = sum(v.nbytes for v in params.values())
+    del params  # each rank keeps only its shards from here on
 
-    print0(comm, f"mpipar demo: hand-written collectives on {p} rank(s) -- "
-                 f"{MPI.Get_library_version().splitlines()[0].strip()}")
-    print0(comm, f"cost model: alpha = {model.alpha * 1e6:.1f} us/message, beta = "
-                 f"{model.beta * 1e9:.3f} ns/byte ({1e-9 / model.beta:.2f} GB/s), gamma = "
-                 f"{model.gamma * 1e9:.3f} ns/byte  [{model.source}]\n")
+    comm.Barrier()
+    with CommLedger(model=CostModel.calibrate(comm)) as led:
+        t0 = time.perf_counter()
+        hidden = []
+        logits = model.forward(prompt, hidden=hidden)
+        generated = model.generate(prompt, args.tokens)
+        total = time.perf_counter() - t0
+    comm_s = sum(r["seconds"] for r in led.records)
+    agree = numerics.ranks_agree(comm, logits) and numerics.ranks_agree(comm, generated)
+    argmax_bytes = _argmax_bytes(comm, model, prompt)
+    extra = _default_mode_cost(comm, model, prompt) if args.deterministic else None
+    seconds = {"total": comm.allreduce(total, op=MPI.MAX), "comm": comm.allreduce(comm_s, op=MPI.MAX)}
+    seconds["compute"] = seconds["total"] - seconds["comm"]
 
-    everyone = allgather(comm, x[None], algorithm="mpi")  # all p inputs, for the references
-    serial = everyone[0].copy()
-    for r in range(1, p):
-        serial = (serial + everyone[r]).astype(dtype)  # one process, rank order
-    exact = everyone.astype(np.float64).sum(axis=0)
-    abs_sum = np.abs(everyone.astype(np.float64)).sum(axis=0)
-
-    rows = []
-    with CommLedger(model=model) as led:
-        results = {}
-        for alg in ALGORITHMS["allreduce"] + ("mpi",):
-            seconds = []
-            for _ in range(args.repeat):
-                comm.Barrier()
-                t0 = time.perf_counter()
-                y = allreduce(comm, x, algorithm=alg)
-                seconds.append(comm.allreduce(time.perf_counter() - t0, op=MPI.MAX))
-            results[alg] = y
-            rows.append(dict(
-                algorithm=alg, ranks_agree=numerics.ranks_agree(comm, y),
-                bitwise_equal_serial=numerics.bitwise_equal(y, serial),
-                max_ulp_vs_serial=numerics.max_ulp(y, serial),
-                max_normalized_error=numerics.normalized_error(y, exact, abs_sum, dtype),
-                bound=max(p - 1, 0) + (dtype.itemsize == 2 and alg == "mpi"),
-                seconds=float(np.median(seconds)),
-                predicted_seconds=model.predict("allreduce", alg, p, x.nbytes)))
-        for row in rows:
-            row["bitwise_equal_mpi"] = numerics.bitwise_equal(results[row["algorithm"]], results["mpi"])
-        others = _other_collectives(comm, x)
-    _report_allreduce(comm, rows, n, dtype, x.nbytes)
-    trace = _ring_trace(comm, x) if p <= 8 else None
-    if trace:
-        print0(comm, "\nwho sends what in ring allreduce (reduce-scatter steps, then allgather steps):")
-        for step, msgs in trace:
-            print0(comm, f"  step {step:>2}: " + ", ".join(
-                f"{s}->{d} {format_bytes(b)}" for s, d, b in msgs))
-    print0(comm, "\nthe other collectives, checked bit for bit against the MPI library's:")
-    for name, ok, note in others:
-        print0(comm, f"  {name:<15} {'identical' if ok else 'DIFFERENT'}  {note}")
-    print0(comm, "\ncommunication ledger of rank 0 (seconds are this rank's wall time per call):")
-    print0(comm, led.summary())
-
-    if args.json and rank == 0:
+    report = None
+    if rank == 0:
+        report = _serial_comparison(config, args, p, prompt, logits, hidden, generated)
+    quiet_wait(comm.Ibarrier())  # the other ranks sleep while rank 0 runs the serial model
+    if rank != 0:
+        return 0
+    report.update(world_size=p, config=config.to_dict(), ranks_agree=agree, seconds=seconds,
+                  deterministic=args.deterministic, algorithm=args.algorithm,
+                  sharding=sharding, serial_param_bytes=serial_bytes,
+                  argmax_bytes=argmax_bytes, deterministic_cost=extra,
+                  comm={"summary": {f"{op}/{alg}": g for (op, alg), g in led.totals().items()},
+                        **led.to_dict()})
+    _print_report(report, led)
+    if args.json:
         with open(args.json, "w") as f:
-            json.dump({"world_size": p, "mpi_library": MPI.Get_library_version().splitlines()[0],
-                       "dtype": str(dtype), "count": n, "nbytes": int(x.nbytes),
-                       "model": model.to_dict(), "allreduce": rows,
-                       "other_collectives": [dict(op=a, identical_to_mpi=b, note=c) for a, b, c in others],
-                       "ring_trace": trace, "comm": led.to_dict()}, f, indent=1)
-        print0(comm, f"\nwrote {args.json}")
+            json.dump(report, f, indent=1, default=_jsonable)
+        print(f"\nwrote {args.json}")
     return 0
 
 
-def _random(seed, n, dtype):
-    rng = np.random.default_rng(seed)
-    if dtype.kind == "i":
-        return rng.integers(-1000, 1000, n).astype(dtype)
-    return rng.standard_normal(n).astype(dtype)
+def _range(s):
+    return [int(s.start), int(s.stop)]
 
 
-def _report_allreduce(comm, rows, n, dtype, nbytes):
-    p = comm.Get_size()
-    print0(comm, f"allreduce (sum) of {n} {dtype} values ({format_bytes(nbytes)}) per rank")
-    print0(comm, f"{'algorithm':<20}{'ranks agree':>12}{'= serial':>10}{'= MPI':>7}{'max ULP':>9}"
-                 f"{'error/(u*sum|x|)':>18}{'bound':>7}{'time ms':>10}{'model ms':>10}")
-    yes = {True: "yes", False: "no"}
-    for r in rows:
-        print0(comm, f"{r['algorithm']:<20}{yes[r['ranks_agree']]:>12}{yes[r['bitwise_equal_serial']]:>10}"
-                     f"{yes[r['bitwise_equal_mpi']]:>7}{r['max_ulp_vs_serial']:>9.0f}"
-                     f"{r['max_normalized_error']:>18.3f}{r['bound']:>7}"
-                     f"{r['seconds'] * 1e3:>10.3f}{r['predicted_seconds'] * 1e3:>10.3f}")
-    if p > 1:
-        print0(comm, "'= serial' is bitwise equality with one process adding the p vectors in rank "
-                     "order.\nAlgorithms that add in another order differ in the last bits, always "
-                     f"within the bound: any order of {p} terms errs by at most {p - 1} u sum|x|.\n"
-                     "Every rank still holds identical bits: each element is reduced once and copied, "
-                     "or by both partners in the same order.\n"
-                     "ULP distances are large where the p values nearly cancel (a sum near 0 has tiny "
-                     "ULPs);\nthe normalised error, measured against the size of the terms, stays "
-                     "within its bound.")
+def _mlp_cols(config, p, r):
+    from .tensor_parallel import split
+    return split(4 * config.n_embd, p, r)
 
 
-def _ring_trace(comm, x):
-    """Every message of one ring allreduce, gathered to rank 0 and grouped by step."""
-    with CommLedger(trace=True) as led:
-        allreduce(comm, x, algorithm="ring")
-    mine = led.records[0]["trace"]
-    everyone = comm.gather(mine, root=0)
-    if comm.Get_rank() != 0 or comm.Get_size() == 1:
-        return None
-    steps = {}
-    for msgs in everyone:
-        for step, src, dst, nb in msgs:
-            steps.setdefault(step, []).append((src, dst, nb))
-    return [(s, sorted(m)) for s, m in sorted(steps.items())]
+def _jsonable(x):
+    return x.tolist() if isinstance(x, np.ndarray) else float(x)
 
 
-def _other_collectives(comm, x):
-    """allgather with uneven shards, reduce_scatter and broadcast: auto vs the library."""
-    p, rank = comm.Get_size(), comm.Get_rank()
-    shard = np.repeat(x[:8][None], rank + 1, axis=0)  # rank r contributes r+1 rows
-    checks = []
-    ours, lib = allgather(comm, shard), allgather(comm, shard, algorithm="mpi")
-    checks.append(("allgather", numerics.bitwise_equal(ours, lib),
-                   f"uneven shards: rank r gives r+1 rows -> {ours.shape[0]} rows"))
-    ints = (np.arange(x.size) % 7 + rank).astype(np.int64)
-    ours, lib = reduce_scatter(comm, ints), reduce_scatter(comm, ints, algorithm="mpi")
-    checks.append(("reduce_scatter", numerics.bitwise_equal(ours, lib) and comm.allreduce(
-        numerics.bitwise_equal(ours, lib), op=MPI.LAND), f"int64: rank {rank} got {ours.size} values"))
-    root = p - 1
-    ours, lib = broadcast(comm, x, root=root), broadcast(comm, x, root=root, algorithm="mpi")
-    checks.append(("broadcast", numerics.bitwise_equal(ours, lib), f"from root {root}"))
-    return [(name, bool(comm.allreduce(ok, op=MPI.LAND)), note) for name, ok, note in checks]
+def _argmax_bytes(comm, model, prompt):
+    """Bytes all ranks send to pick one greedy token: distributed argmax vs gathered logits."""
+    x = model.blocks(model.embed(prompt))[:, -1:]
+    out = {}
+    for how in ("distributed", "gather"):
+        with CommLedger() as led:
+            if how == "distributed":
+                model.argmax_last(x)
+            else:
+                model.tp.gather_from_tp(model.logit_parts(x[:, -1]), axis=-1).argmax(-1)
+        out[how] = comm.allreduce(sum(r["bytes_sent"] or 0 for r in led.records))
+    return out
+
+
+def _default_mode_cost(comm, model, prompt):
+    """Time and bytes of one forward in deterministic mode against the default mode."""
+    results = {"deterministic": _timed_forward(comm, model, prompt)}
+    model.tp.deterministic = False
+    results["default"] = _timed_forward(comm, model, prompt)
+    model.tp.deterministic = True
+    return results
+
+
+def _timed_forward(comm, model, prompt, repeats=3):
+    times, sent = [], 0
+    for _ in range(repeats):
+        comm.Barrier()
+        with CommLedger() as led:
+            t0 = time.perf_counter()
+            model.forward(prompt)
+            times.append(comm.allreduce(time.perf_counter() - t0, op=MPI.MAX))
+        sent = comm.allreduce(sum(r["bytes_sent"] or 0 for r in led.records))
+    return {"seconds": float(np.median(times)), "bytes_sent_all_ranks": int(sent)}
+
+
+def _serial_comparison(config, args, p, prompt, logits, hidden, generated):
+    """Rank 0 runs the same code on one process and compares."""
+    cfg, params = load_model_inputs(args)
+    ways = p if args.deterministic else None
+    serial = GPT(cfg, params, MPI.COMM_SELF, deterministic=args.deterministic, ways=ways)
+    t0 = time.perf_counter()
+    s_hidden = []
+    s_logits = serial.forward(prompt, hidden=s_hidden)
+    s_generated = serial.generate(prompt, args.tokens)
+    serial_seconds = time.perf_counter() - t0
+    final = serial.blocks(serial.embed(prompt))
+    scale = np.abs(final) @ np.abs(params["wte.weight"]).T  # sum_k |h_k w_k| of the last matmul
+    layers = []
+    for i, (a, b) in enumerate(zip(hidden, s_hidden)):
+        layers.append({"layer": i, "bitwise_equal": numerics.bitwise_equal(a, b),
+                       "max_ulp": numerics.max_ulp(a, b),
+                       "max_error_vs_largest": float(np.abs(a - b).max() / (
+                           numerics.unit_roundoff(a.dtype) * max(np.abs(b).max(), 1e-30)))})
+    return dict(
+        reference="serial, same blocking (emulated split)" if args.deterministic else "serial",
+        tokens_parallel=generated[0].tolist(), tokens_serial=s_generated[0].tolist(),
+        tokens_identical=bool(np.array_equal(generated, s_generated)),
+        bitwise_equal=numerics.bitwise_equal(logits, s_logits),
+        max_ulp=numerics.max_ulp(logits, s_logits),
+        max_normalized_error=numerics.normalized_error(logits, s_logits.astype(np.float64), scale),
+        layers=layers, serial_seconds=serial_seconds, prompt_length=int(prompt.shape[1]))
+
+
+def _print_report(r, led):
+    yes = {True: "yes", False: "NO"}
+    print("\nsharding (each rank keeps only its slices):")
+    print(f"  {'rank':>4}  {'heads':>9}  {'MLP columns':>13}  {'vocab rows':>13}  {'parameters':>11}")
+    for s in r["sharding"]:
+        print(f"  {s['rank']:>4}  {'%d-%d' % (s['heads'][0], s['heads'][1] - 1):>9}  "
+              f"{'%d-%d' % (s['mlp_columns'][0], s['mlp_columns'][1] - 1):>13}  "
+              f"{'%d-%d' % (s['vocab_rows'][0], s['vocab_rows'][1] - 1):>13}  "
+              f"{format_bytes(s['param_bytes']):>11}")
+    print(f"  serial model: {format_bytes(r['serial_param_bytes'])} of parameters")
+    n_new = len(r["tokens_parallel"]) - r["prompt_length"]
+    print(f"\ntoken ids: a random prompt of {r['prompt_length']}, then {n_new} generated greedily")
+    print(f"  parallel: {r['tokens_parallel']}")
+    print(f"  serial:   {r['tokens_serial']}")
+    print(f"\nparallel vs {r['reference']}:")
+    print(f"  tokens identical      {yes[r['tokens_identical']]}")
+    print(f"  logits bitwise equal  {yes[r['bitwise_equal']]}")
+    print(f"  max ULP distance      {r['max_ulp']:.0f}")
+    print(f"  max error             {r['max_normalized_error']:.3f} u * sum|h_k w_k| (last matmul)")
+    print(f"  ranks agree           {yes[r['ranks_agree']]} (every rank holds identical logits)")
+    print("  per layer, residual stream after each block (max ULP; max error in u * largest |x|):")
+    print("    " + ", ".join(f"{l['layer']}: {l['max_ulp']:.0f} ULP, {l['max_error_vs_largest']:.2f}"
+                           for l in r["layers"]))
+    if not r["deterministic"] and r["world_size"] > 1:
+        print("  Row-parallel layers add the ranks' partial sums in another order than one matmul, "
+              "so the last bits differ;\n  --deterministic fixes the order and makes them equal.")
+    a = r["argmax_bytes"]
+    print(f"\npicking a greedy token: the distributed argmax sends {format_bytes(a['distributed'])}, "
+          f"gathering the logits {format_bytes(a['gather'])} (all ranks together)")
+    if r["deterministic_cost"]:
+        d, base = r["deterministic_cost"]["deterministic"], r["deterministic_cost"]["default"]
+        print(f"deterministic mode: one forward {d['seconds'] * 1e3:.2f} ms and "
+              f"{format_bytes(d['bytes_sent_all_ranks'])} vs default {base['seconds'] * 1e3:.2f} ms "
+              f"and {format_bytes(base['bytes_sent_all_ranks'])}")
+    s = r["seconds"]
+    print(f"\ntime (forward + generation, slowest rank): {s['total'] * 1e3:.1f} ms = compute "
+          f"{s['compute'] * 1e3:.1f} ms + communication {s['comm'] * 1e3:.1f} ms "
+          f"({100 * s['comm'] / max(s['total'], 1e-12):.0f}%); serial {r['serial_seconds'] * 1e3:.1f} ms")
+    print("\ncommunication ledger of rank 0:")
+    print(led.summary())
 
 
 if __name__ == "__main__":

@@ -95,7 +95,10 @@ def init_params(config, seed=0):
     return params
 
 
-IGNORED = ("lm_head.weight", "attn.bias", "attn.masked_bias")  # tied head, causal-mask buffers
+def _ignored(name):
+    """The tied ``lm_head.weight`` and the causal-mask buffers ``h.{i}.attn.bias|masked_bias``."""
+    parts = name.split(".")
+    return name == "lm_head.weight" or parts[-2:] in (["attn", "bias"], ["attn", "masked_bias"])
 
 
 def load_state_dict(path_or_dict, config=None):
@@ -113,7 +116,7 @@ def load_state_dict(path_or_dict, config=None):
     params = {}
     for key, value in raw.items():
         name = key[len("transformer."):] if key.startswith("transformer.") else key
-        if name.endswith(IGNORED):
+        if _ignored(name):
             continue
         params[name] = np.asarray(value)
     if config is not None:

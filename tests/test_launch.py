@@ -30,7 +30,7 @@ def test_failing_job_raises_with_its_output(tmp_path):
 
 
 def test_demo_json_at_three_ranks(tmp_path):
-    job = launch.run("mpipar.demo", n=3, args=["--size", "4KiB", "--repeat", "2", "--no-calibrate"])
+    job = launch.run("mpipar.demo_collectives", n=3, args=["--size", "4KiB", "--repeat", "2", "--no-calibrate"])
     data = job.data
     assert data["world_size"] == 3 and data["nbytes"] == 4096
     algs = {row["algorithm"]: row for row in data["allreduce"]}
@@ -46,14 +46,14 @@ def test_demo_json_at_three_ranks(tmp_path):
 
 def test_demo_runs_without_mpirun(tmp_path):
     out = tmp_path / "d.json"
-    proc = subprocess.run([sys.executable, "-m", "mpipar.demo", "--size", "64", "--no-calibrate",
+    proc = subprocess.run([sys.executable, "-m", "mpipar.demo_collectives", "--size", "64", "--no-calibrate",
                            "--json", str(out)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())["world_size"] == 1
 
 
 def test_demo_bad_option_one_message_nonzero_exit():
-    job = launch.run("mpipar.demo", n=3, args=["--dtype", "complex64"], check=False, timeout=60)
+    job = launch.run("mpipar.demo_collectives", n=3, args=["--dtype", "complex64"], check=False, timeout=60)
     text = job.stdout + job.stderr
     assert job.returncode != 0
     assert text.count("invalid choice") == 1, text
@@ -61,7 +61,7 @@ def test_demo_bad_option_one_message_nonzero_exit():
 
 
 def test_demo_help_explains_each_option():
-    proc = subprocess.run([sys.executable, "-m", "mpipar.demo", "--help"],
+    proc = subprocess.run([sys.executable, "-m", "mpipar.demo_collectives", "--help"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     for option in ("--size", "--dtype", "--repeat", "--seed", "--no-calibrate", "--json"):

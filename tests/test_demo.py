@@ -1,0 +1,71 @@
+"""python -m mpipar.demo as a user runs it: JSON contents, deterministic mode, clear errors."""
+import json
+import subprocess
+import sys
+
+from mpipar import launch
+
+KEYS = {"world_size", "config", "tokens_parallel", "tokens_serial", "tokens_identical",
+        "bitwise_equal", "max_ulp", "max_normalized_error", "ranks_agree", "comm", "seconds"}
+
+
+def test_demo_default_mode_at_two_ranks():
+    data = launch.run("mpipar.demo", n=2, args=["--preset", "tiny", "--tokens", "4"]).data
+    assert KEYS <= set(data)
+    assert data["world_size"] == 2 and data["config"]["n_head"] == 4
+    assert data["tokens_identical"] and data["ranks_agree"]
+    assert len(data["tokens_parallel"]) == 8 + 4
+    # row-parallel sums in another order: close, not necessarily equal (see the lesson)
+    assert data["max_normalized_error"] < 50
+    assert set(data["seconds"]) >= {"total", "compute", "comm"}
+    assert data["seconds"]["comm"] > 0
+    ops = {r["op"] for r in data["comm"]["records"]}
+    assert {"allreduce", "allgather"} <= ops
+    # the distributed argmax moves fewer bytes than gathering all logits
+    assert data["argmax_bytes"]["distributed"] < data["argmax_bytes"]["gather"]
+
+
+def test_demo_deterministic_is_bitwise_at_three_ranks(tmp_path):
+    data = launch.run("mpipar.demo", n=3, args=["--preset", "tiny", "--tokens", "3",
+                                                 "--deterministic", "--algorithm", "ring"]).data
+    assert data["bitwise_equal"] and data["max_ulp"] == 0 and data["tokens_identical"]
+    assert all(layer["bitwise_equal"] for layer in data["layers"])
+    cost = data["deterministic_cost"]
+    assert cost["deterministic"]["bytes_sent_all_ranks"] > cost["default"]["bytes_sent_all_ranks"]
+
+
+def test_demo_without_mpirun(tmp_path):
+    out = tmp_path / "demo.json"
+    proc = subprocess.run([sys.executable, "-m", "mpipar.demo", "--preset", "tiny", "--tokens", "2",
+                           "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert data["world_size"] == 1 and data["bitwise_equal"]
+
+
+def test_more_ranks_than_heads_is_one_clear_error():
+    job = launch.run("mpipar.demo", n=5, args=["--preset", "tiny"], check=False, timeout=120)
+    text = job.stdout + job.stderr
+    assert job.returncode != 0
+    assert text.count("cannot split 4 attention heads over 5 ranks") == 1, text
+    assert "Traceback" not in text
+
+
+def test_missing_weights_file_is_one_clear_error(tmp_path):
+    job = launch.run("mpipar.demo", n=2, args=["--weights", str(tmp_path / "nope.safetensors")],
+                     check=False, timeout=120)
+    text = job.stdout + job.stderr
+    assert job.returncode != 0 and text.count("no such file") == 1, text
+
+
+def test_weights_with_hugging_face_config(tmp_path):
+    from safetensors.numpy import save_file
+    from mpipar.model import GPTConfig, init_params
+    cfg = GPTConfig(vocab_size=50, n_ctx=32, n_embd=24, n_head=3, n_layer=1)
+    params = {"transformer." + k: v for k, v in init_params(cfg, seed=3).items()}
+    save_file(params, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(dict(
+        vocab_size=50, n_positions=32, n_embd=24, n_head=3, n_layer=1, layer_norm_epsilon=1e-5)))
+    data = launch.run("mpipar.demo", n=3, args=["--weights", str(tmp_path / "model.safetensors"),
+                                                 "--tokens", "2"]).data
+    assert data["config"]["vocab_size"] == 50 and data["tokens_identical"]
