@@ -4,8 +4,8 @@
     python -m mpipar.bench collectives --help
 
 Subcommands: collectives (a message-size sweep of every algorithm of every
-collective), ledger (what recording in a CommLedger costs). Without mpirun it
-runs as one rank.
+collective), ledger (what recording in a CommLedger costs), forward (the
+tensor-parallel GPT-2's forward time). Without mpirun it runs as one rank.
 
 How collectives measures one (op, algorithm, size):
 
@@ -43,7 +43,7 @@ from mpi4py import MPI
 import numpy as np
 
 from . import bench_report as report
-from . import bench_ledger, collectives
+from . import bench_forward, bench_ledger, collectives
 from .algorithms.channel import quiet_wait
 from .cli import Parser, comma_list, parse_size, run_main
 from .cost_model import ALGORITHMS, CostModel
@@ -97,6 +97,7 @@ def build_parser():
                    help="no progress bar (it goes to stderr; the tables go to stdout)")
     c.set_defaults(check=check_collectives, run=run_collectives, parser=c)
     bench_ledger.add_parser(commands)
+    bench_forward.add_parser(commands)
     return parser
 
 

@@ -1,0 +1,84 @@
+"""python -m mpipar.bench forward -- time one forward pass of the tensor-parallel GPT-2.
+
+    mpirun -n 4 python -m mpi4py -m mpipar.bench forward --preset gpt2-small --seq 256
+
+Random weights of the preset's shape (only the shape matters for time). After
+--warmup forwards, --trials forwards are timed: barrier, forward, the slowest
+rank's time (MPI.MAX). A CommLedger splits each into communication (the
+row-parallel allreduces and the logit allgather) and compute (the rest).
+Reported: medians, and the speedup against a 1-rank run when --baseline is
+given the JSON of one.
+"""
+import argparse
+import json
+import time
+
+from mpi4py import MPI
+import numpy as np
+
+from .cost_model import ALGORITHMS
+from .ledger import CommLedger
+from .model import GPT, PRESETS, init_params
+
+
+def add_parser(commands):
+    c = commands.add_parser("forward", help="forward-pass time of the tensor-parallel GPT-2",
+                            description=__doc__.split("\n\n", 1)[1],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("--preset", choices=list(PRESETS), default="small",
+                   help="model shape (default small; gpt2-small is the 124M GPT-2)")
+    c.add_argument("--batch", type=int, default=1, metavar="B", help="sequences (default 1)")
+    c.add_argument("--seq", type=int, default=64, metavar="T", help="tokens per sequence (default 64)")
+    c.add_argument("--algorithm", default="auto", choices=ALGORITHMS["allreduce"] + ("mpi", "auto"),
+                   help="allreduce algorithm (default auto)")
+    c.add_argument("--deterministic", action="store_true", help="fixed-order reductions")
+    c.add_argument("--trials", type=int, default=5, metavar="N", help="timed forwards (default 5)")
+    c.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed forwards (default 1)")
+    c.add_argument("--json", metavar="PATH", help="rank 0 writes the result here")
+    c.set_defaults(check=check, run=run, parser=c)
+
+
+def check(args, comm):
+    config = PRESETS[args.preset]
+    if args.trials < 1 or args.warmup < 0 or args.batch < 1 or args.seq < 1:
+        return "--trials, --batch and --seq must be at least 1, --warmup at least 0"
+    if args.seq > config.n_ctx:
+        return f"--seq {args.seq} is longer than the context of {config.n_ctx}"
+    if comm.Get_size() > config.n_head:
+        return f"{args.preset} has {config.n_head} heads: run on at most {config.n_head} ranks"
+    return None
+
+
+def run(args, comm):
+    config = PRESETS[args.preset]
+    model = GPT(config, init_params(config, seed=0), comm, algorithm=args.algorithm,
+                deterministic=args.deterministic)
+    tokens = np.random.default_rng(0).integers(0, config.vocab_size, (args.batch, args.seq))
+    for _ in range(args.warmup):
+        model.forward(tokens)
+    total, comm_s, nbytes = [], [], 0
+    for _ in range(args.trials):
+        comm.Barrier()
+        with CommLedger() as led:
+            t0 = time.perf_counter()
+            model.forward(tokens)
+            elapsed = time.perf_counter() - t0
+        total.append(comm.allreduce(elapsed, op=MPI.MAX))
+        comm_s.append(comm.allreduce(sum(r["seconds"] for r in led.records), op=MPI.MAX))
+        nbytes = sum(r["nbytes"] for r in led.records)
+    t, c = float(np.median(total)), float(np.median(comm_s))
+    result = {"benchmark": "forward", "world_size": comm.Get_size(), "preset": args.preset,
+              "config": config.to_dict(), "batch": args.batch, "seq": args.seq,
+              "algorithm": args.algorithm, "deterministic": args.deterministic,
+              "trials": args.trials, "seconds": t, "seconds_all": total, "comm_seconds": c,
+              "compute_seconds": t - c, "payload_bytes_per_rank": int(nbytes),
+              "param_bytes_per_rank": int(model.param_bytes())}
+    if comm.Get_rank() == 0:
+        print(f"{args.preset} forward, B={args.batch} T={args.seq}, {comm.Get_size()} rank(s), "
+              f"{args.algorithm}{' deterministic' if args.deterministic else ''}: "
+              f"{t * 1e3:.1f} ms (median of {args.trials}) = compute {(t - c) * 1e3:.1f} ms "
+              f"+ communication {c * 1e3:.1f} ms; {nbytes / 2**20:.2f} MiB reduced or gathered per rank")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
+    return 0
