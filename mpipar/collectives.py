@@ -99,7 +99,8 @@ def reduce_scatter(comm, x, axis=0, op="sum", algorithm="auto", *, check=True):
     else:
         fn = lambda ch: getattr(_rs, alg)(ch, work, offsets, op)  # noqa: E731
     mine = _run(comm, "reduce_scatter", alg, algorithm, x, x.nbytes, fn)
-    return np.moveaxis(mine.reshape((-1,) + moved.shape[1:]), 0, ax)
+    rows = split_offsets(moved.shape[0], p)
+    return np.moveaxis(mine.reshape((rows[rank + 1] - rows[rank],) + moved.shape[1:]), 0, ax)
 
 
 def broadcast(comm, x, root=0, algorithm="auto", *, check=True):

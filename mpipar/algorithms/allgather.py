@@ -21,6 +21,8 @@ from .blocks import Fold, block, span
 
 def naive(ch, buf, offsets):
     """Every rank sends its block to rank 0, which sends the whole buffer back to each."""
+    if ch.size == 1:
+        return buf
     ch.step()
     if ch.rank == 0:
         for r in range(1, ch.size):

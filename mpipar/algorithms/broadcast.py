@@ -17,6 +17,8 @@ from .blocks import split_offsets
 
 def naive(ch, buf, root):
     """Linear broadcast: the root sends the whole buffer to each rank in turn."""
+    if ch.size == 1:
+        return buf
     ch.step()
     if ch.rank == root:
         for r in range(ch.size):
@@ -56,9 +58,10 @@ def scatter_allgather(ch, buf, root):
     p, v = ch.size, (ch.rank - root) % ch.size
     offsets = split_offsets(buf.size, p)
     real = lambda w: (w + root) % p  # noqa: E731  relative -> real rank
-    lo, hi = 0, p
+    lo, hi, rounds = 0, p, 0
     while hi - lo > 1:
         ch.step()
+        rounds += 1
         mid = lo + (hi - lo + 1) // 2
         part = buf[offsets[mid]:offsets[hi]]
         if v == lo:
@@ -66,4 +69,5 @@ def scatter_allgather(ch, buf, root):
         elif v == mid:
             ch.recv(part, real(lo))
         lo, hi = (lo, mid) if v < mid else (mid, hi)
+    ch.steps += (p - 1).bit_length() - rounds  # the ceil(lg p) rounds, counting those sat out
     return ring_blocks(ch, buf, offsets, v, real)
