@@ -21,6 +21,7 @@ travels as raw bytes; 16-bit floats are reduced in float32 (see ``combine``).
 MPI has no 16-bit float reduction, so ``"mpi"`` reduces them as float32 and
 rounds once: it moves twice the bytes.
 """
+import math
 import time
 
 from mpi4py import MPI
@@ -64,22 +65,28 @@ def allgather(comm, x, axis=0, algorithm="auto", *, check=True):
     sigs = _agree(comm, "allgather", problem, check, algorithm=algorithm, dtype=x.dtype.str,
                   axis=axis, other_dims=rest, info=x.shape[ax] if x.ndim else 0)
     p, rank = comm.Get_size(), comm.Get_rank()
-    if sigs is None:  # unchecked: the lengths still have to be exchanged
-        lengths = np.zeros(p, np.int64)
-        comm.Allgather(np.array([x.shape[ax]], np.int64), lengths)
-    else:
-        lengths = np.array(sigs, np.int64)
-    row = int(np.prod(rest, dtype=np.int64))
-    offsets = [0] + list(np.cumsum(lengths * row))
+    if sigs is not None:
+        lengths = [int(n) for n in sigs]
+    elif p == 1:
+        lengths = [x.shape[ax]]
+    else:  # unchecked: the lengths still have to be exchanged
+        counts = np.zeros(p, np.int64)
+        comm.Allgather(np.array([x.shape[ax]], np.int64), counts)
+        lengths = counts.tolist()
+    row = math.prod(rest)
+    offsets = [0]
+    for n in lengths:
+        offsets.append(offsets[-1] + n * row)
     total = np.empty(offsets[-1], x.dtype)
-    total[offsets[rank]:offsets[rank + 1]] = np.moveaxis(x, ax, 0).reshape(-1)
+    front = x if ax == 0 else np.moveaxis(x, ax, 0)
+    total[offsets[rank]:offsets[rank + 1]] = front.reshape(-1)
     alg = _resolve("allgather", algorithm, p, total.nbytes)
     if alg == "mpi":
         fn = lambda ch: _mpi_allgather(comm, total, offsets)  # noqa: E731
     else:
         fn = lambda ch: getattr(_ag, alg)(ch, total, offsets)  # noqa: E731
-    out = _run(comm, "allgather", alg, algorithm, x, total.nbytes, fn)
-    return np.moveaxis(out.reshape((int(lengths.sum()),) + rest), 0, ax)
+    out = _run(comm, "allgather", alg, algorithm, x, total.nbytes, fn).reshape((sum(lengths),) + rest)
+    return out if ax == 0 else np.moveaxis(out, 0, ax)
 
 
 def reduce_scatter(comm, x, axis=0, op="sum", algorithm="auto", *, check=True):
