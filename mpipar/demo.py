@@ -213,8 +213,11 @@ def _print_report(r, led):
     print(f"\nparallel vs {r['reference']}:")
     print(f"  tokens identical      {yes[r['tokens_identical']]}")
     print(f"  logits bitwise equal  {yes[r['bitwise_equal']]}")
-    print(f"  max ULP distance      {r['max_ulp']:.0f}")
-    print(f"  max error             {r['max_normalized_error']:.3f} u * sum|h_k w_k| (last matmul)")
+    print(f"  max ULP distance      {r['max_ulp']:.0f}  (large where a logit is near 0: "
+          "its ULP is tiny)")
+    print(f"  max error             {r['max_normalized_error']:.3f} u * sum|h_k w_k| of the last matmul "
+          f"(one {r['world_size']}-term sum in any order: <= {r['world_size'] - 1};\n"
+          f"                        here the differences of {r['config']['n_layer']} layers add up)")
     print(f"  ranks agree           {yes[r['ranks_agree']]} (every rank holds identical logits)")
     print("  per layer, residual stream after each block (max ULP; max error in u * largest |x|):")
     print("    " + ", ".join(f"{l['layer']}: {l['max_ulp']:.0f} ULP, {l['max_error_vs_largest']:.2f}"
