@@ -37,8 +37,11 @@ class GPTConfig:
 
     def problems(self):
         """What makes this configuration unusable, or None."""
-        if min(self.vocab_size, self.n_ctx, self.n_embd, self.n_head, self.n_layer) < 1:
-            return "every size in the config must be at least 1"
+        sizes = (self.vocab_size, self.n_ctx, self.n_embd, self.n_head, self.n_layer)
+        if not all(isinstance(n, (int, np.integer)) and n >= 1 for n in sizes):
+            return "vocab_size, n_ctx, n_embd, n_head and n_layer must be whole numbers >= 1"
+        if not self.layer_norm_epsilon >= 0:
+            return f"layer_norm_epsilon must be >= 0, not {self.layer_norm_epsilon}"
         if self.n_embd % self.n_head:
             return f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}"
         if self.dtype not in ("float32", "float64"):
@@ -50,6 +53,11 @@ class GPTConfig:
         """Read the Hugging Face ``config.json`` saved beside ``model.safetensors``."""
         with open(path) as f:
             hf = json.load(f)
+        missing = [k for k in ("vocab_size", "n_embd", "n_head", "n_layer") if k not in hf]
+        if "n_positions" not in hf and "n_ctx" not in hf:
+            missing.append("n_positions")
+        if missing:
+            raise ValueError(f"{path}: not a GPT-2 config.json, it lacks {', '.join(missing)}")
         fields = dict(vocab_size=hf["vocab_size"], n_ctx=hf.get("n_positions", hf.get("n_ctx")),
                       n_embd=hf["n_embd"], n_head=hf["n_head"], n_layer=hf["n_layer"],
                       layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5))
@@ -131,6 +139,8 @@ def check_params(config, params):
     for name, shape in shapes.items():
         if name not in params:
             raise ValueError(f"parameter {name!r} is missing")
+        if np.asarray(params[name]).dtype.kind != "f":
+            raise ValueError(f"parameter {name!r} has dtype {params[name].dtype}, not a float")
         if tuple(params[name].shape) != shape:
             raise ValueError(f"parameter {name!r} has shape {tuple(params[name].shape)}, "
                              f"expected {shape} for {config}")
@@ -156,7 +166,8 @@ def shard_params(config, params, r, p):
     qkv = np.concatenate([cols, d + cols, 2 * d + cols])
     hidden = split(4 * d, p, r)
     vocab = split(config.vocab_size, p, r)
-    take = lambda a, idx, axis=0: np.ascontiguousarray(np.take(a, idx, axis=axis))  # noqa: E731
+    dtype = np.dtype(config.dtype)
+    take = lambda a, idx, axis=0: np.ascontiguousarray(np.take(a, idx, axis=axis), dtype)  # noqa: E731
     shard = {"wte.weight": take(params["wte.weight"], np.arange(vocab.start, vocab.stop)),
              "vocab": vocab, "heads": heads}
     for name, value in params.items():
@@ -172,5 +183,7 @@ def shard_params(config, params, r, p):
             value = take(value, np.arange(hidden.start, hidden.stop), axis=1)
         elif name.endswith("mlp.c_fc.bias") or name.endswith("mlp.c_proj.weight"):
             value = take(value, np.arange(hidden.start, hidden.stop))
+        else:  # replicated: shared by every shard this process holds
+            value = np.asarray(value, dtype)
         shard[name] = value
     return shard

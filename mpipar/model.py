@@ -20,6 +20,7 @@ row-parallel layers are added once, after the reduction. See ``tensor_parallel``
 import numpy as np
 
 from .gpt_params import GPTConfig, PRESETS, check_params, init_params, load_state_dict, shard_params
+from .cost_model import ALGORITHMS
 from .tensor_parallel import TPGroup
 
 __all__ = ["GPT", "GPTConfig", "PRESETS", "init_params", "load_state_dict"]
@@ -57,6 +58,11 @@ class GPT:
             comm = MPI.COMM_WORLD
         problem = config.problems()
         p = comm.Get_size() if ways is None else ways
+        if algorithm not in ALGORITHMS["allreduce"] + ("mpi", "auto"):
+            problem = (f"unknown allreduce algorithm {algorithm!r}; choose from "
+                       f"{', '.join(ALGORITHMS['allreduce'] + ('mpi', 'auto'))}")
+        elif not isinstance(p, (int, np.integer)) or p < 1:
+            problem = f"ways must be a positive number of shards, not {ways!r}"
         if problem is None and p > config.n_head:
             problem = (f"cannot split {config.n_head} attention heads over {p} ranks: "
                        f"use at most {config.n_head} ranks")
@@ -180,6 +186,12 @@ class GPT:
 
         ``argmax="gather"`` gathers the full logits for greedy steps instead (to compare bytes).
         """
+        if argmax not in ("distributed", "gather"):
+            raise ValueError(f"argmax must be 'distributed' or 'gather', not {argmax!r}")
+        if not temperature >= 0:
+            raise ValueError(f"temperature must be >= 0 (0: greedy), not {temperature!r}")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, not {max_new_tokens}")
         prompt = self.check_tokens(prompt, extra=max_new_tokens)
         B, T = prompt.shape
         cache, rng = self.new_cache(B, T + max_new_tokens), np.random.default_rng(seed)
