@@ -89,8 +89,12 @@ class GPT:
         wpe = self.shards[0]["wpe.weight"]
         return x + wpe[pos0:pos0 + tokens.shape[1]]
 
-    def attention(self, i, x, cache, pos0):
-        """Causal self-attention of block i; each shard its own heads; one all-reduce."""
+    def attention(self, i, x, cache, pos0, saved=None):
+        """Causal self-attention of block i; each shard its own heads; one all-reduce.
+
+        ``saved`` (a list, for training) receives each shard's q, k, v, probabilities
+        and head outputs for the backward pass.
+        """
         h = f"h.{i}."
         B, T, _ = x.shape
         x = self.tp.copy_to_tp(x)
@@ -106,29 +110,52 @@ class GPT:
             scores = q @ key.transpose(0, 1, 3, 2) / np.sqrt(self.head_dim).astype(self.dtype)
             future = np.arange(pos0 + T)[None, :] > (pos0 + np.arange(T))[:, None]
             scores = np.where(future, -np.inf, scores)
-            y = (softmax(scores) @ val).transpose(0, 2, 1, 3).reshape(B, T, nh * self.head_dim)
+            probs = softmax(scores)
+            y = (probs @ val).transpose(0, 2, 1, 3).reshape(B, T, nh * self.head_dim)
+            if saved is not None:
+                saved.append(dict(q=q, k=key, v=val, probs=probs, y=y))
             partials.append(y @ s[h + "attn.c_proj.weight"])
         return self.tp.reduce_from_tp(partials) + self.shards[0][h + "attn.c_proj.bias"]
 
-    def mlp(self, i, x):
-        """c_fc column-parallel, GELU on each shard's own columns, c_proj row-parallel."""
+    def mlp(self, i, x, saved=None):
+        """c_fc column-parallel, GELU on each shard's own columns, c_proj row-parallel.
+
+        ``saved`` (a list, for training) receives each shard's pre-activation.
+        """
         h = f"h.{i}."
         x = self.tp.copy_to_tp(x)
-        partials = [gelu(x @ s[h + "mlp.c_fc.weight"] + s[h + "mlp.c_fc.bias"])
-                    @ s[h + "mlp.c_proj.weight"] for s in self.shards]
+        partials = []
+        for s in self.shards:
+            pre = x @ s[h + "mlp.c_fc.weight"] + s[h + "mlp.c_fc.bias"]
+            if saved is not None:
+                saved.append(pre)
+            partials.append(gelu(pre) @ s[h + "mlp.c_proj.weight"])
         return self.tp.reduce_from_tp(partials) + self.shards[0][h + "mlp.c_proj.bias"]
 
-    def blocks(self, x, cache=None, pos0=0, hidden=None):
+    def blocks(self, x, cache=None, pos0=0, hidden=None, saved=None):
+        """The transformer blocks and the final LayerNorm.
+
+        ``hidden`` collects the residual stream after every block; ``saved`` (for
+        training) one dict per block with what its backward pass needs.
+        """
         c, s0 = self.config, self.shards[0]
+        eps = c.layer_norm_epsilon
         for i in range(c.n_layer):
             h = f"h.{i}."
-            x = x + self.attention(i, layer_norm(x, s0[h + "ln_1.weight"], s0[h + "ln_1.bias"],
-                                                 c.layer_norm_epsilon), cache, pos0)
-            x = x + self.mlp(i, layer_norm(x, s0[h + "ln_2.weight"], s0[h + "ln_2.bias"],
-                                           c.layer_norm_epsilon))
+            keep = None if saved is None else dict(x1=x, attn=[], mlp=[])
+            x = x + self.attention(i, layer_norm(x, s0[h + "ln_1.weight"], s0[h + "ln_1.bias"], eps),
+                                   cache, pos0, None if keep is None else keep["attn"])
+            if keep is not None:
+                keep["x2"] = x
+            x = x + self.mlp(i, layer_norm(x, s0[h + "ln_2.weight"], s0[h + "ln_2.bias"], eps),
+                             None if keep is None else keep["mlp"])
             if hidden is not None:
                 hidden.append(x)
-        return layer_norm(x, s0["ln_f.weight"], s0["ln_f.bias"], c.layer_norm_epsilon)
+            if saved is not None:
+                saved.append(keep)
+        if saved is not None:
+            saved.append(dict(xf=x))
+        return layer_norm(x, s0["ln_f.weight"], s0["ln_f.bias"], eps)
 
     def logit_parts(self, x):
         """Each shard's slice of the logits: x @ its rows of wte, transposed (tied head)."""

@@ -88,6 +88,15 @@ class TPGroup:
             return local
         return allreduce(self.comm, local, algorithm=self.algorithm)
 
+    def max_from_tp(self, parts):
+        """The elementwise maximum over every shard's array (order cannot change a max)."""
+        local = parts[0].copy()
+        for part in parts[1:]:
+            np.maximum(local, part, out=local)
+        if self.comm.Get_size() == 1:
+            return local
+        return allreduce(self.comm, local, op="max", algorithm=self.algorithm)
+
     def gather_from_tp(self, parts, axis=-1):
         """Every shard's block, concatenated along ``axis`` in shard order."""
         if self.comm.Get_size() == 1:
