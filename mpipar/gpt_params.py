@@ -150,6 +150,15 @@ def check_params(config, params):
                          if len(extra) > 1 else f"unexpected parameter {extra[0]!r}")
 
 
+SHARDED = ("wte.weight", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+           "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight")
+
+
+def is_sharded(name):
+    """True for parameters split over tensor-parallel ranks, False for replicated ones."""
+    return name.endswith(SHARDED)
+
+
 def shard_params(config, params, r, p):
     """The parameters shard r of a p-way tensor-parallel split owns, as contiguous copies.
 
