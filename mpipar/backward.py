@@ -102,8 +102,9 @@ def loss_and_grads(model, inputs, targets, weights, on_layer_done=None):
     Returns (this rank's weighted loss sum, per-position losses, grads). The loss
     is sum(weights * loss); pass weights = mask / (predicted positions in the
     global batch) and gradients of data-parallel ranks then simply add up.
-    ``on_layer_done(names)`` is called as soon as the gradients of those parameters
-    are final (last block first) -- where data parallelism starts their all-reduce.
+    ``on_layer_done(names, grads)`` is called as soon as the gradients of those
+    parameters are final (last block first) -- where data parallelism starts
+    their all-reduce while backward goes on.
     """
     c, s0 = model.config, model.shards[0]
     eps = c.layer_norm_epsilon
@@ -119,7 +120,7 @@ def loss_and_grads(model, inputs, targets, weights, on_layer_done=None):
     dxf = model.tp.reduce_from_tp([dparts[k] @ s["wte.weight"] for k, s in enumerate(model.shards)])
     dx = _ln_backward(saved[-1]["xf"], s0["ln_f.weight"], dxf, eps, grads[0], "ln_f.")
     if on_layer_done:
-        on_layer_done(["ln_f.weight", "ln_f.bias"])
+        on_layer_done(["ln_f.weight", "ln_f.bias"], grads)
     for i in reversed(range(c.n_layer)):
         h, sv = f"h.{i}.", saved[i]
         m_in = layer_norm(sv["x2"], s0[h + "ln_2.weight"], s0[h + "ln_2.bias"], eps)
@@ -129,7 +130,7 @@ def loss_and_grads(model, inputs, targets, weights, on_layer_done=None):
         da = _attention_backward(model, i, sv["attn"], a_in, dx, grads)
         dx = dx + _ln_backward(sv["x1"], s0[h + "ln_1.weight"], da, eps, grads[0], h + "ln_1.")
         if on_layer_done:
-            on_layer_done([n for n in grads[0] if n.startswith(h)])
+            on_layer_done([n for n in grads[0] if n.startswith(h)], grads)
     T = inputs.shape[1]
     grads[0]["wpe.weight"] = np.zeros_like(s0["wpe.weight"])
     grads[0]["wpe.weight"][:T] = dx.sum(0)
@@ -138,5 +139,5 @@ def loss_and_grads(model, inputs, targets, weights, on_layer_done=None):
         mine = (inputs >= v.start) & (inputs < v.stop)
         np.add.at(grads[k]["wte.weight"], inputs[mine] - v.start, dx[mine])
     if on_layer_done:
-        on_layer_done(["wte.weight", "wpe.weight"])
+        on_layer_done(["wte.weight", "wpe.weight"], grads)
     return loss, losses, grads

@@ -9,6 +9,18 @@ KEYS = {"world_size", "config", "tokens_parallel", "tokens_serial", "tokens_iden
         "bitwise_equal", "max_ulp", "max_normalized_error", "ranks_agree", "comm", "seconds"}
 
 
+def test_demo_shipped_addition_model_at_three_ranks():
+    data = launch.run("mpipar.demo", n=3, args=[]).data
+    assert KEYS <= set(data)
+    task = data["task"]
+    assert task["name"] == "addition" and task["n"] >= 200
+    assert task["accuracy_parallel"] >= 0.99 and task["accuracy_serial"] >= 0.99
+    assert data["tokens_identical"] and data["ranks_agree"]
+    for text, parallel, serial, correct in task["examples"]:
+        a, b = map(int, text.split("+"))
+        assert correct == a + b and parallel == serial
+
+
 def test_demo_default_mode_at_two_ranks():
     data = launch.run("mpipar.demo", n=2, args=["--preset", "tiny", "--tokens", "4"]).data
     assert KEYS <= set(data)

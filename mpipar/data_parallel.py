@@ -1,0 +1,121 @@
+"""Data parallelism: replicas of the model see different slices of the batch and add
+their gradients, so every replica applies the same update.
+
+With a fixed global batch of N examples split over dp ranks, the loss is
+
+    L = (1 / n_pred) sum over all N examples of the masked token losses,
+
+n_pred = predicted positions in the global batch. Each rank computes the
+gradient of its own examples' part of that sum -- weights mask / n_pred, not its
+local mean -- and the ranks SUM their gradients: exactly the gradient of one
+process on the whole batch, for uneven shards too. (Averaging per-rank means is
+the same only when every shard has the same size.) The data order depends only
+on the seed, so a run's loss history does not depend on the process layout.
+
+Gradient all-reduces overlap with backward (Li et al. 2020, "PyTorch Distributed",
+sec. 3.2): gradients are grouped into buckets in the order backward produces them
+(last layer first) and each bucket's ring all-reduce starts as soon as its last
+gradient is ready (mpipar.overlap.GradBuckets). Deterministic mode instead adds
+every gradient in fixed rank order (naive all-reduce: ((g_0 + g_1) + g_2) + ...),
+which is what gradient accumulation over the same shards on one process computes
+(``accumulated_grads``): the two are then bitwise equal.
+"""
+import time
+
+import numpy as np
+
+from .addition import shard
+from .backward import loss_and_grads
+from .collectives import allreduce
+from .gpt_params import is_sharded
+from .optim import clip_grad_norm
+from .overlap import GradBuckets
+
+
+def ready_order(model):
+    """(key, shape) of this process's gradients in the order backward finishes them."""
+    names = list(model.shards[0])
+    groups = [["ln_f.weight", "ln_f.bias"]]
+    for i in reversed(range(model.config.n_layer)):
+        groups.append(sorted(n for n in names if n.startswith(f"h.{i}.")))
+    groups.append(["wte.weight", "wpe.weight"])
+    out = []
+    for group in groups:
+        for name in group:
+            for k, s in enumerate(model.shards):
+                if k == 0 or is_sharded(name):
+                    out.append((f"{k}:{name}", s[name].shape))
+    return out
+
+
+def loss_weights(mask, global_batch, local_batch, dtype):
+    """Each predicted position's weight: mask / (predicted positions in the global batch)."""
+    w = np.asarray(mask, np.float64) / (np.sum(mask) * global_batch)
+    return np.broadcast_to(w.astype(dtype), (local_batch, len(mask)))
+
+
+class DataParallel:
+    """One training step of a (possibly tensor-parallel) model replicated over ``dp_comm``."""
+
+    def __init__(self, model, dp_comm, optimizer, *, bucket_bytes=1 << 20, overlap=True,
+                 deterministic=False, max_norm=1.0):
+        self.model, self.comm, self.optimizer = model, dp_comm, optimizer
+        self.deterministic, self.max_norm, self.overlap = deterministic, max_norm, overlap
+        self.buckets = None
+        if dp_comm.Get_size() > 1 and not deterministic:
+            self.buckets = GradBuckets(dp_comm, ready_order(model), bucket_bytes,
+                                       dtype=model.dtype, overlap=overlap)
+
+    def _hook(self, names, grads):
+        for name in names:
+            for k, g in enumerate(grads):
+                if name in g:
+                    self.buckets.ready(f"{k}:{name}", g[name])
+        self.buckets.progress()
+
+    def step(self, tokens, mask, lr=None):
+        """Train on the global batch ``tokens`` (N, T+1); returns the step's figures."""
+        p, rank = self.comm.Get_size(), self.comm.Get_rank()
+        local = shard(tokens, rank, p)
+        weights = loss_weights(mask, len(tokens), len(local), self.model.dtype)
+        t0 = time.perf_counter()
+        if self.buckets is not None:
+            self.buckets.reset()
+        loss, _, grads = loss_and_grads(self.model, local[:, :-1], local[:, 1:], weights,
+                                        on_layer_done=self._hook if self.buckets else None)
+        t_backward = time.perf_counter()
+        if self.buckets is not None:
+            summed = self.buckets.finish(average=False)
+            for key, g in summed.items():
+                k, name = key.split(":", 1)
+                grads[int(k)][name][...] = g
+        elif p > 1:  # deterministic: rank order, like accumulation on one process
+            for shard_grads in grads:
+                for name, g in shard_grads.items():
+                    g[...] = allreduce(self.comm, g, algorithm="naive")
+        t_synced = time.perf_counter()
+        total = allreduce(self.comm, np.array([loss]), algorithm="naive")[0]
+        norm = clip_grad_norm(self.model.tp, grads, self.max_norm)
+        self.optimizer.step(grads, lr)
+        t_end = time.perf_counter()
+        return dict(loss=float(total), grad_norm=norm, seconds=t_end - t0,
+                    backward_seconds=t_backward - t0, sync_wait_seconds=t_synced - t_backward,
+                    timeline=self.buckets.timeline(t0) if self.buckets else [])
+
+
+def accumulated_grads(model, tokens, mask, dp):
+    """What ``dp`` data-parallel ranks compute, on one process: the gradients of each
+    rank's shard, added in rank order (gradient accumulation). Returns (loss, grads)."""
+    total_loss, total = 0.0, None
+    for r in range(dp):
+        local = shard(tokens, r, dp)
+        weights = loss_weights(mask, len(tokens), len(local), model.dtype)
+        loss, _, grads = loss_and_grads(model, local[:, :-1], local[:, 1:], weights)
+        total_loss = total_loss + loss if r else loss
+        if total is None:
+            total = grads
+        else:
+            for acc, g in zip(total, grads):
+                for name in acc:
+                    acc[name] += g[name]
+    return total_loss, total
