@@ -31,6 +31,8 @@ def tracing():
 
 def record(entry):
     """Add one collective call's entry to every open ledger (each gets its own copy)."""
+    if not _OPEN:
+        return
     for led in _OPEN[:-1]:
         led._add(dict(entry))
     _OPEN[-1]._add(entry)
@@ -71,8 +73,11 @@ class CommLedger:
         """
         for entry in self._records[self._predicted:]:
             op, alg, p, n = entry["op"], entry["algorithm"], entry["world_size"], entry["nbytes"]
-            entry["predicted_seconds"] = self.model.predict(op, alg, p, n)
-            entry["lower_bound_seconds"] = self.model.lower_bound(op, p, n)
+            try:
+                entry["predicted_seconds"] = self.model.predict(op, alg, p, n)
+                entry["lower_bound_seconds"] = self.model.lower_bound(op, p, n)
+            except (ValueError, KeyError):  # an operation the model has no formula for
+                entry["predicted_seconds"] = entry["lower_bound_seconds"] = None
         self._predicted = len(self._records)
         return self._records
 
@@ -89,7 +94,9 @@ class CommLedger:
         """Per (op, algorithm): calls, nbytes, bytes_sent, messages, seconds, predicted."""
         groups = {}
         for r in self.records:
-            g = groups.setdefault((r["op"], r["algorithm"]), dict(
+            # a non-blocking call's seconds include the work done while it was in flight
+            alg = r["algorithm"] + (" (non-blocking)" if r.get("nonblocking") else "")
+            g = groups.setdefault((r["op"], alg), dict(
                 calls=0, nbytes=0, bytes_sent=0, messages=0, seconds=0.0, predicted_seconds=0.0))
             g["calls"] += 1
             for key in ("nbytes", "bytes_sent", "messages", "seconds", "predicted_seconds"):
@@ -124,9 +131,9 @@ def _row(op, alg, g, comm_s):
     share = 100 * g["seconds"] / comm_s if comm_s else 0.0
     sent = "-" if g["bytes_sent"] is None else format_bytes(g["bytes_sent"])
     msgs = "-" if g["messages"] is None else g["messages"]
+    pred = "-" if g["predicted_seconds"] is None else f"{g['predicted_seconds']:.3g}"
     return (f"{op:<15}{alg:<20}{g['calls']:>6}{format_bytes(g['nbytes']):>11}"
-            f"{sent:>11}{msgs:>7}{g['seconds']:>11.3g}"
-            f"{g['predicted_seconds']:>11.3g}{share:>7.1f}%")
+            f"{sent:>11}{msgs:>7}{g['seconds']:>11.3g}{pred:>11}{share:>7.1f}%")
 
 
 def format_bytes(n):

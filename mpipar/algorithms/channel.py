@@ -7,10 +7,12 @@ way and nothing is pickled. It counts the bytes and messages this rank sends and
 the communication rounds ("steps") of the algorithm, and can keep a trace of
 ``(step, source, dest, nbytes)`` for the lessons' who-sends-what pictures.
 
-All messages use one tag, :data:`TAG`. MPI never lets two messages between the
-same pair of ranks on the same communicator and tag overtake each other, and
-every rank runs the collectives in the same order, so consecutive collectives
-cannot steal each other's messages.
+The blocking collectives all use one tag, :data:`TAG`. MPI never lets two
+messages between the same pair of ranks on the same communicator and tag
+overtake each other, and every rank runs the collectives in the same order, so
+consecutive collectives cannot steal each other's messages. Operations that are
+in flight *together* (the non-blocking rings of mpipar.overlap) each need a tag
+of their own.
 """
 from mpi4py import MPI
 import numpy as np
@@ -28,8 +30,9 @@ def _wire(buf):
 class Channel:
     """Counting send/recv on ``comm`` for one collective call."""
 
-    def __init__(self, comm, trace=False):
+    def __init__(self, comm, trace=False, tag=TAG):
         self.comm = comm
+        self.tag = tag
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
         self.bytes_sent = 0
@@ -49,23 +52,23 @@ class Channel:
 
     def send(self, buf, dest):
         self._count(buf, dest)
-        self.comm.Send(_wire(buf), dest=dest, tag=TAG)
+        self.comm.Send(_wire(buf), dest=dest, tag=self.tag)
 
     def recv(self, buf, source):
-        self.comm.Recv(_wire(buf), source=source, tag=TAG)
+        self.comm.Recv(_wire(buf), source=source, tag=self.tag)
 
     def sendrecv(self, sendbuf, dest, recvbuf, source):
         """Send to ``dest`` and receive from ``source`` at once (no deadlock in rings)."""
         self._count(sendbuf, dest)
-        self.comm.Sendrecv(_wire(sendbuf), dest=dest, sendtag=TAG,
-                           recvbuf=_wire(recvbuf), source=source, recvtag=TAG)
+        self.comm.Sendrecv(_wire(sendbuf), dest=dest, sendtag=self.tag,
+                           recvbuf=_wire(recvbuf), source=source, recvtag=self.tag)
 
     def isend(self, buf, dest):
         self._count(buf, dest)
-        return self.comm.Isend(_wire(buf), dest=dest, tag=TAG)
+        return self.comm.Isend(_wire(buf), dest=dest, tag=self.tag)
 
     def irecv(self, buf, source):
-        return self.comm.Irecv(_wire(buf), source=source, tag=TAG)
+        return self.comm.Irecv(_wire(buf), source=source, tag=self.tag)
 
     @staticmethod
     def waitall(requests):

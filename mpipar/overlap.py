@@ -1,0 +1,280 @@
+"""Overlapping gradient averaging with the backward pass: a non-blocking ring, and buckets.
+
+PyTorch DDP (Li et al. 2020, "PyTorch Distributed: Experiences on Accelerating
+Data Parallel Training", sec. 3.2) puts gradients into buckets (25 MB by default)
+in the order backward produces them -- last layer first -- and starts a bucket's
+all-reduce as soon as its last gradient is ready: the communication of late
+layers hides behind the computation of early ones.
+
+The honest picture here: Python runs one thread and MPI libraries (MPICH by
+default included) have no progress thread, so messages advance only while some
+call is inside MPI. Backward calls ``progress()`` between layers; each call tests
+the outstanding requests and, when a step's messages have arrived, combines and
+posts the next step. Small messages travel eagerly between polls; large ones
+(rendezvous) wait for both sides to poll. How much hides depends on how often
+backward polls: measure it with ``timeline()`` against ``overlap=False``.
+"""
+import math
+from numbers import Integral
+from operator import index
+import time
+
+from mpi4py import MPI
+import numpy as np
+
+from . import ledger
+from .algorithms.blocks import OPS, block, combine, split_offsets
+from .algorithms.channel import TAG, Channel
+from .collectives import DTYPES, allreduce
+
+__all__ = ["RingAllreduce", "GradBuckets"]
+
+DEFAULT_TAG = TAG + 1  # not Channel's: a blocking collective in flight meanwhile cannot match
+
+
+class RingAllreduce:
+    """Non-blocking ring allreduce of ``x`` on ``comm``: ``start()``, then ``progress()``
+    until it returns True, or ``wait()``. The result is ``.result``.
+
+    Steps, block split and every ``combine`` are those of ``algorithms.allreduce.ring``
+    (p-1 reduce-scatter steps, p-1 allgather steps, one message each way per step),
+    so the result is bitwise equal to ``collectives.allreduce(comm, x, op, "ring")``.
+    Ranks agree without a "lower rank first" rule: block b is reduced along the ring
+    (starting at rank b+1, each rank adding its own data on the right of the partial
+    it received), one rank at a time, and is only copied after that.
+
+    Every rank must create the same rings (length, dtype, op); rings in flight
+    together on one communicator need different ``tag`` s. Nothing is sent to check
+    (it would be a blocking round trip; ``GradBuckets`` checks its layout once).
+    ``inplace=True`` reduces in ``x`` itself (C-contiguous), otherwise in a copy.
+    """
+
+    def __init__(self, comm, x, op="sum", *, tag=DEFAULT_TAG, inplace=False):
+        x = np.asarray(x)
+        problem = (f"unknown op {op!r}; choose from {', '.join(OPS)}" if op not in OPS else
+                   f"dtype {x.dtype} is not supported" if x.dtype not in DTYPES else
+                   "inplace needs a C-contiguous array" if inplace and not x.flags.c_contiguous
+                   else None)
+        if problem:
+            raise ValueError(f"RingAllreduce: {problem}")
+        self.comm, self.op, self.shape, self.dtype = comm, op, x.shape, x.dtype
+        self.buf = x.reshape(-1) if inplace else np.array(x, order="C", copy=True).reshape(-1)
+        self.p, self.rank = comm.Get_size(), comm.Get_rank()
+        self.offsets = split_offsets(self.buf.size, self.p)
+        self._incoming = np.empty(self.offsets[1] if self.p > 1 else 0, x.dtype)  # largest block
+        self.ch = Channel(comm, trace=ledger.tracing(), tag=tag)
+        self._step, self._requests, self._sum_into = 0, [], None
+        self.t_start = self.t_end = None  #: perf_counter() at start() and when done was seen
+
+    started = property(lambda self: self.t_start is not None)
+    done = property(lambda self: self.t_end is not None)
+    result = property(lambda self: self.buf.reshape(self.shape), doc="x's shape; final once done")
+
+    def start(self):
+        """Post the first step's messages (or finish at once on one rank)."""
+        if self.started:
+            raise RuntimeError("RingAllreduce: already started")
+        self.t_start = time.perf_counter()
+        self._post()
+        return self
+
+    def _post(self):
+        """Post step ``self._step``: Irecv from the left, Isend to the right."""
+        p, r, s = self.p, self.rank, self._step
+        if s == 2 * (p - 1):
+            return self._finish()
+        self.ch.step()
+        left, right = (r - 1) % p, (r + 1) % p
+        if s < p - 1:  # reduce-scatter: pass partial of block r-s-1, add in block r-s-2
+            mine = block(self.buf, self.offsets, (r - s - 2) % p)
+            part = self._incoming[:mine.size]
+            self._requests = [self.ch.irecv(part, left),
+                              self.ch.isend(block(self.buf, self.offsets, (r - s - 1) % p), right)]
+            self._sum_into = (part, mine)
+        else:  # allgather: pass on the finished block received last (own block first)
+            t = s - (p - 1)
+            self._requests = [self.ch.irecv(block(self.buf, self.offsets, (r - t - 1) % p), left),
+                              self.ch.isend(block(self.buf, self.offsets, (r - t) % p), right)]
+            self._sum_into = None
+
+    def _advance(self):
+        """This step's messages have arrived: combine, then post the next step."""
+        if self._sum_into is not None:
+            part, mine = self._sum_into
+            combine(self.op, part, mine, out=mine)  # partial from earlier ranks, then ours
+        self._step += 1
+        self._post()
+
+    def progress(self):
+        """Test the outstanding requests; advance as far as arrived messages allow. True when done."""
+        if not self.started:
+            raise RuntimeError("RingAllreduce: progress() before start()")
+        while not self.done and MPI.Request.Testall(self._requests):
+            self._advance()
+        return self.done
+
+    def wait(self):
+        """Drive the ring to the end (Waitall per step); return the result."""
+        if not self.started:
+            self.start()
+        while not self.done:
+            MPI.Request.Waitall(self._requests)
+            self._advance()
+        return self.result
+
+    def _finish(self):
+        self.t_end = time.perf_counter()
+        self._requests = []
+        if ledger.recording():  # seconds: start to finish, including backward between polls
+            ch = self.ch
+            ledger.record(dict(
+                op="allreduce", algorithm="ring", requested="ring", nonblocking=True,
+                dtype=str(self.dtype), count=int(self.buf.size), nbytes=int(self.buf.nbytes),
+                world_size=ch.size, rank=ch.rank, bytes_sent=ch.bytes_sent,
+                messages=ch.messages, steps=ch.steps, seconds=self.t_end - self.t_start,
+                trace=ch.trace))
+
+
+class GradBuckets:
+    """Gradients in flat buckets, each all-reduced over ``comm`` as soon as it is complete.
+
+    ``shapes``: (name, shape) pairs or a dict, in the order backward produces them
+    (last layer first). A bucket is closed when the next gradient would take it over
+    ``bucket_bytes``; a gradient larger than that gets a bucket of its own. Backward
+    writes a gradient into ``view(name)`` (no copy) or passes it to ``ready(name,
+    grad)``; a bucket's ``RingAllreduce`` (tag 1 + bucket index) starts when its last
+    gradient is ready, ``progress()`` moves them on, ``finish()`` waits for all.
+    ``overlap=False`` is the baseline: nothing moves before ``finish()``, which runs a
+    blocking ``collectives.allreduce(..., "ring")`` per bucket -- the same bits.
+
+    ``finish(average=True)`` divides by p: the mean of the replicas' gradients, which
+    is the global batch's gradient only if every rank's shard has as many examples.
+    With uneven shards scale each rank's loss gradient by its share of the global
+    batch (n_rank / N) and sum with ``finish(average=False)``: exact for any split.
+    Every rank must build the same buckets; the constructor checks with one small
+    control message and raises the same ValueError on every rank if not.
+    """
+
+    def __init__(self, comm, shapes, bucket_bytes=25 * 2**20, dtype=np.float32, *,
+                 overlap=True, check=True):
+        dtype = np.dtype(dtype)
+        items, problem = _layout(shapes, bucket_bytes, dtype)
+        signature = (items, bucket_bytes, dtype.str, bool(overlap))
+        if check and comm.Get_size() > 1:
+            table = comm.allgather((problem, signature))
+            problem = next((f"rank {r}: {pr}" for r, (pr, _) in enumerate(table) if pr), None)
+            if not problem and any(sig != table[0][1] for _, sig in table):
+                problem = "ranks disagree on the gradient shapes, bucket_bytes, dtype or overlap"
+        if problem:
+            raise ValueError(f"GradBuckets: {problem}")
+        self.comm, self.dtype, self.overlap, self.bucket_bytes = comm, dtype, overlap, bucket_bytes
+        self.buckets = []  #: list of lists of names, one per bucket, in ready order
+        self._where, sizes = {}, []  # name -> (bucket, offset, count, shape); bucket lengths
+        for name, shape in items:
+            n = math.prod(shape)
+            if not sizes or (sizes[-1] + n) * dtype.itemsize > bucket_bytes:
+                self.buckets.append([])
+                sizes.append(0)
+            self.buckets[-1].append(name)
+            self._where[name] = (len(sizes) - 1, sizes[-1], n, shape)
+            sizes[-1] += n
+        self.buffers = [np.zeros(n, dtype) for n in sizes]  #: one flat buffer per bucket
+        self.reset()
+
+    def reset(self, zero=False):
+        """Get ready for the next backward pass (``zero``: clear the buffers too)."""
+        if any(r is not None and not r.done for r in getattr(self, "_rings", ())):
+            raise RuntimeError("GradBuckets: reset() while buckets are in flight; finish() first")
+        self._missing = [set(names) for names in self.buckets]
+        self._rings = [None] * len(self.buckets)
+        self._times = [dict(ready=None, start=None, end=None) for _ in self.buckets]
+        self._finished = False
+        if zero:
+            for buf in self.buffers:
+                buf[...] = 0
+
+    def view(self, name):
+        """The gradient's place in its bucket, shaped like the gradient: write it there."""
+        b, offset, n, shape = self._where[name]
+        return self.buffers[b][offset:offset + n].reshape(shape)
+
+    def bucket_of(self, name):
+        return self._where[name][0]
+
+    def ready(self, name, grad=None):
+        """Mark ``name`` computed (copying ``grad`` into its view if given); a bucket
+        whose last gradient this is starts its all-reduce (``overlap=True``)."""
+        if name not in self._where:
+            raise KeyError(f"GradBuckets: no gradient named {name!r}")
+        b = self._where[name][0]
+        if name not in self._missing[b]:
+            raise ValueError(f"GradBuckets: {name!r} was already marked ready in this step")
+        if grad is not None:
+            view = self.view(name)
+            if np.shape(grad) != view.shape:
+                raise ValueError(f"GradBuckets: {name!r} has shape {view.shape}, "
+                                 f"not {np.shape(grad)}")
+            view[...] = grad
+        self._missing[b].discard(name)
+        if not self._missing[b]:
+            self._times[b]["ready"] = time.perf_counter()
+            if self.overlap:
+                self._rings[b] = RingAllreduce(self.comm, self.buffers[b], tag=1 + b,
+                                               inplace=True).start()
+                self._times[b]["start"] = self._rings[b].t_start
+
+    def progress(self):
+        """Advance every started bucket; True when every bucket is done."""
+        done = True
+        for ring in self._rings:
+            done = (ring is not None and ring.progress()) and done
+        return done
+
+    def finish(self, average=True):
+        """Wait for every bucket (bucket order, the same on every rank), divide by p if
+        ``average``, and return {name: gradient} -- views into the buckets."""
+        missing = sorted(set().union(*self._missing))
+        if missing or self._finished:
+            raise RuntimeError(f"GradBuckets: finish() before these were ready: {missing}"
+                               if missing else "GradBuckets: finish() twice without reset()")
+        self._finished = True
+        p = self.comm.Get_size()
+        for b, buf in enumerate(self.buffers):
+            if self.overlap:
+                self._rings[b].wait()
+                self._times[b]["end"] = self._rings[b].t_end
+            else:
+                self._times[b]["start"] = time.perf_counter()
+                buf[...] = allreduce(self.comm, buf, "sum", "ring", check=False)
+                self._times[b]["end"] = time.perf_counter()
+            if average:
+                buf /= buf.dtype.type(p)
+        return {name: self.view(name) for names in self.buckets for name in names}
+
+    def timeline(self, t0=0.0):
+        """One dict per bucket: bucket, nbytes, names, and the ready/start/end times
+        relative to ``t0`` (e.g. perf_counter() when backward began); None if not yet."""
+        rel = lambda t: None if t is None else t - t0  # noqa: E731
+        return [dict(bucket=b, nbytes=int(buf.nbytes), names=list(names),
+                     **{k: rel(v) for k, v in times.items()})
+                for b, (buf, names, times) in enumerate(zip(self.buffers, self.buckets, self._times))]
+
+
+def _layout(shapes, bucket_bytes, dtype):
+    """(name, shape tuple) pairs, and what is wrong with the layout on this rank or None."""
+    items = list(shapes.items() if isinstance(shapes, dict) else shapes)
+    if isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, Integral) or bucket_bytes < 1:
+        return items, f"bucket_bytes must be a whole number >= 1, not {bucket_bytes!r}"
+    if dtype not in DTYPES or dtype.kind not in "fV":  # V: bfloat16
+        return items, f"dtype {dtype} is not a supported floating-point type"
+    try:
+        items = [(n, (s,) if isinstance(s, Integral) else tuple(map(index, s))) for n, s in items]
+    except (TypeError, ValueError) as e:
+        return items, f"a shape is not a tuple of whole numbers ({e})"
+    if any(d < 0 for _, s in items for d in s):
+        return items, "a shape has a negative dimension"
+    if len({n for n, _ in items}) != len(items):
+        return items, "gradient names must be unique"
+    if len(items) >= TAG - 1:  # bucket b uses tag 1 + b, below Channel's
+        return items, f"too many gradients ({len(items)}) for one tag per bucket"
+    return items, None
