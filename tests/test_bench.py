@@ -108,3 +108,23 @@ def test_ledger_overhead_benchmark_reports_paired_ratio():
     assert data["seconds_without"] > 0 and data["seconds_with"] > 0
     assert data["record_seconds"] < 1e-3  # far below a millisecond per call
     assert "overhead" in job.stdout
+
+
+def test_dp_benchmark_times_both_modes():
+    data = launch.run("mpipar.bench", n=2, args=["dp", "--preset", "tiny", "--batch", "4",
+                                                  "--seq", "8", "--steps", "1"], timeout=120).data
+    assert data["world_size"] == 2 and data["grad_bytes"] > 0
+    for mode in ("no_overlap", "overlap"):
+        assert data[mode]["seconds"] >= data[mode]["backward_seconds"] > 0
+    assert len(data["timeline"]) == 2 and all(len(t) >= 1 for t in data["timeline"])
+
+
+def test_forward_benchmark_splits_compute_and_communication():
+    data = launch.run("mpipar.bench", n=2, args=["forward", "--preset", "tiny", "--seq", "8",
+                                                  "--trials", "2"], timeout=120).data
+    assert data["world_size"] == 2 and data["comm_seconds"] > 0
+    assert abs(data["seconds"] - data["comm_seconds"] - data["compute_seconds"]) < 1e-12
+    # 2 allreduces per layer + the embedding's, of B*T*d float32 each, and the logit gather
+    c = data["config"]
+    expected = (2 * c["n_layer"] + 1) * 8 * c["n_embd"] * 4 + 8 * c["vocab_size"] * 4
+    assert data["payload_bytes_per_rank"] == expected
