@@ -26,6 +26,7 @@ from . import numerics
 from .addition import AdditionTask
 from .algorithms.channel import quiet_wait
 from .cli import Parser, print0, run_main
+from .compressed import ROUNDINGS, WIRE
 from .cost_model import ALGORITHMS, CostModel
 from .demo_report import print_report
 from .ledger import CommLedger
@@ -47,6 +48,12 @@ def build_parser():
                         "the addition model shipped with mpipar, trained by python -m mpipar.train)")
     parser.add_argument("--algorithm", default="auto", choices=ALGORITHMS["allreduce"] + ("mpi", "auto"),
                         help="allreduce algorithm of the row-parallel reductions (default auto)")
+    parser.add_argument("--comm-dtype", default="float32", choices=list(WIRE),
+                        help="wire type of every reduction and logit gather (default float32); "
+                             "16-bit types halve the bytes and add rounding")
+    parser.add_argument("--rounding", default="per_hop", choices=ROUNDINGS,
+                        help="with a 16-bit wire: round every message (per_hop) or reduce in "
+                             "float32 and round each finished block once (once, ring only)")
     parser.add_argument("--deterministic", action="store_true", help="reduce in fixed rank "
                         "order; compare with a serial run that uses the same blocking")
     parser.add_argument("--tokens", type=int, metavar="N",
@@ -98,7 +105,11 @@ def main(argv=None):
     comm = MPI.COMM_WORLD
     p, rank = comm.Get_size(), comm.Get_rank()
     config, params, task = load_model_inputs(args)
-    model = GPT(config, params, comm, algorithm=args.algorithm, deterministic=args.deterministic)
+    algorithm = args.algorithm
+    if args.comm_dtype != "float32" and algorithm == "auto":
+        algorithm = "ring"  # the 16-bit wires exist for ring and recursive doubling
+    model = GPT(config, params, comm, algorithm=algorithm, deterministic=args.deterministic,
+                comm_dtype=args.comm_dtype, rounding=args.rounding)
     if task is not None:  # a few held-out sums, side by side
         args.tokens = task.answer_len if args.tokens is None else args.tokens
         prompt = task.prompts(task.heldout_pairs()[:4])
@@ -147,7 +158,8 @@ def main(argv=None):
     if rank != 0:
         return 0
     report.update(world_size=p, config=config.to_dict(), ranks_agree=agree, seconds=seconds,
-                  deterministic=args.deterministic, algorithm=args.algorithm,
+                  deterministic=args.deterministic, algorithm=algorithm,
+                  comm_dtype=args.comm_dtype, rounding=args.rounding,
                   sharding=sharding, serial_param_bytes=serial_bytes,
                   argmax_bytes=argmax_bytes, deterministic_cost=extra,
                   comm={"summary": {f"{op}/{alg}": g for (op, alg), g in led.totals().items()},

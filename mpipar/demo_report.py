@@ -36,7 +36,13 @@ def print_report(r, led):
     print("  per layer, residual stream after each block (max ULP; max error in u * largest |x|):")
     print("    " + ", ".join(f"{l['layer']}: {l['max_ulp']:.0f} ULP, {l['max_error_vs_largest']:.2f}"
                            for l in r["layers"]))
-    if not r["deterministic"] and r["world_size"] > 1:
+    wire = r.get("comm_dtype", "float32")
+    if wire != "float32" and r["world_size"] > 1:
+        ratio = 2.0 ** (24 - {"float16": 11, "bfloat16": 8}[wire])
+        print(f"  Every reduction and logit gather travelled as {wire} ({r['rounding']} rounding): "
+              f"in units of {wire}'s u\n  the max error is {r['max_normalized_error'] / ratio:.3f} "
+              f"(u_float32 / u_{wire} = 1/{ratio:.0f}).")
+    elif not r["deterministic"] and r["world_size"] > 1:
         print("  Row-parallel layers add the ranks' partial sums in another order than one matmul, "
               "so the last bits differ;\n  --deterministic fixes the order and makes them equal.")
     a = r["argmax_bytes"]

@@ -96,6 +96,8 @@ class CommLedger:
         for r in self.records:
             # a non-blocking call's seconds include the work done while it was in flight
             alg = r["algorithm"] + (" (non-blocking)" if r.get("nonblocking") else "")
+            if r.get("comm_dtype", "float32") != "float32":  # e.g. "ring bfloat16/per_hop"
+                alg += f" {r['comm_dtype']}/{r['rounding']}"
             g = groups.setdefault((r["op"], alg), dict(
                 calls=0, nbytes=0, bytes_sent=0, messages=0, seconds=0.0, predicted_seconds=0.0))
             g["calls"] += 1
@@ -111,7 +113,7 @@ class CommLedger:
         groups = self.totals()
         comm_s = sum(g["seconds"] for g in groups.values())
         wall = self.wall_seconds or (time.perf_counter() - self._t0 if self._t0 else 0.0)
-        head = (f"{'op':<15}{'algorithm':<20}{'calls':>6}{'payload':>11}{'sent':>11}"
+        head = (f"{'op':<15}{'algorithm':<28}{'calls':>6}{'payload':>11}{'sent':>11}"
                 f"{'msgs':>7}{'seconds':>11}{'predicted':>11}{'% comm':>8}")
         lines = [head, "-" * len(head)]
         total = dict(calls=0, nbytes=0, bytes_sent=0, messages=0, seconds=0.0, predicted_seconds=0.0)
@@ -132,7 +134,7 @@ def _row(op, alg, g, comm_s):
     sent = "-" if g["bytes_sent"] is None else format_bytes(g["bytes_sent"])
     msgs = "-" if g["messages"] is None else g["messages"]
     pred = "-" if g["predicted_seconds"] is None else f"{g['predicted_seconds']:.3g}"
-    return (f"{op:<15}{alg:<20}{g['calls']:>6}{format_bytes(g['nbytes']):>11}"
+    return (f"{op:<15}{alg:<28}{g['calls']:>6}{format_bytes(g['nbytes']):>11}"
             f"{sent:>11}{msgs:>7}{g['seconds']:>11.3g}{pred:>11}{share:>7.1f}%")
 
 

@@ -20,6 +20,7 @@ row-parallel layers are added once, after the reduction. See ``tensor_parallel``
 import numpy as np
 
 from .gpt_params import GPTConfig, PRESETS, check_params, init_params, load_state_dict, shard_params
+from . import compressed
 from .cost_model import ALGORITHMS
 from .tensor_parallel import TPGroup
 
@@ -50,9 +51,12 @@ class GPT:
     ``algorithm`` is the allreduce algorithm of every row-parallel reduction;
     ``deterministic`` reduces partial sums in fixed rank order, so a serial run
     emulating the same split (``comm`` of size 1, ``ways`` = p) gives identical bits.
+    ``comm_dtype`` float16 or bfloat16 sends every reduction and logit gather in
+    16 bits, rounded ``per_hop`` or ``once`` (see mpipar.compressed).
     """
 
-    def __init__(self, config, params, comm=None, algorithm="auto", deterministic=False, ways=None):
+    def __init__(self, config, params, comm=None, algorithm="auto", deterministic=False, ways=None,
+                 comm_dtype="float32", rounding="per_hop"):
         if comm is None:
             from mpi4py import MPI
             comm = MPI.COMM_WORLD
@@ -63,6 +67,10 @@ class GPT:
                        f"{', '.join(ALGORITHMS['allreduce'] + ('mpi', 'auto'))}")
         elif not isinstance(p, (int, np.integer)) or p < 1:
             problem = f"ways must be a positive number of shards, not {ways!r}"
+        elif comm_dtype != "float32" or rounding != "per_hop":
+            problem = compressed.problems(comm_dtype, rounding, algorithm)
+            if problem is None and deterministic:
+                problem = "deterministic mode reduces in float32: drop the 16-bit comm dtype"
         if problem is None and p > config.n_head:
             problem = (f"cannot split {config.n_head} attention heads over {p} ranks: "
                        f"use at most {config.n_head} ranks")
@@ -70,7 +78,8 @@ class GPT:
             raise ValueError(problem)  # the same verdict on every rank, before any message
         check_params(config, params)
         self.config = config
-        self.tp = TPGroup(comm, ways=p, algorithm=algorithm, deterministic=deterministic)
+        self.tp = TPGroup(comm, ways=p, algorithm=algorithm, deterministic=deterministic,
+                          comm_dtype=comm_dtype, rounding=rounding)
         self.dtype = np.dtype(config.dtype)
         self.shards = [shard_params(config, params, r, p) for r in self.tp.shards]
         self.head_dim = config.n_embd // config.n_head
@@ -202,7 +211,7 @@ class GPT:
             best = logits[:, 0].argmax(-1)
             value = np.take_along_axis(logits[:, 0], best[:, None], -1)[:, 0]
             cands.append(np.stack([value.astype(np.float64), best + s["vocab"].start], -1)[None])
-        every = self.tp.gather_from_tp(cands, axis=0)  # (p, B, 2), shard order = id order
+        every = self.tp.gather_from_tp(cands, axis=0, exact=True)  # (p, B, 2), in id order
         winner = every[:, :, 0].argmax(0)
         return every[winner, np.arange(every.shape[1]), 1].astype(np.int64)
 

@@ -28,6 +28,7 @@ parallel run bit for bit (deterministic mode).
 import numpy as np
 
 from .collectives import allgather, allreduce
+from .compressed import WIRE, allreduce_lowp
 from .cost_model import ALGORITHMS
 
 
@@ -47,7 +48,8 @@ class TPGroup:
     gathered and added ((P_0 + P_1) + P_2) + ... on every rank, identically.
     """
 
-    def __init__(self, comm, ways=None, algorithm="auto", deterministic=False):
+    def __init__(self, comm, ways=None, algorithm="auto", deterministic=False,
+                 comm_dtype="float32", rounding="per_hop"):
         size = comm.Get_size()
         self.comm = comm
         self.ways = size if ways is None else ways
@@ -58,6 +60,8 @@ class TPGroup:
         # allgathers use the same algorithm where allgather has one of that name
         self.gather_algorithm = algorithm if algorithm in ALGORITHMS["allgather"] + ("mpi",) else "auto"
         self.deterministic = deterministic
+        #: the wire type of reductions and logit gathers (see mpipar.compressed)
+        self.comm_dtype, self.rounding = comm_dtype, rounding
 
     @property
     def emulated(self):
@@ -86,6 +90,8 @@ class TPGroup:
             local += part
         if self.comm.Get_size() == 1:
             return local
+        if self.comm_dtype != "float32":
+            return allreduce_lowp(self.comm, local, self.comm_dtype, self.rounding, self.algorithm)
         return allreduce(self.comm, local, algorithm=self.algorithm)
 
     def max_from_tp(self, parts):
@@ -97,10 +103,18 @@ class TPGroup:
             return local
         return allreduce(self.comm, local, op="max", algorithm=self.algorithm)
 
-    def gather_from_tp(self, parts, axis=-1):
-        """Every shard's block, concatenated along ``axis`` in shard order."""
+    def gather_from_tp(self, parts, axis=-1, exact=False):
+        """Every shard's block, concatenated along ``axis`` in shard order.
+
+        With a 16-bit ``comm_dtype`` the blocks travel rounded to it, unless ``exact``.
+        """
         if self.comm.Get_size() == 1:
             return np.concatenate(parts, axis=axis)
+        if self.comm_dtype != "float32" and not exact:
+            wire = WIRE[self.comm_dtype]
+            out = allgather(self.comm, parts[0].astype(wire), axis=axis,
+                            algorithm=self.gather_algorithm)
+            return out.astype(parts[0].dtype)
         return allgather(self.comm, parts[0], axis=axis, algorithm=self.gather_algorithm)
 
     def scatter_to_tp(self, x, axis=-1):
