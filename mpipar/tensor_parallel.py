@@ -24,6 +24,12 @@ ranks each rank holds one shard. On one process it may hold all p shards of a
 p-way split: that *emulates* p ranks -- the same blocks, the same matmul shapes,
 the same reduction order -- and is how the serial reference reproduces a
 parallel run bit for bit (deterministic mode).
+
+Why emulate rather than compare with one big matmul: the BLAS picks kernels and
+blocking by matrix shape and by its thread count, so even ``x @ W[:, cols]`` can
+differ in the last bits from ``(x @ W)[:, cols]``. Bitwise claims therefore hold
+against the same shapes on the same number of BLAS threads (one per rank, as
+every mpipar entry point sets).
 """
 import numpy as np
 
