@@ -1,9 +1,13 @@
 """The hand-written backward pass against finite differences, in float64.
 
-A central difference (L(p + e) - L(p - e)) / 2e has error O(e^2 L''') + O(u L / e):
-with e = 1e-6 in float64 both are around 1e-9 relative, so a relative agreement
-of 1e-5 leaves a wide margin while still catching any wrong term (those are O(1)).
+A central difference (L(p + e) - L(p - e)) / 2e errs by O(e^2 |L'''|) from
+truncation and by about n u L / e from rounding, n ~ 1e3 operations in the loss:
+with e = 1e-5 that is ~1e-10 relative plus ~1e-8 absolute. So agreement to 1e-5
+relative plus 1e-8 absolute leaves a wide margin while still catching any wrong
+term (those are O(1) relative).
 """
+import zlib
+
 from mpi4py import MPI
 import numpy as np
 import pytest
@@ -39,18 +43,18 @@ def analytic(grads, name, index, ways):
 @pytest.mark.parametrize("layer", ["wte", "wpe", "h.0.", "h.1.", "ln_f"])
 def test_gradients_match_finite_differences(ways, layer):
     _, _, grads = loss_of(PARAMS, ways)
-    rng = np.random.default_rng(hash(layer) % 1000)
+    rng = np.random.default_rng(zlib.crc32(layer.encode()))  # the same coordinates every run
     names = [n for n in PARAMS if n.startswith(layer)]
     for name in names:
         for _ in range(3):
             index = tuple(int(rng.integers(0, s)) for s in PARAMS[name].shape)
             plus = {k: v.copy() for k, v in PARAMS.items()}
             minus = {k: v.copy() for k, v in PARAMS.items()}
-            plus[name][index] += 1e-6
-            minus[name][index] -= 1e-6
-            numeric = (loss_of(plus, ways)[0] - loss_of(minus, ways)[0]) / 2e-6
+            plus[name][index] += 1e-5
+            minus[name][index] -= 1e-5
+            numeric = (loss_of(plus, ways)[0] - loss_of(minus, ways)[0]) / 2e-5
             got = analytic(grads, name, index, ways)
-            assert abs(got - numeric) <= 1e-5 * (abs(numeric) + abs(got)) + 1e-10, (name, index)
+            assert abs(got - numeric) <= 1e-5 * (abs(numeric) + abs(got)) + 1e-8, (name, index)
 
 
 def test_split_changes_nothing_but_rounding():
