@@ -6,8 +6,9 @@
 Subcommands: collectives (a message-size sweep of every algorithm of every
 collective), ledger (what recording in a CommLedger costs), forward (the
 tensor-parallel GPT-2's forward time), dp (a data-parallel training step with
-and without overlapping the gradient all-reduce). Without mpirun it runs as one
-rank.
+and without overlapping the gradient all-reduce), tradeoff (accuracy against
+bytes and time of float16/bfloat16 wires, rounding and deterministic mode).
+Without mpirun it runs as one rank.
 
 How collectives measures one (op, algorithm, size):
 
@@ -45,7 +46,7 @@ from mpi4py import MPI
 import numpy as np
 
 from . import bench_report as report
-from . import bench_dp, bench_forward, bench_ledger, collectives
+from . import bench_dp, bench_forward, bench_ledger, bench_tradeoff, collectives
 from .algorithms.channel import quiet_wait
 from .cli import Parser, comma_list, parse_size, run_main
 from .cost_model import ALGORITHMS, CostModel
@@ -101,6 +102,7 @@ def build_parser():
     bench_ledger.add_parser(commands)
     bench_forward.add_parser(commands)
     bench_dp.add_parser(commands)
+    bench_tradeoff.add_parser(commands)
     return parser
 
 

@@ -39,6 +39,8 @@ def problems(comm_dtype, rounding, algorithm):
     """What is wrong with a low-precision setting, or None (no messages sent)."""
     if comm_dtype not in WIRE:
         return f"comm dtype {comm_dtype!r}: choose from {', '.join(WIRE)}"
+    if comm_dtype == "float32" and rounding in ROUNDINGS + ("none",):
+        return None  # a float32 wire rounds nothing
     if rounding not in ROUNDINGS:
         return f"rounding {rounding!r}: choose from {', '.join(ROUNDINGS)}"
     if comm_dtype != "float32" and algorithm not in ALGORITHMS:
@@ -133,5 +135,9 @@ def allreduce_lowp(comm, x, comm_dtype="float16", rounding="per_hop", algorithm=
                            world_size=ch.size, rank=ch.rank, bytes_sent=ch.bytes_sent,
                            messages=ch.messages, steps=ch.steps,
                            seconds=time.perf_counter() - t0, trace=ch.trace,
-                           comm_dtype=comm_dtype, rounding=rounding))
+                           comm_dtype=comm_dtype, rounding=rounding,
+                           # what the cost model should see: per hop every message is 16-bit;
+                           # once, the reduce-scatter half is 4-byte and the allgather 2-byte
+                           wire_nbytes=int(x.size * (wire.itemsize if rounding == "per_hop"
+                                                     else (4 + wire.itemsize) / 2))))
     return out.reshape(x.shape)

@@ -72,7 +72,8 @@ class CommLedger:
         collectives run, to keep recording cheap.
         """
         for entry in self._records[self._predicted:]:
-            op, alg, p, n = entry["op"], entry["algorithm"], entry["world_size"], entry["nbytes"]
+            op, alg, p = entry["op"], entry["algorithm"], entry["world_size"]
+            n = entry.get("wire_nbytes", entry["nbytes"])  # 16-bit wires move fewer bytes
             try:
                 entry["predicted_seconds"] = self.model.predict(op, alg, p, n)
                 entry["lower_bound_seconds"] = self.model.lower_bound(op, p, n)
@@ -113,7 +114,7 @@ class CommLedger:
         groups = self.totals()
         comm_s = sum(g["seconds"] for g in groups.values())
         wall = self.wall_seconds or (time.perf_counter() - self._t0 if self._t0 else 0.0)
-        head = (f"{'op':<15}{'algorithm':<28}{'calls':>6}{'payload':>11}{'sent':>11}"
+        head = (f"{'op':<15}{'algorithm':<36}{'calls':>6}{'payload':>11}{'sent':>11}"
                 f"{'msgs':>7}{'seconds':>11}{'predicted':>11}{'% comm':>8}")
         lines = [head, "-" * len(head)]
         total = dict(calls=0, nbytes=0, bytes_sent=0, messages=0, seconds=0.0, predicted_seconds=0.0)
@@ -134,7 +135,7 @@ def _row(op, alg, g, comm_s):
     sent = "-" if g["bytes_sent"] is None else format_bytes(g["bytes_sent"])
     msgs = "-" if g["messages"] is None else g["messages"]
     pred = "-" if g["predicted_seconds"] is None else f"{g['predicted_seconds']:.3g}"
-    return (f"{op:<15}{alg:<28}{g['calls']:>6}{format_bytes(g['nbytes']):>11}"
+    return (f"{op:<15}{alg:<36}{g['calls']:>6}{format_bytes(g['nbytes']):>11}"
             f"{sent:>11}{msgs:>7}{g['seconds']:>11.3g}{pred:>11}{share:>7.1f}%")
 
 

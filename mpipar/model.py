@@ -67,7 +67,7 @@ class GPT:
                        f"{', '.join(ALGORITHMS['allreduce'] + ('mpi', 'auto'))}")
         elif not isinstance(p, (int, np.integer)) or p < 1:
             problem = f"ways must be a positive number of shards, not {ways!r}"
-        elif comm_dtype != "float32" or rounding != "per_hop":
+        elif comm_dtype != "float32" or rounding not in ("per_hop", "none"):
             problem = compressed.problems(comm_dtype, rounding, algorithm)
             if problem is None and deterministic:
                 problem = "deterministic mode reduces in float32: drop the 16-bit comm dtype"
