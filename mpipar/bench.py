@@ -39,7 +39,6 @@ import argparse
 import functools
 import json
 import math
-import os
 import time
 
 from mpi4py import MPI
@@ -48,7 +47,7 @@ import numpy as np
 from . import bench_report as report
 from . import bench_dp, bench_forward, bench_ledger, bench_tradeoff, collectives
 from .algorithms.channel import quiet_wait
-from .cli import Parser, comma_list, parse_size, run_main
+from .cli import Parser, comma_list, json_path_problem, parse_size, run_main
 from .cost_model import ALGORITHMS, CostModel
 
 OPS = tuple(ALGORITHMS)  # allreduce, allgather, reduce_scatter, broadcast
@@ -123,11 +122,7 @@ def check_collectives(args, comm):
     for name in ("trials", "warmup"):
         if getattr(args, name) < 1:
             return f"--{name} must be at least 1, not {getattr(args, name)}"
-    if args.json:  # only rank 0 writes, so only its file system counts
-        folder = os.path.dirname(os.path.abspath(args.json))
-        bad = None if os.access(folder, os.W_OK) else f"cannot write --json {args.json!r}"
-        return comm.bcast(bad if comm.Get_rank() == 0 else None, root=0)
-    return None
+    return json_path_problem(comm, args.json)
 
 
 def sizes(min_size, max_size):

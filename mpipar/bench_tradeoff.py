@@ -24,15 +24,14 @@ ULP differences, and the normalised error against its bound p-1 (Higham 2002, eq
 """
 import argparse
 import json
-import os
 import time
-from types import SimpleNamespace
 
 from mpi4py import MPI
 import numpy as np
 
 from . import numerics
 from .algorithms.channel import quiet_wait
+from .cli import json_path_problem
 from .collectives import allreduce
 from .compressed import ALGORITHMS, ROUNDINGS, WIRE, problems
 from .demo import load_model_inputs, task_accuracy
@@ -94,11 +93,7 @@ def check(args, comm):
             return f"--batch {args.batch}: the task has {len(task.heldout_pairs())} held-out examples"
     elif args.seq is not None and not 1 <= args.seq <= c.n_ctx:
         return f"--seq must be in 1..{c.n_ctx} (the model's context)"
-    if args.json:  # only rank 0 writes, so only its file system counts
-        folder = os.path.dirname(os.path.abspath(args.json))
-        bad = None if os.access(folder, os.W_OK) else f"cannot write --json {args.json!r}"
-        return comm.bcast(bad if comm.Get_rank() == 0 else None, root=0)
-    return None
+    return json_path_problem(comm, args.json)
 
 
 def evaluation_tokens(args):

@@ -4,6 +4,7 @@ Every rank parses the same argv and validates the same inputs, so every rank
 reaches the same verdict without sending a message. Only rank 0 speaks.
 """
 import argparse
+import os
 import re
 import sys
 import time
@@ -52,6 +53,16 @@ def comma_list(text):
     if not items:
         raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
     return list(dict.fromkeys(items))
+
+
+def json_path_problem(comm, path):
+    """A message if rank 0 cannot write ``path`` (None for no path): only rank 0 writes,
+    so only its file system counts; its verdict is sent to every rank (control data)."""
+    if not path:
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    bad = None if os.access(folder, os.W_OK) else f"cannot write --json {path!r}"
+    return comm.bcast(bad if comm.Get_rank() == 0 else None, root=0)
 
 
 def run_main(main, argv=None, grace_seconds=20.0):
