@@ -38,6 +38,9 @@ test-mpi: install
 	  echo "== MPI tests on $$n rank(s)"; \
 	  timeout $(MPI_TIMEOUT) $(MPIEXEC) -n $$n $(PY) $(PYTEST_MPI) tests || exit 1; \
 	done
+	@echo "== MPI tests on 5 ranks: uneven splits (12 heads on 5 ranks), odd p"
+	timeout $(MPI_TIMEOUT) $(MPIEXEC) -n 5 $(PY) $(PYTEST_MPI) \
+	  tests/test_tensor_parallel_mpi.py tests/test_collectives_mpi.py
 
 lessons: install
 	$(PY) -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=300 lessons
