@@ -69,10 +69,6 @@ class TPGroup:
         #: the wire type of reductions and logit gathers (see mpipar.compressed)
         self.comm_dtype, self.rounding = comm_dtype, rounding
 
-    @property
-    def emulated(self):
-        return len(self.shards) > 1
-
     def copy_to_tp(self, x):
         """Megatron's f: every shard gets the same input (forward identity)."""
         return x

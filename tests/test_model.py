@@ -248,3 +248,16 @@ def test_emulated_split_is_bounded_and_deterministic_emulation_reproducible(conf
         runs = [GPT(config, params, SELF, ways=ways, deterministic=True).forward(tok)
                 for _ in range(2)]
         assert numerics.bitwise_equal(runs[0], runs[1])  # two models, same bits
+
+
+def test_megatron_operators_on_an_emulated_split():
+    from mpipar.tensor_parallel import TPGroup
+    tp = TPGroup(SELF, ways=3)
+    x = np.arange(2 * 7, dtype=np.float32).reshape(2, 7)
+    parts = tp.scatter_to_tp(x)  # this process holds all 3 shards: np.array_split's blocks
+    assert [p.shape[-1] for p in parts] == [3, 2, 2]
+    assert all(np.array_equal(a, b) for a, b in zip(parts, np.array_split(x, 3, axis=-1)))
+    assert np.array_equal(tp.gather_from_tp(parts), x)  # gather undoes scatter
+    assert tp.copy_to_tp(x) is x  # f: the identity forward
+    assert np.array_equal(tp.reduce_from_tp([x, x, x]), (x + x) + x)  # g: sum in shard order
+    assert np.array_equal(tp.max_from_tp([x, -x, 2 * x]), np.maximum(x, 2 * x))
