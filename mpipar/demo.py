@@ -147,9 +147,8 @@ def main(argv=None):
 
     report = None
     if rank == 0:
-        report = _serial_comparison(config, args, p, prompt, logits, hidden, generated)
+        report, serial = _serial_comparison(args, p, prompt, logits, hidden, generated)
         if task is not None:
-            serial = GPT(config, load_model_inputs(args)[1], MPI.COMM_SELF)
             report["task"] = dict(name="addition", digits=task.digits, n=len(task.heldout_pairs()),
                                   accuracy_parallel=accuracy,
                                   accuracy_serial=task_accuracy(serial, task, 1),
@@ -228,8 +227,8 @@ def _timed_forward(comm, model, prompt, repeats=3):
     return {"seconds": float(np.median(times)), "bytes_sent_all_ranks": int(sent)}
 
 
-def _serial_comparison(config, args, p, prompt, logits, hidden, generated):
-    """Rank 0 runs the same code on one process and compares."""
+def _serial_comparison(args, p, prompt, logits, hidden, generated):
+    """Rank 0 runs the same code on one process and compares; (report, serial model)."""
     cfg, params, _ = load_model_inputs(args)
     ways = p if args.deterministic else None
     serial = GPT(cfg, params, MPI.COMM_SELF, deterministic=args.deterministic, ways=ways)
@@ -254,7 +253,7 @@ def _serial_comparison(config, args, p, prompt, logits, hidden, generated):
         bitwise_equal=numerics.bitwise_equal(logits, s_logits),
         max_ulp=numerics.max_ulp(logits, s_logits),
         max_normalized_error=numerics.normalized_error(logits, s_logits.astype(np.float64), scale),
-        layers=layers, serial_seconds=serial_seconds, prompt_length=int(prompt.shape[1]))
+        layers=layers, serial_seconds=serial_seconds, prompt_length=int(prompt.shape[1])), serial
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ def print_report(r, led):
     print(f"\nparallel vs {r['reference']}:")
     print(f"  tokens identical      {yes[r['tokens_identical']]}")
     print(f"  logits bitwise equal  {yes[r['bitwise_equal']]}")
-    print(f"  max ULP distance      {r['max_ulp']:.0f}  (large where a logit is near 0: "
-          "its ULP is tiny)")
+    print(f"  max ULP distance      {r['max_ulp']:.0f}"
+          + ("  (large where a logit is near 0: its ULP is tiny)" if r["max_ulp"] > 0 else ""))
     print(f"  max error             {r['max_normalized_error']:.3f} u * sum|h_k w_k| of the last matmul "
           f"(one {r['world_size']}-term sum in any order: <= {r['world_size'] - 1};\n"
           f"                        here the differences of {r['config']['n_layer']} layers add up)")
