@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+from jobs import assert_one_clear_error
 from mpipar import launch
 
 KEYS = {"world_size", "config", "tokens_parallel", "tokens_serial", "tokens_identical",
@@ -56,18 +57,13 @@ def test_demo_without_mpirun(tmp_path):
 
 
 def test_more_ranks_than_heads_is_one_clear_error():
-    job = launch.run("mpipar.demo", n=5, args=["--preset", "tiny"], check=False, timeout=120)
-    text = job.stdout + job.stderr
-    assert job.returncode != 0
-    assert text.count("cannot split 4 attention heads over 5 ranks") == 1, text
-    assert "Traceback" not in text
+    assert_one_clear_error("mpipar.demo", 5, ["--preset", "tiny"],
+                           "cannot split 4 attention heads over 5 ranks")
 
 
 def test_missing_weights_file_is_one_clear_error(tmp_path):
-    job = launch.run("mpipar.demo", n=2, args=["--weights", str(tmp_path / "nope.safetensors")],
-                     check=False, timeout=120)
-    text = job.stdout + job.stderr
-    assert job.returncode != 0 and text.count("no such file") == 1, text
+    assert_one_clear_error("mpipar.demo", 2, ["--weights", str(tmp_path / "nope.safetensors")],
+                           "no such file")
 
 
 def test_weights_with_hugging_face_config(tmp_path):

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 
+from jobs import assert_one_clear_error
 from mpipar import launch
 
 TINY = ["--preset", "tiny", "--steps", "12", "--quiet"]
@@ -42,7 +43,4 @@ def test_checkpoint_is_read_back_by_the_demo(tmp_path):
 
 
 def test_impossible_layout_is_one_clear_error():
-    job = launch.run("mpipar.train", n=3, args=TINY + ["--tp", "3"], check=False, timeout=120)
-    text = job.stdout + job.stderr
-    assert job.returncode != 0
-    assert text.count("at most 2") == 1 and "Traceback" not in text, text
+    assert_one_clear_error("mpipar.train", 3, TINY + ["--tp", "3"], "at most 2")
