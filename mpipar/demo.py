@@ -22,15 +22,15 @@ import time
 from mpi4py import MPI
 import numpy as np
 
-from . import numerics
-from .addition import AdditionTask
-from .algorithms.channel import quiet_wait
 from .cli import Parser, print0, run_main
-from .compressed import ROUNDINGS, WIRE
-from .cost_model import ALGORITHMS, CostModel
+from .collectives.channel import quiet_wait
+from .collectives.lowp import ROUNDINGS, WIRE
 from .demo_report import print_report
-from .ledger import CommLedger
-from .model import GPT, PRESETS, GPTConfig, init_params, load_state_dict
+from .measure import numerics
+from .measure.cost_model import ALGORITHMS, CostModel
+from .measure.ledger import CommLedger
+from .models import GPT, PRESETS, GPTConfig, init_params, load_state_dict
+from .tasks.addition import AdditionTask
 
 
 SHIPPED = Path(__file__).parent / "data" / "addition" / "model.safetensors"
@@ -184,7 +184,7 @@ def _range(s):
 
 
 def _mlp_cols(config, p, r):
-    from .tensor_parallel import split
+    from .collectives.blocks import split
     return split(4 * config.n_embd, p, r)
 
 

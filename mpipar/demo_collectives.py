@@ -17,11 +17,11 @@ import time
 from mpi4py import MPI
 import numpy as np
 
-from . import numerics
 from .cli import Parser, parse_size, print0, run_main
 from .collectives import DTYPES, allgather, allreduce, broadcast, reduce_scatter
-from .cost_model import ALGORITHMS, CostModel
-from .ledger import CommLedger, format_bytes
+from .measure import numerics
+from .measure.cost_model import ALGORITHMS, CostModel
+from .measure.ledger import CommLedger, format_bytes
 
 
 def build_parser():

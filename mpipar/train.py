@@ -18,13 +18,12 @@ import time
 from mpi4py import MPI
 import numpy as np
 
-from . import checkpoint
-from .addition import AdditionTask, shard
 from .cli import Parser, print0, run_main
-from .data_parallel import DataParallel
-from .mesh import Mesh
-from .model import GPT, GPTConfig, init_params
-from .optim import AdamW
+from .models import GPT, GPTConfig, checkpoint, init_params
+from .models.optim import AdamW
+from .parallel.data_parallel import DataParallel
+from .parallel.mesh import Mesh
+from .tasks.addition import AdditionTask, shard
 
 PRESETS = {  # model and schedule; "default" reaches >= 99% on 3-digit sums
     "tiny": dict(digits=2, n_embd=32, n_layer=1, n_head=2, steps=40, global_batch=32, lr=3e-3,

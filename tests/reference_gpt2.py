@@ -3,7 +3,7 @@
 Written from the formulas of Radford et al. (2019) and the Hugging Face layouts
 (Conv1D weights are (in, out), so a layer is ``x @ W + b``; c_attn's columns are
 [q | k | v]), in float64, one head at a time. It shares no code with
-``mpipar.model`` so a mistake there cannot hide in both.
+``mpipar.models`` so a mistake there cannot hide in both.
 """
 import numpy as np
 
@@ -31,7 +31,7 @@ def forward(params, tokens, n_head, eps=1e-5, hidden=None):
 
 def final_abs_sum(params, tokens, n_head, eps=1e-5):
     """sum_j |ln_f(x)_j| |wte_vj| for every logit: the sum of |terms| of the LM head's dot
-    products, the scale of ``mpipar.numerics.normalized_error``."""
+    products, the scale of ``mpipar.measure.numerics.normalized_error``."""
     x, wte = final_hidden(params, tokens, n_head, eps)
     return np.abs(x) @ np.abs(wte).T
 

@@ -4,7 +4,7 @@ exact-match scoring and evaluate()."""
 import numpy as np
 import pytest
 
-from mpipar.addition import VOCAB, AdditionTask, decode, encode, shard
+from mpipar.tasks.addition import VOCAB, AdditionTask, decode, encode, shard
 
 TASK = AdditionTask(digits=3, seed=0, heldout=1000)
 

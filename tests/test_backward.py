@@ -12,10 +12,10 @@ from mpi4py import MPI
 import numpy as np
 import pytest
 
-from mpipar.backward import loss_and_grads
-from mpipar.gpt_params import is_sharded, shard_params
-from mpipar.model import GPT, GPTConfig, init_params
-from mpipar.optim import AdamW, global_grad_norm
+from mpipar.models.backward import loss_and_grads
+from mpipar.models.params import is_sharded, shard_params
+from mpipar.models import GPT, GPTConfig, init_params
+from mpipar.models.optim import AdamW, global_grad_norm
 
 CFG = GPTConfig(vocab_size=23, n_ctx=8, n_embd=12, n_head=3, n_layer=2, dtype="float64")
 RNG = np.random.default_rng(0)

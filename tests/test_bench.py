@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from mpipar import launch
-from mpipar.cost_model import ALGORITHMS, CostModel
+from mpipar.measure.cost_model import ALGORITHMS, CostModel
 
 TINY = ["collectives", "--max-size", "4KiB", "--trials", "2", "--no-calibrate", "--quiet"]
 NOMINAL_SIZES = [8, 64, 512, 4096]  # 8 B * 8^k up to 4 KiB

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from mpipar.collectives import allgather, allreduce, broadcast, reduce_scatter
-from mpipar.cost_model import ALGORITHMS
+from mpipar.measure.cost_model import ALGORITHMS
 
 COMM = MPI.COMM_WORLD
 P, RANK = COMM.Get_size(), COMM.Get_rank()

@@ -1,4 +1,4 @@
-"""All-reduce with a 16-bit wire (mpipar.compressed) on the ranks of MPI.COMM_WORLD.
+"""All-reduce with a 16-bit wire (mpipar.collectives.lowp) on the ranks of MPI.COMM_WORLD.
 
 Run under mpirun at 1..4 ranks. As in test_collectives_mpi, a test collects what
 went wrong on this rank and asserts on the list gathered from every rank, so all
@@ -44,12 +44,12 @@ from mpi4py import MPI
 import numpy as np
 import pytest
 
-from mpipar import numerics
+from mpipar.measure import numerics
 from mpipar.collectives import allreduce
-from mpipar.compressed import WIRE, allreduce_lowp, problems
+from mpipar.collectives.lowp import WIRE, allreduce_lowp, problems
 from mpipar.demo import SHIPPED, load_model_inputs
-from mpipar.ledger import CommLedger
-from mpipar.model import GPT
+from mpipar.measure.ledger import CommLedger
+from mpipar.models import GPT
 
 pytestmark = pytest.mark.mpi
 COMM = MPI.COMM_WORLD

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from mpipar.cost_model import ALGORITHMS, CostModel
+from mpipar.measure.cost_model import ALGORITHMS, CostModel
 
 A, B, G = 1e-5, 1e-9, 1e-10
 model = CostModel(A, B, G)

@@ -12,15 +12,15 @@ from mpi4py import MPI
 import numpy as np
 import pytest
 
-from mpipar import numerics
-from mpipar.addition import AdditionTask
-from mpipar.data_parallel import DataParallel, accumulated_grads, loss_weights
-from mpipar.addition import shard
-from mpipar.backward import loss_and_grads
-from mpipar.checkpoint import full_params
-from mpipar.mesh import Mesh
-from mpipar.model import GPT, GPTConfig, init_params
-from mpipar.optim import AdamW
+from mpipar.measure import numerics
+from mpipar.tasks.addition import AdditionTask
+from mpipar.parallel.data_parallel import DataParallel, accumulated_grads, loss_weights
+from mpipar.tasks.addition import shard
+from mpipar.models.backward import loss_and_grads
+from mpipar.models.checkpoint import full_params
+from mpipar.parallel.mesh import Mesh
+from mpipar.models import GPT, GPTConfig, init_params
+from mpipar.models.optim import AdamW
 
 WORLD = MPI.COMM_WORLD
 TASK = AdditionTask(digits=2, seed=0, heldout=100)
@@ -32,7 +32,7 @@ def serial_run(steps, dp, lr=3e-3):
     """One process: accumulate the dp shards' gradients in order, then the same update."""
     model = GPT(CFG, init_params(CFG, 0), MPI.COMM_SELF)
     opt = AdamW(model, lr=lr)
-    from mpipar.optim import clip_grad_norm
+    from mpipar.models.optim import clip_grad_norm
     losses = []
     for step in range(steps):
         loss, grads = accumulated_grads(model, TASK.batch(step, BATCH), TASK.loss_mask(), dp)

@@ -68,7 +68,7 @@ def test_missing_weights_file_is_one_clear_error(tmp_path):
 
 def test_weights_with_hugging_face_config(tmp_path):
     from safetensors.numpy import save_file
-    from mpipar.model import GPTConfig, init_params
+    from mpipar.models import GPTConfig, init_params
     cfg = GPTConfig(vocab_size=50, n_ctx=32, n_embd=24, n_head=3, n_layer=1)
     params = {"transformer." + k: v for k, v in init_params(cfg, seed=3).items()}
     save_file(params, str(tmp_path / "model.safetensors"))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mpipar.collectives import allgather, allreduce, broadcast
-from mpipar.ledger import CommLedger, CostModel
+from mpipar.measure.ledger import CommLedger, CostModel
 
 KEYS = {"op", "algorithm", "dtype", "nbytes", "bytes_sent", "messages", "steps", "seconds",
         "predicted_seconds", "world_size", "rank"}

@@ -6,7 +6,7 @@ from every rank, so all ranks pass or fail together.
 from mpi4py import MPI
 import pytest
 
-from mpipar.mesh import Mesh
+from mpipar.parallel.mesh import Mesh
 
 COMM = MPI.COMM_WORLD
 P, RANK = COMM.Get_size(), COMM.Get_rank()

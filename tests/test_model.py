@@ -7,8 +7,8 @@ from mpi4py import MPI
 import numpy as np
 import pytest
 
-from mpipar import numerics
-from mpipar.model import GPT, GPTConfig, PRESETS, init_params, load_state_dict
+from mpipar.measure import numerics
+from mpipar.models import GPT, GPTConfig, PRESETS, init_params, load_state_dict
 import reference_gpt2 as ref
 
 SELF = MPI.COMM_SELF
@@ -251,7 +251,7 @@ def test_emulated_split_is_bounded_and_deterministic_emulation_reproducible(conf
 
 
 def test_megatron_operators_on_an_emulated_split():
-    from mpipar.tensor_parallel import TPGroup
+    from mpipar.parallel.tensor_parallel import TPGroup
     tp = TPGroup(SELF, ways=3)
     x = np.arange(2 * 7, dtype=np.float32).reshape(2, 7)
     parts = tp.scatter_to_tp(x)  # this process holds all 3 shards: np.array_split's blocks

@@ -3,7 +3,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from mpipar import numerics
+from mpipar.measure import numerics
 
 BF16 = ml_dtypes.bfloat16
 

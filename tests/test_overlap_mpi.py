@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from mpipar.collectives import allreduce
-from mpipar.ledger import CommLedger, CostModel
-from mpipar.mesh import Mesh
-from mpipar.overlap import GradBuckets, RingAllreduce
+from mpipar.measure.ledger import CommLedger, CostModel
+from mpipar.parallel.mesh import Mesh
+from mpipar.collectives.nonblocking import RingAllreduce
+from mpipar.parallel.buckets import GradBuckets
 
 COMM = MPI.COMM_WORLD
 P, RANK = COMM.Get_size(), COMM.Get_rank()

@@ -17,12 +17,12 @@ from mpi4py import MPI
 import numpy as np
 import pytest
 
-import mpipar.model
-from mpipar import numerics
+import mpipar.models.gpt2
+from mpipar.measure import numerics
 from mpipar.collectives import allreduce
-from mpipar.ledger import CommLedger
-from mpipar.model import GPT, GPTConfig, PRESETS, init_params
-from mpipar.tensor_parallel import split
+from mpipar.measure.ledger import CommLedger
+from mpipar.models import GPT, GPTConfig, PRESETS, init_params
+from mpipar.collectives.blocks import split
 import reference_gpt2 as ref
 
 COMM, SELF = MPI.COMM_WORLD, MPI.COMM_SELF
@@ -64,12 +64,12 @@ def first_ranks(k):
 @contextlib.contextmanager
 def gelu_inputs():
     """Record every GELU input -- the c_fc output of each shard -- while open."""
-    seen, real = [], mpipar.model.gelu
-    mpipar.model.gelu = lambda x: (seen.append(x.copy()), real(x))[1]
+    seen, real = [], mpipar.models.gpt2.gelu
+    mpipar.models.gpt2.gelu = lambda x: (seen.append(x.copy()), real(x))[1]
     try:
         yield seen
     finally:
-        mpipar.model.gelu = real
+        mpipar.models.gpt2.gelu = real
 
 
 def check_against_serial(comm, config, tok):

@@ -7,7 +7,7 @@ seconds on two cores. Nothing here asserts on time.
 import pytest
 
 from mpipar import launch
-from mpipar.bench_tradeoff import ORDER_ALGORITHMS, ROW_KEYS, settings
+from mpipar.bench.tradeoff import ORDER_ALGORITHMS, ROW_KEYS, settings
 
 SMALL = ["tradeoff", "--trials", "1", "--order-size", "5000", "--batch", "200"]
 HIST = ["0", "1", "2", "3-4", "5-8", ">8"]

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from mpipar.collectives import allgather, allreduce, broadcast, reduce_scatter
-from mpipar.cost_model import ALGORITHMS, CostModel
-from mpipar.ledger import CommLedger
+from mpipar.measure.cost_model import ALGORITHMS, CostModel
+from mpipar.measure.ledger import CommLedger
 
 COMM = MPI.COMM_WORLD
 P, RANK = COMM.Get_size(), COMM.Get_rank()

@@ -19,120 +19,13 @@ from numbers import Integral
 from operator import index
 import time
 
-from mpi4py import MPI
 import numpy as np
 
-from . import ledger
-from .algorithms.blocks import OPS, block, combine, split_offsets
-from .algorithms.channel import TAG, Channel
-from .collectives import DTYPES, allreduce
+from ..collectives import DTYPES, allreduce
+from ..collectives.channel import TAG
+from ..collectives.nonblocking import RingAllreduce
 
-__all__ = ["RingAllreduce", "GradBuckets"]
-
-DEFAULT_TAG = TAG + 1  # not Channel's: a blocking collective in flight meanwhile cannot match
-
-
-class RingAllreduce:
-    """Non-blocking ring allreduce of ``x`` on ``comm``: ``start()``, then ``progress()``
-    until it returns True, or ``wait()``. The result is ``.result``.
-
-    Steps, block split and every ``combine`` are those of ``algorithms.allreduce.ring``
-    (p-1 reduce-scatter steps, p-1 allgather steps, one message each way per step),
-    so the result is bitwise equal to ``collectives.allreduce(comm, x, op, "ring")``.
-    Ranks agree without a "lower rank first" rule: block b is reduced along the ring
-    (starting at rank b+1, each rank adding its own data on the right of the partial
-    it received), one rank at a time, and is only copied after that.
-
-    Every rank must create the same rings (length, dtype, op); rings in flight
-    together on one communicator need different ``tag`` s. Nothing is sent to check
-    (it would be a blocking round trip; ``GradBuckets`` checks its layout once).
-    ``inplace=True`` reduces in ``x`` itself (C-contiguous), otherwise in a copy.
-    """
-
-    def __init__(self, comm, x, op="sum", *, tag=DEFAULT_TAG, inplace=False):
-        x = np.asarray(x)
-        problem = (f"unknown op {op!r}; choose from {', '.join(OPS)}" if op not in OPS else
-                   f"dtype {x.dtype} is not supported" if x.dtype not in DTYPES else
-                   "inplace needs a C-contiguous array" if inplace and not x.flags.c_contiguous
-                   else None)
-        if problem:
-            raise ValueError(f"RingAllreduce: {problem}")
-        self.comm, self.op, self.shape, self.dtype = comm, op, x.shape, x.dtype
-        self.buf = x.reshape(-1) if inplace else np.array(x, order="C", copy=True).reshape(-1)
-        self.p, self.rank = comm.Get_size(), comm.Get_rank()
-        self.offsets = split_offsets(self.buf.size, self.p)
-        self._incoming = np.empty(self.offsets[1] if self.p > 1 else 0, x.dtype)  # largest block
-        self.ch = Channel(comm, trace=ledger.tracing(), tag=tag)
-        self._step, self._requests, self._sum_into = 0, [], None
-        self.t_start = self.t_end = None  #: perf_counter() at start() and when done was seen
-
-    started = property(lambda self: self.t_start is not None)
-    done = property(lambda self: self.t_end is not None)
-    result = property(lambda self: self.buf.reshape(self.shape), doc="x's shape; final once done")
-
-    def start(self):
-        """Post the first step's messages (or finish at once on one rank)."""
-        if self.started:
-            raise RuntimeError("RingAllreduce: already started")
-        self.t_start = time.perf_counter()
-        self._post()
-        return self
-
-    def _post(self):
-        """Post step ``self._step``: Irecv from the left, Isend to the right."""
-        p, r, s = self.p, self.rank, self._step
-        if s == 2 * (p - 1):
-            return self._finish()
-        self.ch.step()
-        left, right = (r - 1) % p, (r + 1) % p
-        if s < p - 1:  # reduce-scatter: pass partial of block r-s-1, add in block r-s-2
-            mine = block(self.buf, self.offsets, (r - s - 2) % p)
-            part = self._incoming[:mine.size]
-            self._requests = [self.ch.irecv(part, left),
-                              self.ch.isend(block(self.buf, self.offsets, (r - s - 1) % p), right)]
-            self._sum_into = (part, mine)
-        else:  # allgather: pass on the finished block received last (own block first)
-            t = s - (p - 1)
-            self._requests = [self.ch.irecv(block(self.buf, self.offsets, (r - t - 1) % p), left),
-                              self.ch.isend(block(self.buf, self.offsets, (r - t) % p), right)]
-            self._sum_into = None
-
-    def _advance(self):
-        """This step's messages have arrived: combine, then post the next step."""
-        if self._sum_into is not None:
-            part, mine = self._sum_into
-            combine(self.op, part, mine, out=mine)  # partial from earlier ranks, then ours
-        self._step += 1
-        self._post()
-
-    def progress(self):
-        """Test the outstanding requests; advance as far as arrived messages allow. True when done."""
-        if not self.started:
-            raise RuntimeError("RingAllreduce: progress() before start()")
-        while not self.done and MPI.Request.Testall(self._requests):
-            self._advance()
-        return self.done
-
-    def wait(self):
-        """Drive the ring to the end (Waitall per step); return the result."""
-        if not self.started:
-            self.start()
-        while not self.done:
-            MPI.Request.Waitall(self._requests)
-            self._advance()
-        return self.result
-
-    def _finish(self):
-        self.t_end = time.perf_counter()
-        self._requests = []
-        if ledger.recording():  # seconds: start to finish, including backward between polls
-            ch = self.ch
-            ledger.record(dict(
-                op="allreduce", algorithm="ring", requested="ring", nonblocking=True,
-                dtype=str(self.dtype), count=int(self.buf.size), nbytes=int(self.buf.nbytes),
-                world_size=ch.size, rank=ch.rank, bytes_sent=ch.bytes_sent,
-                messages=ch.messages, steps=ch.steps, seconds=self.t_end - self.t_start,
-                trace=ch.trace))
+__all__ = ["GradBuckets"]
 
 
 class GradBuckets:

@@ -18,9 +18,9 @@ import json
 from mpi4py import MPI
 import numpy as np
 
-from .data_parallel import DataParallel
-from .model import GPT, PRESETS, init_params
-from .optim import AdamW
+from ..models import GPT, PRESETS, init_params
+from ..models.optim import AdamW
+from ..parallel.data_parallel import DataParallel
 
 
 def add_parser(commands):

@@ -15,9 +15,9 @@ import time
 from mpi4py import MPI
 import numpy as np
 
-from .cli import parse_size
-from .collectives import allreduce
-from .ledger import CommLedger
+from ..cli import parse_size
+from ..collectives import allreduce
+from ..measure.ledger import CommLedger
 
 
 def add_parser(commands):

@@ -33,16 +33,10 @@ every mpipar entry point sets).
 """
 import numpy as np
 
-from .collectives import allgather, allreduce
-from .compressed import WIRE, allreduce_lowp
-from .cost_model import ALGORITHMS
-
-
-def split(n, p, r):
-    """The slice of range(n) that shard r of p owns (``np.array_split`` sizes)."""
-    base, extra = divmod(n, p)
-    start = r * base + min(r, extra)
-    return slice(start, start + base + (1 if r < extra else 0))
+from ..collectives import allgather, allreduce
+from ..collectives.blocks import split
+from ..collectives.lowp import WIRE, allreduce_lowp
+from ..measure.cost_model import ALGORITHMS
 
 
 class TPGroup:

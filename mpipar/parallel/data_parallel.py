@@ -24,12 +24,12 @@ import time
 
 import numpy as np
 
-from .addition import shard
-from .backward import loss_and_grads
-from .collectives import allreduce
-from .gpt_params import is_sharded
-from .optim import clip_grad_norm
-from .overlap import GradBuckets
+from ..collectives import allreduce
+from ..models.backward import loss_and_grads
+from ..models.optim import clip_grad_norm
+from ..models.params import is_sharded
+from ..tasks.addition import shard
+from .buckets import GradBuckets
 
 
 def ready_order(model):

@@ -11,8 +11,8 @@ import os
 
 import numpy as np
 
-from .collectives import allgather
-from .gpt_params import is_sharded
+from ..collectives import allgather
+from .params import is_sharded
 
 
 def _merge(config, name, pieces):

@@ -25,10 +25,10 @@ import time
 
 import numpy as np
 
-from . import ledger
-from .algorithms.blocks import BFLOAT16, Fold, block, split_offsets
-from .algorithms.channel import Channel
-from .collectives import allreduce
+from ..measure import ledger
+from . import allreduce
+from .blocks import BFLOAT16, Fold, block, split_offsets
+from .channel import Channel
 
 WIRE = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "bfloat16": BFLOAT16}
 ROUNDINGS = ("per_hop", "once")

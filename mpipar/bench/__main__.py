@@ -44,11 +44,12 @@ import time
 from mpi4py import MPI
 import numpy as np
 
-from . import bench_report as report
-from . import bench_dp, bench_forward, bench_ledger, bench_tradeoff, collectives
-from .algorithms.channel import quiet_wait
-from .cli import Parser, comma_list, json_path_problem, parse_size, run_main
-from .cost_model import ALGORITHMS, CostModel
+from .. import collectives
+from ..cli import Parser, comma_list, json_path_problem, parse_size, run_main
+from ..collectives.channel import quiet_wait
+from ..measure.cost_model import ALGORITHMS, CostModel
+from . import dp as bench_dp, forward as bench_forward, ledger as bench_ledger, table as report
+from . import tradeoff as bench_tradeoff
 
 OPS = tuple(ALGORITHMS)  # allreduce, allgather, reduce_scatter, broadcast
 CALLS = {"allreduce": collectives.allreduce, "allgather": collectives.allgather,

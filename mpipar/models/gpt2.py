@@ -19,10 +19,11 @@ row-parallel layers are added once, after the reduction. See ``tensor_parallel``
 """
 import numpy as np
 
-from .gpt_params import GPTConfig, PRESETS, check_params, init_params, load_state_dict, shard_params
-from . import compressed
-from .cost_model import ALGORITHMS
-from .tensor_parallel import TPGroup
+from ..collectives import lowp
+from ..measure.cost_model import ALGORITHMS
+from ..parallel.tensor_parallel import TPGroup
+from .config import GPTConfig, PRESETS
+from .params import check_params, init_params, load_state_dict, shard_params
 
 __all__ = ["GPT", "GPTConfig", "PRESETS", "init_params", "load_state_dict"]
 
@@ -68,7 +69,7 @@ class GPT:
         elif not isinstance(p, (int, np.integer)) or p < 1:
             problem = f"ways must be a positive number of shards, not {ways!r}"
         elif comm_dtype != "float32" or rounding not in ("per_hop", "none"):
-            problem = compressed.problems(comm_dtype, rounding, algorithm)
+            problem = lowp.problems(comm_dtype, rounding, algorithm)
             if problem is None and deterministic:
                 problem = "deterministic mode reduces in float32: drop the 16-bit comm dtype"
         if problem is None and p > config.n_head:

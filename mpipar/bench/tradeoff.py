@@ -29,14 +29,14 @@ import time
 from mpi4py import MPI
 import numpy as np
 
-from . import numerics
-from .algorithms.channel import quiet_wait
-from .cli import json_path_problem
-from .collectives import allreduce
-from .compressed import ALGORITHMS, ROUNDINGS, WIRE, problems
-from .demo import load_model_inputs, task_accuracy
-from .ledger import CommLedger, format_bytes
-from .model import GPT, PRESETS
+from ..cli import json_path_problem
+from ..collectives import allreduce
+from ..collectives.channel import quiet_wait
+from ..collectives.lowp import ALGORITHMS, ROUNDINGS, WIRE, problems
+from ..demo import load_model_inputs, task_accuracy
+from ..measure import numerics
+from ..measure.ledger import CommLedger, format_bytes
+from ..models import GPT, PRESETS
 
 ORDER_ALGORITHMS = ("naive", "tree", "ring", "recursive_doubling")
 ULP_BINS = (("0", 0, 0), ("1", 1, 1), ("2", 2, 2), ("3-4", 3, 4), ("5-8", 5, 8), (">8", 9, np.inf))

@@ -5,7 +5,7 @@
     reduce_scatter(comm, x, axis=0, op="sum", algorithm="auto") -> block r of the reduction
     broadcast(comm, x, root=0, algorithm="auto")          -> root's x
 
-The algorithms live in ``mpipar.algorithms`` (one file per collective, with cost
+The algorithms live beside this file (one file per collective, with cost
 formulas and the reason every rank ends with identical bits). ``algorithm="mpi"``
 calls the MPI library's own collective for side-by-side comparison; ``"auto"``
 picks the hand-written algorithm the default :class:`CostModel` predicts fastest
@@ -27,11 +27,11 @@ import time
 from mpi4py import MPI
 import numpy as np
 
-from . import ledger
-from .algorithms import allgather as _ag, allreduce as _ar, broadcast as _bc, reduce_scatter as _rs
-from .algorithms.blocks import BFLOAT16, OPS, split_offsets
-from .algorithms.channel import Channel
-from .cost_model import ALGORITHMS, CostModel
+from ..measure import ledger
+from ..measure.cost_model import ALGORITHMS, CostModel
+from . import allgather as _ag, allreduce as _ar, broadcast as _bc, reduce_scatter as _rs
+from .blocks import BFLOAT16, OPS, split_offsets
+from .channel import Channel
 
 DTYPES = [np.dtype(t) for t in ("float16", "float32", "float64", "int32", "int64")] + [BFLOAT16]
 _DTYPE_NAMES = {d: str(d) for d in DTYPES}  # str(dtype) is slow enough to show in the ledger's cost

@@ -16,9 +16,9 @@ import time
 from mpi4py import MPI
 import numpy as np
 
-from .cost_model import ALGORITHMS
-from .ledger import CommLedger
-from .model import GPT, PRESETS, init_params
+from ..measure.cost_model import ALGORITHMS
+from ..measure.ledger import CommLedger
+from ..models import GPT, PRESETS, init_params
 
 
 def add_parser(commands):

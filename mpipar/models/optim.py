@@ -9,7 +9,7 @@ replicas stay bitwise identical.
 """
 import numpy as np
 
-from .gpt_params import is_sharded
+from .params import is_sharded
 
 
 class AdamW:

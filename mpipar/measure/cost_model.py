@@ -5,7 +5,7 @@ bandwidth); reducing n bytes locally costs n*gamma. The closed forms below are
 those of Thakur, Rabenseifner & Gropp, "Optimization of Collective Communication
 Operations in MPICH" (IJHPCA 2005), with lg p rounded up and, where an algorithm
 needs a power of two, the cost of folding the extra ranks in and out added
-(q = 2^floor(lg p); see ``mpipar.algorithms.blocks.Fold``).
+(q = 2^floor(lg p); see ``mpipar.collectives.blocks.Fold``).
 
 n is the payload: the input of allreduce, broadcast and reduce_scatter, the
 whole gathered result of allgather.
@@ -112,7 +112,7 @@ class CostModel:
         messages count alike. Other ranks wait without spinning. The result is
         rank 0's fit, sent to every rank. Takes about a second.
         """
-        from .algorithms.channel import quiet_wait  # local import: keep the model MPI-free
+        from ..collectives.channel import quiet_wait  # local import: keep the model MPI-free
         rank, p = comm.Get_rank(), comm.Get_size()
         fit = None
         if rank == 0:

@@ -21,6 +21,13 @@ def split_offsets(n, p):
     return offsets
 
 
+def split(n, p, r):
+    """The slice of range(n) that shard r of p owns (``np.array_split`` sizes)."""
+    base, extra = divmod(n, p)
+    start = r * base + min(r, extra)
+    return slice(start, start + base + (1 if r < extra else 0))
+
+
 def block(buf, offsets, j):
     """View of block j of ``buf``."""
     return buf[offsets[j]:offsets[j + 1]]

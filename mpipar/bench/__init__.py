@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m mpipar.bench COMMAND``, one file per command, JSON out."""

@@ -1,0 +1,1 @@
+"""Measuring communication and numerics: the cost model, the ledger, error measures, units."""

@@ -1,0 +1,56 @@
+"""The shape of a model: ``GPTConfig`` and the named shapes ``PRESETS``."""
+from dataclasses import asdict, dataclass
+import json
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """The shape of a GPT-2 model."""
+
+    vocab_size: int = 50257  #: number of token ids
+    n_ctx: int = 1024  #: longest sequence (rows of the position embedding)
+    n_embd: int = 768  #: model width d
+    n_head: int = 12  #: attention heads (d must be divisible by it)
+    n_layer: int = 12  #: transformer blocks
+    layer_norm_epsilon: float = 1e-5  #: added to the variance in LayerNorm
+    dtype: str = "float32"  #: dtype of parameters and activations
+
+    def to_dict(self):
+        return asdict(self)
+
+    def problems(self):
+        """What makes this configuration unusable, or None."""
+        sizes = (self.vocab_size, self.n_ctx, self.n_embd, self.n_head, self.n_layer)
+        if not all(isinstance(n, (int, np.integer)) and n >= 1 for n in sizes):
+            return "vocab_size, n_ctx, n_embd, n_head and n_layer must be whole numbers >= 1"
+        if not self.layer_norm_epsilon >= 0:
+            return f"layer_norm_epsilon must be >= 0, not {self.layer_norm_epsilon}"
+        if self.n_embd % self.n_head:
+            return f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}"
+        if self.dtype not in ("float32", "float64"):
+            return f"dtype {self.dtype!r}: use float32 or float64"
+        return None
+
+    @classmethod
+    def from_hf_json(cls, path, **overrides):
+        """Read the Hugging Face ``config.json`` saved beside ``model.safetensors``."""
+        with open(path) as f:
+            hf = json.load(f)
+        missing = [k for k in ("vocab_size", "n_embd", "n_head", "n_layer") if k not in hf]
+        if "n_positions" not in hf and "n_ctx" not in hf:
+            missing.append("n_positions")
+        if missing:
+            raise ValueError(f"{path}: not a GPT-2 config.json, it lacks {', '.join(missing)}")
+        fields = dict(vocab_size=hf["vocab_size"], n_ctx=hf.get("n_positions", hf.get("n_ctx")),
+                      n_embd=hf["n_embd"], n_head=hf["n_head"], n_layer=hf["n_layer"],
+                      layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5))
+        return cls(**dict(fields, **overrides))
+
+
+PRESETS = {
+    "tiny": GPTConfig(vocab_size=96, n_ctx=64, n_embd=48, n_head=4, n_layer=2),
+    "small": GPTConfig(vocab_size=1000, n_ctx=128, n_embd=192, n_head=6, n_layer=4),
+    "gpt2-small": GPTConfig(),  # the 124M-parameter GPT-2
+}

@@ -1,0 +1,1 @@
+"""Ways to split work over ranks: the rank mesh, tensor parallelism, gradient buckets, data parallelism."""

@@ -1,0 +1,1 @@
+"""Training tasks as pure data (no MPI)."""
