@@ -40,7 +40,7 @@ test-mpi: install
 	done
 	@echo "== MPI tests on 5 ranks: uneven splits (12 heads on 5 ranks), odd p"
 	timeout $(MPI_TIMEOUT) $(MPIEXEC) -n 5 $(PY) $(PYTEST_MPI) \
-	  tests/test_tensor_parallel_mpi.py tests/test_collectives_mpi.py
+	  tests/parallel/test_tensor_parallel_mpi.py tests/collectives/test_collectives_mpi.py
 
 lessons: install
 	$(PY) -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=300 lessons

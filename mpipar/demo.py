@@ -27,7 +27,8 @@ from .collectives.channel import quiet_wait
 from .collectives.lowp import ROUNDINGS, WIRE
 from .demo_report import print_report
 from .measure import numerics
-from .measure.cost_model import ALGORITHMS, CostModel
+from .collectives import ALGORITHMS
+from .measure.cost_model import CostModel
 from .measure.ledger import CommLedger
 from .models import GPT, PRESETS, GPTConfig, init_params, load_state_dict
 from .tasks.addition import AdditionTask
@@ -46,7 +47,7 @@ def build_parser():
     parser.add_argument("--weights", metavar="PATH", help="a GPT-2 model.safetensors; its shape "
                         "comes from the Hugging Face config.json in the same folder (default: "
                         "the addition model shipped with mpipar, trained by python -m mpipar.train)")
-    parser.add_argument("--algorithm", default="auto", choices=ALGORITHMS["allreduce"] + ("mpi", "auto"),
+    parser.add_argument("--algorithm", default="auto", choices=(*ALGORITHMS["allreduce"], "mpi", "auto"),
                         help="allreduce algorithm of the row-parallel reductions (default auto)")
     parser.add_argument("--comm-dtype", default="float32", choices=list(WIRE),
                         help="wire type of every reduction and logit gather (default float32); "
@@ -131,7 +132,7 @@ def main(argv=None):
     del params  # each rank keeps only its shards from here on
 
     comm.Barrier()
-    with CommLedger(model=CostModel.calibrate(comm)) as led:
+    with CommLedger(cost_model=CostModel.calibrate(comm)) as led:
         t0 = time.perf_counter()
         hidden = []
         logits = model.forward(prompt, hidden=hidden)

@@ -20,8 +20,10 @@ import numpy as np
 from .cli import Parser, parse_size, print0, run_main
 from .collectives import DTYPES, allgather, allreduce, broadcast, reduce_scatter
 from .measure import numerics
-from .measure.cost_model import ALGORITHMS, CostModel
-from .measure.ledger import CommLedger, format_bytes
+from .collectives import ALGORITHMS
+from .measure.cost_model import CostModel
+from .measure.ledger import CommLedger
+from .measure.units import format_bytes
 
 
 def build_parser():
@@ -66,9 +68,9 @@ def main(argv=None):
     abs_sum = np.abs(everyone.astype(np.float64)).sum(axis=0)
 
     rows = []
-    with CommLedger(model=model) as led:
+    with CommLedger(cost_model=model) as led:
         results = {}
-        for alg in ALGORITHMS["allreduce"] + ("mpi",):
+        for alg in (*ALGORITHMS["allreduce"], "mpi"):
             seconds = []
             for _ in range(args.repeat):
                 comm.Barrier()
@@ -104,7 +106,7 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump({"world_size": p, "mpi_library": MPI.Get_library_version().splitlines()[0],
                        "dtype": str(dtype), "count": n, "nbytes": int(x.nbytes),
-                       "model": model.to_dict(), "allreduce": rows,
+                       "cost_model": model.to_dict(), "allreduce": rows,
                        "other_collectives": [dict(op=a, identical_to_mpi=b, note=c) for a, b, c in others],
                        "ring_trace": trace, "comm": led.to_dict()}, f, indent=1)
         print0(comm, f"\nwrote {args.json}")

@@ -1,5 +1,5 @@
 """What python -m mpipar.demo prints: the report dict rendered for a person."""
-from .measure.ledger import format_bytes
+from .measure.units import format_bytes
 
 
 def print_report(r, led):

@@ -23,7 +23,7 @@ from .models import GPT, GPTConfig, checkpoint, init_params
 from .models.optim import AdamW
 from .parallel.data_parallel import DataParallel
 from .parallel.mesh import Mesh
-from .tasks.addition import AdditionTask, shard
+from .tasks.addition import AdditionTask, batch_slice
 
 PRESETS = {  # model and schedule; "default" reaches >= 99% on 3-digit sums
     "tiny": dict(digits=2, n_embd=32, n_layer=1, n_head=2, steps=40, global_batch=32, lr=3e-3,
@@ -83,7 +83,7 @@ def learning_rate(step, s):
 def evaluate(model, task, dp_comm, n=None):
     """Exact-match accuracy on the held-out sums; the dp replicas split the set."""
     pairs = task.heldout_pairs()[:n]
-    mine = shard(pairs, dp_comm.Get_rank(), dp_comm.Get_size())
+    mine = batch_slice(pairs, dp_comm.Get_rank(), dp_comm.Get_size())
     correct = 0
     if len(mine):
         out = model.generate(task.prompts(mine), task.answer_len)

@@ -47,7 +47,9 @@ import numpy as np
 from .. import collectives
 from ..cli import Parser, comma_list, json_path_problem, parse_size, run_main
 from ..collectives.channel import quiet_wait
-from ..measure.cost_model import ALGORITHMS, CostModel
+from ..collectives import ALGORITHMS
+from ..measure.cost_model import CostModel
+from ..measure.units import format_bytes
 from . import dp as bench_dp, forward as bench_forward, ledger as bench_ledger, table as report
 from . import tradeoff as bench_tradeoff
 
@@ -116,10 +118,10 @@ def check_collectives(args, comm):
         if alg != "mpi" and not any(alg in ALGORITHMS[op] for op in args.ops):
             known = "; ".join(f"{op}: {', '.join(ALGORITHMS[op])}" for op in args.ops)
             return f"unknown algorithm {alg!r} for {', '.join(args.ops)} (known: {known}; and mpi)"
-    args.plan = {op: [a for a in ALGORITHMS[op] + ("mpi",) if a in wanted] for op in args.ops}
+    args.plan = {op: [a for a in (*ALGORITHMS[op], "mpi") if a in wanted] for op in args.ops}
     if args.min_size > args.max_size:
-        return (f"--min-size {report.fmt_size(args.min_size)} is larger than "
-                f"--max-size {report.fmt_size(args.max_size)}")
+        return (f"--min-size {format_bytes(args.min_size)} is larger than "
+                f"--max-size {format_bytes(args.max_size)}")
     for name in ("trials", "warmup"):
         if getattr(args, name) < 1:
             return f"--{name} must be at least 1, not {getattr(args, name)}"
@@ -215,7 +217,7 @@ def run_collectives(args, comm):
         for nominal in settings["sizes"]:
             x, nbytes = payload(op, nominal, dtype, p)
             for alg in args.plan[op]:
-                progress.start(op, f"{op} {alg} {report.fmt_size(nbytes)}")
+                progress.start(op, f"{op} {alg} {format_bytes(nbytes)}")
                 if nbytes not in done:  # rounding to whole elements can repeat a size
                     call = functools.partial(CALLS[op], comm, x, algorithm=alg, check=False)
                     times, iterations = measure(comm, call, args.warmup, args.trials)
@@ -232,7 +234,7 @@ def run_collectives(args, comm):
     progress.close()
     if show and args.json:
         result = {"benchmark": "collectives", "world_size": p, "mpi_library": library,
-                  "dtype": args.dtype, "model": model.to_dict(),
+                  "dtype": args.dtype, "cost_model": model.to_dict(),
                   "check_overhead_seconds": overhead, "settings": settings, "rows": rows}
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

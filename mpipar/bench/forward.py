@@ -16,7 +16,7 @@ import time
 from mpi4py import MPI
 import numpy as np
 
-from ..measure.cost_model import ALGORITHMS
+from ..collectives import ALGORITHMS
 from ..measure.ledger import CommLedger
 from ..models import GPT, PRESETS, init_params
 
@@ -29,7 +29,7 @@ def add_parser(commands):
                    help="model shape (default small; gpt2-small is the 124M GPT-2)")
     c.add_argument("--batch", type=int, default=1, metavar="B", help="sequences (default 1)")
     c.add_argument("--seq", type=int, default=64, metavar="T", help="tokens per sequence (default 64)")
-    c.add_argument("--algorithm", default="auto", choices=ALGORITHMS["allreduce"] + ("mpi", "auto"),
+    c.add_argument("--algorithm", default="auto", choices=(*ALGORITHMS["allreduce"], "mpi", "auto"),
                    help="allreduce algorithm (default auto)")
     c.add_argument("--deterministic", action="store_true", help="fixed-order reductions")
     c.add_argument("--trials", type=int, default=5, metavar="N", help="timed forwards (default 5)")

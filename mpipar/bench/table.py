@@ -17,6 +17,8 @@ import sys
 
 import numpy as np
 
+from ..measure.units import format_bytes, format_seconds
+
 BUSBW_FACTOR = {
     "allreduce": lambda p: 2 * (p - 1) / p,
     "allgather": lambda p: (p - 1) / p,
@@ -69,23 +71,6 @@ def add_ratios(rows):
 
 # --- formatting ------------------------------------------------------------------------------
 
-def fmt_time(seconds):
-    """3 significant digits in the unit a person would use: 41.2 us, 1.25 ms, 2.03 s."""
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
-        if abs(seconds) >= scale:
-            return f"{seconds / scale:.3g} {unit}"
-    return f"{seconds * 1e9:.3g} ns" if seconds else "0"
-
-
-def fmt_size(nbytes):
-    """4096 -> '4 KiB', 1536 -> '1.5 KiB', 12 -> '12 B', 4092 -> '~4 KiB' (rounded)."""
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if nbytes >= scale:
-            text = f"{nbytes / scale:.3g}"
-            return f"{text} {unit}" if float(text) * scale == nbytes else f"~{text} {unit}"
-    return f"{nbytes} B"
-
-
 def fmt_ratio(ratio):
     return "-" if ratio is None else f"{ratio:.2f}"
 
@@ -101,11 +86,11 @@ def op_table(op, rows, p):
         for i, r in enumerate(group):
             star = "*" if r is fastest and len(group) > 1 else ""
             lines.append(
-                f"{fmt_size(nbytes) if i == 0 else '':>9}  {r['algorithm'] + star:<19}"
-                f"{fmt_time(r['seconds']):>10}{fmt_time(r['seconds_min']):>9}"
-                f"{fmt_time(r['seconds_max']):>9}{r['busbw_GBps']:>11.3f}"
-                f"{fmt_time(r['predicted_seconds']):>11}"
-                f"{fmt_time(r['lower_bound_seconds']) if i == 0 else '':>11}"
+                f"{format_bytes(nbytes) if i == 0 else '':>9}  {r['algorithm'] + star:<19}"
+                f"{format_seconds(r['seconds']):>10}{format_seconds(r['seconds_min']):>9}"
+                f"{format_seconds(r['seconds_max']):>9}{r['busbw_GBps']:>11.3f}"
+                f"{format_seconds(r['predicted_seconds']):>11}"
+                f"{format_seconds(r['lower_bound_seconds']) if i == 0 else '':>11}"
                 f"{fmt_ratio(r['ratio_to_mpi']):>8}")
     return "\n".join(lines)
 
@@ -120,7 +105,7 @@ def ratio_table(op, rows):
              f"{'size':>9}" + "".join(f"{a:>{w}}" for a, w in columns)]
     for nbytes in sorted({r["bytes"] for r in rows}):
         ratio = {r["algorithm"]: r["ratio_to_mpi"] for r in rows if r["bytes"] == nbytes}
-        lines.append(f"{fmt_size(nbytes):>9}"
+        lines.append(f"{format_bytes(nbytes):>9}"
                      + "".join(f"{fmt_ratio(ratio.get(a)):>{w}}" for a, w in columns))
     return "\n".join(lines)
 
@@ -143,10 +128,10 @@ def header(p, library, dtype, model, settings):
 def overhead_line(seconds):
     """The check_overhead_seconds measurement, in words."""
     if seconds > 0:
-        return (f"argument check (check=True) adds {fmt_time(seconds)} per call "
+        return (f"argument check (check=True) adds {format_seconds(seconds)} per call "
                 f"(allreduce, 8 B); not included below\n")
     return (f"argument check (check=True): lost in the timing noise here (measured "
-            f"{fmt_time(seconds)}); not included below\n")
+            f"{format_seconds(seconds)}); not included below\n")
 
 
 class Progress:

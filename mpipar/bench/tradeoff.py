@@ -35,7 +35,8 @@ from ..collectives.channel import quiet_wait
 from ..collectives.lowp import ALGORITHMS, ROUNDINGS, WIRE, problems
 from ..demo import load_model_inputs, task_accuracy
 from ..measure import numerics
-from ..measure.ledger import CommLedger, format_bytes
+from ..measure.ledger import CommLedger
+from ..measure.units import format_bytes
 from ..models import GPT, PRESETS
 
 ORDER_ALGORITHMS = ("naive", "tree", "ring", "recursive_doubling")

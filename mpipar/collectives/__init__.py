@@ -129,9 +129,9 @@ def broadcast(comm, x, root=0, algorithm="auto", *, check=True):
 
 def _local_problems(name, algorithm, x, op="sum", axis=None, root=None, p=None):
     """What is wrong with this rank's arguments on their own, as a message, or None."""
-    if algorithm not in ALGORITHMS[name] + ("mpi", "auto"):
+    if algorithm not in (*ALGORITHMS[name], "mpi", "auto"):
         return (f"unknown algorithm {algorithm!r} for {name}; choose from "
-                f"{', '.join(ALGORITHMS[name] + ('mpi', 'auto'))}")
+                f"{', '.join((*ALGORITHMS[name], 'mpi', 'auto'))}")
     if op not in OPS:
         return f"unknown op {op!r}; choose from {', '.join(OPS)}"
     if x.dtype not in DTYPES:

@@ -13,6 +13,7 @@ and one dict per call, cheap enough to leave on.
 import time
 
 from .cost_model import CostModel
+from .units import format_bytes
 
 __all__ = ["CommLedger", "CostModel"]
 
@@ -41,8 +42,8 @@ def record(entry):
 class CommLedger:
     """Records every collective this rank calls while the ledger is open."""
 
-    def __init__(self, model=None, trace=False):
-        self.model = model or CostModel()
+    def __init__(self, cost_model=None, trace=False):
+        self.cost_model = cost_model or CostModel()
         self.trace = trace  #: keep (step, source, dest, nbytes) for every message
         self._records = []
         self._predicted = 0  # records before this index carry their predictions
@@ -75,8 +76,8 @@ class CommLedger:
             op, alg, p = entry["op"], entry["algorithm"], entry["world_size"]
             n = entry.get("wire_nbytes", entry["nbytes"])  # 16-bit wires move fewer bytes
             try:
-                entry["predicted_seconds"] = self.model.predict(op, alg, p, n)
-                entry["lower_bound_seconds"] = self.model.lower_bound(op, p, n)
+                entry["predicted_seconds"] = self.cost_model.predict(op, alg, p, n)
+                entry["lower_bound_seconds"] = self.cost_model.lower_bound(op, p, n)
             except (ValueError, KeyError):  # an operation the model has no formula for
                 entry["predicted_seconds"] = entry["lower_bound_seconds"] = None
         self._predicted = len(self._records)
@@ -88,7 +89,7 @@ class CommLedger:
 
     def to_dict(self):
         """JSON-ready: the records, the model they were predicted with, the open time."""
-        return {"records": list(self.records), "model": self.model.to_dict(),
+        return {"records": list(self.records), "cost_model": self.cost_model.to_dict(),
                 "wall_seconds": self.wall_seconds}
 
     def totals(self):
@@ -126,7 +127,7 @@ class CommLedger:
         lines.append(_row("total", "", total, comm_s))
         if wall > 0:
             lines.append(f"communication took {comm_s:.4g} s of the {wall:.4g} s the ledger was "
-                         f"open ({100 * comm_s / wall:.1f}%); predictions: {self.model.source} model")
+                         f"open ({100 * comm_s / wall:.1f}%); predictions: {self.cost_model.source} model")
         return "\n".join(lines)
 
 
@@ -137,11 +138,3 @@ def _row(op, alg, g, comm_s):
     pred = "-" if g["predicted_seconds"] is None else f"{g['predicted_seconds']:.3g}"
     return (f"{op:<15}{alg:<36}{g['calls']:>6}{format_bytes(g['nbytes']):>11}"
             f"{sent:>11}{msgs:>7}{g['seconds']:>11.3g}{pred:>11}{share:>7.1f}%")
-
-
-def format_bytes(n):
-    """1536 -> '1.5 KiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024

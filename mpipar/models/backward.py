@@ -24,7 +24,7 @@ dS = P (dP - rowsum(dP P)), dq = dS k / sqrt(d_h), dk = dS^T q / sqrt(d_h).
 import numpy as np
 
 from .loss import vocab_parallel_cross_entropy
-from .gpt2 import gelu, layer_norm
+from .layers import gelu, layer_norm
 
 
 def _ln_backward(x, w, dy, eps, grads, prefix):

@@ -20,30 +20,13 @@ row-parallel layers are added once, after the reduction. See ``tensor_parallel``
 import numpy as np
 
 from ..collectives import lowp
-from ..measure.cost_model import ALGORITHMS
+from ..collectives import ALGORITHMS
 from ..parallel.tensor_parallel import TPGroup
 from .config import GPTConfig, PRESETS
+from .layers import gelu, layer_norm, softmax
 from .params import check_params, init_params, load_state_dict, shard_params
 
 __all__ = ["GPT", "GPTConfig", "PRESETS", "init_params", "load_state_dict"]
-
-
-def layer_norm(x, weight, bias, eps):
-    """(x - mean) / sqrt(var + eps) * weight + bias over the last axis (Ba et al. 2016)."""
-    mean = x.mean(-1, keepdims=True)
-    centred = x - mean
-    var = (centred * centred).mean(-1, keepdims=True)
-    return centred / np.sqrt(var + eps) * weight + bias
-
-
-def gelu(x):
-    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) -- GPT-2's approximation."""
-    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi).astype(x.dtype) * (x + 0.044715 * x ** 3)))
-
-
-def softmax(x):
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
 
 
 class GPT:
@@ -63,9 +46,9 @@ class GPT:
             comm = MPI.COMM_WORLD
         problem = config.problems()
         p = comm.Get_size() if ways is None else ways
-        if algorithm not in ALGORITHMS["allreduce"] + ("mpi", "auto"):
+        if algorithm not in (*ALGORITHMS["allreduce"], "mpi", "auto"):
             problem = (f"unknown allreduce algorithm {algorithm!r}; choose from "
-                       f"{', '.join(ALGORITHMS['allreduce'] + ('mpi', 'auto'))}")
+                       f"{', '.join((*ALGORITHMS['allreduce'], 'mpi', 'auto'))}")
         elif not isinstance(p, (int, np.integer)) or p < 1:
             problem = f"ways must be a positive number of shards, not {ways!r}"
         elif comm_dtype != "float32" or rounding not in ("per_hop", "none"):
@@ -82,7 +65,7 @@ class GPT:
         self.tp = TPGroup(comm, ways=p, algorithm=algorithm, deterministic=deterministic,
                           comm_dtype=comm_dtype, rounding=rounding)
         self.dtype = np.dtype(config.dtype)
-        self.shards = [shard_params(config, params, r, p) for r in self.tp.shards]
+        self.shards = [shard_params(config, params, r, p) for r in self.tp.shard_ids]
         self.head_dim = config.n_embd // config.n_head
 
     # --- the pieces ------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from ..collectives import allreduce
 from ..models.backward import loss_and_grads
 from ..models.optim import clip_grad_norm
 from ..models.params import is_sharded
-from ..tasks.addition import shard
+from ..tasks.addition import batch_slice
 from .buckets import GradBuckets
 
 
@@ -76,7 +76,7 @@ class DataParallel:
     def step(self, tokens, mask, lr=None):
         """Train on the global batch ``tokens`` (N, T+1); returns the step's figures."""
         p, rank = self.comm.Get_size(), self.comm.Get_rank()
-        local = shard(tokens, rank, p)
+        local = batch_slice(tokens, rank, p)
         weights = loss_weights(mask, len(tokens), len(local), self.model.dtype)
         t0 = time.perf_counter()
         if self.buckets is not None:
@@ -108,7 +108,7 @@ def accumulated_grads(model, tokens, mask, dp):
     rank's shard, added in rank order (gradient accumulation). Returns (loss, grads)."""
     total_loss, total = 0.0, None
     for r in range(dp):
-        local = shard(tokens, r, dp)
+        local = batch_slice(tokens, r, dp)
         weights = loss_weights(mask, len(tokens), len(local), model.dtype)
         loss, _, grads = loss_and_grads(model, local[:, :-1], local[:, 1:], weights)
         total_loss = total_loss + loss if r else loss

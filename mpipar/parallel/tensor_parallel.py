@@ -36,7 +36,7 @@ import numpy as np
 from ..collectives import allgather, allreduce
 from ..collectives.blocks import split
 from ..collectives.lowp import WIRE, allreduce_lowp
-from ..measure.cost_model import ALGORITHMS
+from ..collectives import ALGORITHMS
 
 
 class TPGroup:
@@ -55,10 +55,10 @@ class TPGroup:
         self.ways = size if ways is None else ways
         if size not in (1, self.ways):
             raise ValueError(f"a {self.ways}-way split needs 1 or {self.ways} ranks, not {size}")
-        self.shards = [comm.Get_rank()] if size == self.ways else list(range(self.ways))
+        self.shard_ids = [comm.Get_rank()] if size == self.ways else list(range(self.ways))
         self.algorithm = algorithm  #: the allreduce algorithm of every reduce_from_tp
         # allgathers use the same algorithm where allgather has one of that name
-        self.gather_algorithm = algorithm if algorithm in ALGORITHMS["allgather"] + ("mpi",) else "auto"
+        self.gather_algorithm = algorithm if algorithm in (*ALGORITHMS["allgather"], "mpi") else "auto"
         self.deterministic = deterministic
         #: the wire type of reductions and logit gathers (see mpipar.compressed)
         self.comm_dtype, self.rounding = comm_dtype, rounding
@@ -116,4 +116,4 @@ class TPGroup:
     def scatter_to_tp(self, x, axis=-1):
         """The blocks of ``x`` along ``axis`` that this process's shards own."""
         n = x.shape[axis]
-        return [np.take(x, np.arange(n)[split(n, self.ways, r)], axis=axis) for r in self.shards]
+        return [np.take(x, np.arange(n)[split(n, self.ways, r)], axis=axis) for r in self.shard_ids]

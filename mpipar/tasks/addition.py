@@ -16,7 +16,7 @@ carry, which a small transformer learns slowly and poorly (Lee et al. 2023,
 
 Accuracy is exact match on ``heldout`` (a, b) pairs drawn once from the seed and never
 produced by ``batch``: the model cannot have memorised them. No MPI here -- it is
-pure data; the data-parallel trainer takes its rank's ``shard`` of each global batch.
+pure data; the data-parallel trainer takes its rank's ``batch_slice`` of each global batch.
 """
 import numpy as np
 
@@ -44,7 +44,7 @@ def decode(ids):
     return "".join(VOCAB[i] for i in ids)
 
 
-def shard(batch, rank, size):
+def batch_slice(batch, rank, size):
     """Rank ``rank``'s contiguous slice of the global batch, sized as ``np.array_split``
     (the first ``len % size`` ranks get one row more).
 

@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from mpipar.measure.cost_model import ALGORITHMS, CostModel
+from mpipar.collectives import ALGORITHMS
+from mpipar.measure.cost_model import CostModel
 
 A, B, G = 1e-5, 1e-9, 1e-10
 model = CostModel(A, B, G)

@@ -38,7 +38,7 @@ def test_nested_ledgers_and_own_models():
     slow = CostModel(alpha=1.0, beta=1.0, gamma=1.0, source="made up")
     with CommLedger() as outer:
         allgather(comm, np.arange(3), algorithm="ring")
-        with CommLedger(model=slow) as inner:
+        with CommLedger(cost_model=slow) as inner:
             allreduce(comm, np.arange(3), algorithm="tree")
         allreduce(comm, np.arange(3), algorithm="naive")
     assert len(outer.records) == 3 and len(inner.records) == 1

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from mpipar.collectives import allgather, allreduce, broadcast, reduce_scatter
-from mpipar.measure.cost_model import ALGORITHMS
+from mpipar.collectives import ALGORITHMS
 
 COMM = MPI.COMM_WORLD
 P, RANK = COMM.Get_size(), COMM.Get_rank()
@@ -35,7 +35,7 @@ def cases(draw, op):
     shape = draw(st.lists(st.integers(0, 5), min_size=ndim, max_size=ndim))
     axis = draw(st.integers(-ndim, ndim - 1))
     return dict(
-        algorithm=draw(st.sampled_from(ALGORITHMS[op] + ("mpi", "auto"))),
+        algorithm=draw(st.sampled_from((*ALGORITHMS[op], "mpi", "auto"))),
         shape=shape,
         axis=axis,
         op=draw(st.sampled_from(OPS)),

@@ -15,7 +15,7 @@ import pytest
 from mpipar.measure import numerics
 from mpipar.tasks.addition import AdditionTask
 from mpipar.parallel.data_parallel import DataParallel, accumulated_grads, loss_weights
-from mpipar.tasks.addition import shard
+from mpipar.tasks.addition import batch_slice
 from mpipar.models.backward import loss_and_grads
 from mpipar.models.checkpoint import full_params
 from mpipar.parallel.mesh import Mesh
@@ -72,12 +72,12 @@ def test_default_mode_gradients_within_the_summation_bound(overlap):
     tokens, mask = TASK.batch(0, BATCH), TASK.loss_mask()
     per_shard = []
     for r in range(p):  # what each rank computes: the reference's micro-batches
-        local = shard(tokens, r, p)
+        local = batch_slice(tokens, r, p)
         w = loss_weights(mask, BATCH, len(local), model.dtype)
         per_shard.append(loss_and_grads(model, local[:, :-1], local[:, 1:], w)[2][0])
     trainer = DataParallel(GPT(CFG, init_params(CFG, 0), MPI.COMM_SELF), WORLD,
                            AdamW(model, lr=0.0), bucket_bytes=2048, overlap=overlap)
-    local = shard(tokens, WORLD.Get_rank(), p)
+    local = batch_slice(tokens, WORLD.Get_rank(), p)
     w = loss_weights(mask, BATCH, len(local), model.dtype)
     # run the same synchronisation the trainer runs, on the trainer's own buckets
     _, _, grads = loss_and_grads(trainer.model, local[:, :-1], local[:, 1:], w,

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from mpipar.collectives import allgather, allreduce, broadcast, reduce_scatter
-from mpipar.measure.cost_model import ALGORITHMS
+from mpipar.collectives import ALGORITHMS
 
 COMM = MPI.COMM_WORLD
 P, RANK = COMM.Get_size(), COMM.Get_rank()
@@ -31,7 +31,7 @@ U = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "float32": 2.0**-24, "float64": 2
 
 def algorithms(name):
     """The hand-written algorithms, and "auto" (which must pick one of them)."""
-    return ALGORITHMS[name] + ("auto",)
+    return (*ALGORITHMS[name], "auto")
 
 
 def dt(name):

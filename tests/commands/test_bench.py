@@ -13,7 +13,8 @@ import sys
 import pytest
 
 from mpipar import launch
-from mpipar.measure.cost_model import ALGORITHMS, CostModel
+from mpipar.collectives import ALGORITHMS
+from mpipar.measure.cost_model import CostModel
 
 TINY = ["collectives", "--max-size", "4KiB", "--trials", "2", "--no-calibrate", "--quiet"]
 NOMINAL_SIZES = [8, 64, 512, 4096]  # 8 B * 8^k up to 4 KiB
@@ -38,7 +39,7 @@ def test_rows_keep_the_contract(n):
     data = job.data
     assert data["benchmark"] == "collectives" and data["world_size"] == n
     assert data["dtype"] == "float32" and isinstance(data["mpi_library"], str)
-    assert data["model"]["source"] == "default"
+    assert data["cost_model"]["source"] == "default"
     assert math.isfinite(data["check_overhead_seconds"])
     assert data["settings"]["trials"] == 2 and data["settings"]["sizes"] == NOMINAL_SIZES
 

@@ -51,7 +51,7 @@ def test_unknown_algorithm(name):
     fn = getattr(collectives, name)
     message = raises_everywhere(lambda: fn(COMM, np.ones(4), algorithm="bogus"),
                                 f"{name}: rank 0: unknown algorithm 'bogus'")
-    for alg in collectives.ALGORITHMS[name] + ("mpi", "auto"):  # it lists the valid choices
+    for alg in (*collectives.ALGORITHMS[name], "mpi", "auto"):  # it lists the valid choices
         assert alg in message
 
 

@@ -4,7 +4,7 @@ exact-match scoring and evaluate()."""
 import numpy as np
 import pytest
 
-from mpipar.tasks.addition import VOCAB, AdditionTask, decode, encode, shard
+from mpipar.tasks.addition import VOCAB, AdditionTask, decode, encode, batch_slice
 
 TASK = AdditionTask(digits=3, seed=0, heldout=1000)
 
@@ -120,14 +120,14 @@ def test_batch_depends_only_on_seed_and_step():
 @pytest.mark.parametrize("size", [1, 2, 3, 4, 5])
 def test_shards_concatenate_to_the_batch(size):
     batch = TASK.batch(3, 13)  # 13 rows: uneven at every size but 1
-    parts = [shard(batch, r, size) for r in range(size)]
+    parts = [batch_slice(batch, r, size) for r in range(size)]
     assert np.array_equal(np.concatenate(parts), batch)
     assert [len(p) for p in parts] == [len(x) for x in np.array_split(np.arange(13), size)]
 
 
 def test_shard_rejects_a_bad_rank():
     with pytest.raises(ValueError):
-        shard(TASK.batch(0, 4), 2, 2)
+        batch_slice(TASK.batch(0, 4), 2, 2)
 
 
 def test_loss_mask_selects_the_answer_and_end_targets():

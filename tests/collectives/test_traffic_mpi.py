@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from mpipar.collectives import allgather, allreduce, broadcast, reduce_scatter
-from mpipar.measure.cost_model import ALGORITHMS, CostModel
+from mpipar.collectives import ALGORITHMS
+from mpipar.measure.cost_model import CostModel
 from mpipar.measure.ledger import CommLedger
 
 COMM = MPI.COMM_WORLD
