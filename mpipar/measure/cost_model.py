@@ -23,6 +23,17 @@ ALGORITHMS = {
 }
 
 
+def bandwidth_factor(op, p):
+    """The share of the payload that must leave the busiest rank in any algorithm:
+    2(p-1)/p for allreduce, (p-1)/p for allgather and reduce_scatter, 1 for broadcast.
+
+    Times beta it is the bandwidth lower bound; times the algorithm bandwidth S/t it is
+    the bus bandwidth of the nccl-tests convention (doc/PERFORMANCE.md there).
+    """
+    return {"allreduce": 2 * (p - 1) / p, "allgather": (p - 1) / p,
+            "reduce_scatter": (p - 1) / p, "broadcast": 1.0}[op]
+
+
 def _lg(p):
     return (p - 1).bit_length()  # ceil(lg p) for p >= 1
 
@@ -92,9 +103,7 @@ class CostModel:
         """Bandwidth lower bound: bytes that must leave the busiest rank, times beta."""
         if p <= 1:
             return 0.0
-        factor = {"allreduce": 2 * (p - 1) / p, "allgather": (p - 1) / p,
-                  "reduce_scatter": (p - 1) / p, "broadcast": 1.0}[op]
-        return factor * n * self.beta
+        return bandwidth_factor(op, p) * n * self.beta
 
     def best(self, op, p, n):
         """The hand-written algorithm this model predicts to be fastest (``algorithm="auto"``)."""
