@@ -15,7 +15,7 @@ export MKL_NUM_THREADS=1
 PYTEST_MPI = -m mpi4py -m pytest --with-mpi -m mpi -q -p no:cacheprovider \
              --timeout=300 --timeout-method=thread
 
-.PHONY: install demo test test-serial test-mpi lessons bench clean
+.PHONY: install demo test lint test-serial test-mpi lessons bench clean
 
 install: $(VENV)/.installed
 
@@ -28,7 +28,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 demo: install
 	$(MPIEXEC) -n $(NP) $(PY) -m mpi4py -m mpipar.demo $(ARGS)
 
-test: test-serial test-mpi lessons
+test: lint test-serial test-mpi lessons
+
+lint: install
+	$(VENV)/bin/ruff check mpipar tests
 
 test-serial: install
 	$(PY) -m pytest -q -p no:cacheprovider -m "not mpi" tests
@@ -40,7 +43,7 @@ test-mpi: install
 	done
 	@echo "== MPI tests on 5 ranks: uneven splits (12 heads on 5 ranks), odd p"
 	timeout $(MPI_TIMEOUT) $(MPIEXEC) -n 5 $(PY) $(PYTEST_MPI) \
-	  tests/parallel/test_tensor_parallel_mpi.py tests/collectives/test_collectives_mpi.py
+	  tests/parallel/test_tensor_parallel*_mpi.py tests/collectives/test_results_mpi.py
 
 lessons: install
 	$(PY) -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=300 lessons

@@ -1,15 +1,15 @@
 """mpipar: parallel computing for language models, by hand, in NumPy over MPI.
 
-Modules (see README.md for the lesson index):
-    collectives      hand-written allreduce / allgather / reduce_scatter / broadcast
-    ledger           CommLedger (what every collective cost); cost_model: CostModel (alpha-beta-gamma)
-    numerics         bitwise / ULP / normalised-error comparison
-    tensor_parallel  Megatron's operators and the shards a process computes
-    model            GPT-2, written once for any tensor-parallel split
-    backward, loss, optim   training: the backward pass by hand, vocab-parallel cross-entropy, AdamW
-    data_parallel, overlap, mesh   gradient sums over replicas, overlapped with backward; dp x tp
-    compressed       all-reduce over a 16-bit wire, rounded per hop or once
-    launch           run an mpipar job with N ranks from a notebook and get its JSON back
+Packages (ARCHITECTURE.md has the map and the data flow):
+    collectives  hand-written allreduce / allgather / reduce_scatter / broadcast on a counting
+                 Channel; 16-bit wires (lowp); the non-blocking ring (nonblocking)
+    measure      CostModel (alpha-beta-gamma), CommLedger, numerics, units
+    parallel     Mesh (dp x tp), Megatron's tensor-parallel operators, gradient buckets,
+                 data-parallel training steps
+    models       GPT-2 written once for any split: config, parameter table, layers, loss, AdamW,
+                 checkpoints
+    tasks        the addition task the shipped model was trained on
+    cli, launch  what the entry points share; running a job from a notebook
 Entry points: python -m mpipar.demo | mpipar.demo_collectives | mpipar.train | mpipar.bench
 """
 

@@ -2,8 +2,14 @@
 
 Every rank parses the same argv and validates the same inputs, so every rank
 reaches the same verdict without sending a message. Only rank 0 speaks.
+
+Here: :class:`Parser`, :func:`run_main`, :func:`print0`, the option types
+(:func:`parse_size`, :func:`comma_list`), :func:`json_path_problem` (ask before any
+work) with :func:`write_json` (atomic, rank 0), and the one progress bar, :class:`Progress`.
 """
 import argparse
+import contextlib
+import json
 import os
 import re
 import sys
@@ -57,12 +63,105 @@ def comma_list(text):
 
 def json_path_problem(comm, path):
     """A message if rank 0 cannot write ``path`` (None for no path): only rank 0 writes,
-    so only its file system counts; its verdict is sent to every rank (control data)."""
+    so only its file system counts; its verdict is sent to every rank (control data).
+    Call it while validating, before any work, so a typo costs nothing."""
     if not path:
         return None
-    folder = os.path.dirname(os.path.abspath(path))
-    bad = None if os.access(folder, os.W_OK) else f"cannot write --json {path!r}"
-    return comm.bcast(bad if comm.Get_rank() == 0 else None, root=0)
+    bad = None
+    if comm.Get_rank() == 0:
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            bad = f"cannot write --json {path!r}: it is a folder"
+        elif not os.path.isdir(folder):
+            bad = f"cannot write --json {path!r}: there is no folder {folder!r}"
+        elif not os.access(folder, os.W_OK):
+            bad = f"cannot write --json {path!r}: the folder {folder!r} is not writable"
+    return comm.bcast(bad, root=0)
+
+
+def write_json(comm, path, obj, default=None):
+    """Rank 0 writes ``obj`` to ``path`` as JSON; other ranks, or no path, do nothing.
+
+    Atomic: the text goes to a temporary file in the same folder, which then replaces
+    ``path`` (``os.replace``), so a crash never leaves a half-written result where a
+    notebook expects one. No message is sent (``obj`` may exist on rank 0 only).
+    ``default`` is json.dump's: text for what JSON cannot hold (NumPy scalars, say).
+    Returns True where a file was written.
+    """
+    if not path or comm.Get_rank() != 0:
+        return False
+    folder, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w") as f:
+            json.dump(obj, f, indent=1, default=default)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
+    return True
+
+
+class Progress:
+    """The progress bar of every entry point: tqdm on stderr if installed, else one line
+    on stderr per stage; nothing when ``quiet`` or on ranks other than 0.
+
+        progress = Progress(comm, total=len(cases), quiet=args.quiet, unit="case")
+        progress.start("measuring allreduce", "allreduce ring 4 KiB")  # stage, what exactly
+        progress.update(loss="0.251")  # one unit done; keywords show beside the bar
+        progress.write(table)          # rank 0's stdout, without tearing the bar
+        progress.close()
+    """
+
+    def __init__(self, comm, total, quiet=False, unit="step"):
+        self.rank0 = comm.Get_rank() == 0
+        self.enabled = self.rank0 and not quiet
+        self.bar, self.stage = None, None
+        if self.enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            self.bar = tqdm(total=total, file=sys.stderr, unit=unit, leave=False)
+
+    def start(self, stage, label=None):
+        """Say what is being done now: the bar shows ``label`` (or ``stage``); without
+        tqdm a line names each new ``stage``."""
+        if self.bar is not None:
+            self.bar.set_description(label or stage)
+        elif self.enabled and stage != self.stage:
+            print(f"{stage} ...", file=sys.stderr, flush=True)
+        self.stage = stage
+
+    def update(self, **postfix):
+        """One unit done; ``postfix`` (name=text) is shown beside the bar."""
+        if self.bar is not None:
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+            self.bar.update(1)
+
+    def write(self, text):
+        """print() on rank 0 (quiet or not), with the bar out of the way."""
+        if not self.rank0:
+            return
+        if self.bar is not None:
+            self.bar.clear()
+        print(text, flush=True)
+        if self.bar is not None:
+            self.bar.refresh()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
 
 
 def run_main(main, argv=None, grace_seconds=20.0):

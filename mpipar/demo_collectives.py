@@ -11,16 +11,14 @@ its bound p-1, and the time next to the alpha-beta model's prediction. Then who
 sends what to whom at each step of ring allreduce, the other collectives checked
 against the library, and the communication ledger.
 """
-import json
 import time
 
 from mpi4py import MPI
 import numpy as np
 
-from .cli import Parser, parse_size, print0, run_main
-from .collectives import DTYPES, allgather, allreduce, broadcast, reduce_scatter
+from .cli import Parser, json_path_problem, parse_size, print0, run_main, write_json
+from .collectives import ALGORITHMS, DTYPES, allgather, allreduce, broadcast, reduce_scatter
 from .measure import numerics
-from .collectives import ALGORITHMS
 from .measure.cost_model import CostModel
 from .measure.ledger import CommLedger
 from .measure.units import format_bytes
@@ -48,17 +46,20 @@ def main(argv=None):
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     comm = MPI.COMM_WORLD
+    problem = json_path_problem(comm, args.json)
+    if problem:
+        parser.error(problem)
     p, rank = comm.Get_size(), comm.Get_rank()
     dtype = next(d for d in DTYPES if str(d) == args.dtype)
     n = max(1, args.size // dtype.itemsize)
-    model = CostModel() if args.no_calibrate else CostModel.calibrate(comm)
+    cost_model = CostModel() if args.no_calibrate else CostModel.calibrate(comm)
     x = _random(args.seed + rank, n, dtype)
 
     print0(comm, f"mpipar demo: hand-written collectives on {p} rank(s) -- "
                  f"{MPI.Get_library_version().splitlines()[0].strip()}")
-    print0(comm, f"cost model: alpha = {model.alpha * 1e6:.1f} us/message, beta = "
-                 f"{model.beta * 1e9:.3f} ns/byte ({1e-9 / model.beta:.2f} GB/s), gamma = "
-                 f"{model.gamma * 1e9:.3f} ns/byte  [{model.source}]\n")
+    print0(comm, f"cost model: alpha = {cost_model.alpha * 1e6:.1f} us/message, beta = "
+                 f"{cost_model.beta * 1e9:.3f} ns/byte ({1e-9 / cost_model.beta:.2f} GB/s), gamma = "
+                 f"{cost_model.gamma * 1e9:.3f} ns/byte  [{cost_model.source}]\n")
 
     everyone = allgather(comm, x[None], algorithm="mpi")  # all p inputs, for the references
     serial = everyone[0].copy()
@@ -68,7 +69,7 @@ def main(argv=None):
     abs_sum = np.abs(everyone.astype(np.float64)).sum(axis=0)
 
     rows = []
-    with CommLedger(cost_model=model) as led:
+    with CommLedger(cost_model=cost_model) as led:
         results = {}
         for alg in (*ALGORITHMS["allreduce"], "mpi"):
             seconds = []
@@ -85,7 +86,7 @@ def main(argv=None):
                 max_normalized_error=numerics.normalized_error(y, exact, abs_sum, dtype),
                 bound=max(p - 1, 0) + (dtype.itemsize == 2 and alg == "mpi"),
                 seconds=float(np.median(seconds)),
-                predicted_seconds=model.predict("allreduce", alg, p, x.nbytes)))
+                predicted_seconds=cost_model.predict("allreduce", alg, p, x.nbytes)))
         for row in rows:
             row["bitwise_equal_mpi"] = numerics.bitwise_equal(results[row["algorithm"]], results["mpi"])
         others = _other_collectives(comm, x)
@@ -102,14 +103,13 @@ def main(argv=None):
     print0(comm, "\ncommunication ledger of rank 0 (seconds are this rank's wall time per call):")
     print0(comm, led.summary())
 
-    if args.json and rank == 0:
-        with open(args.json, "w") as f:
-            json.dump({"world_size": p, "mpi_library": MPI.Get_library_version().splitlines()[0],
-                       "dtype": str(dtype), "count": n, "nbytes": int(x.nbytes),
-                       "cost_model": model.to_dict(), "allreduce": rows,
-                       "other_collectives": [dict(op=a, identical_to_mpi=b, note=c) for a, b, c in others],
-                       "ring_trace": trace, "comm": led.to_dict()}, f, indent=1)
-        print0(comm, f"\nwrote {args.json}")
+    if write_json(comm, args.json, {
+            "world_size": p, "mpi_library": MPI.Get_library_version().splitlines()[0],
+            "dtype": str(dtype), "count": n, "nbytes": int(x.nbytes),
+            "cost_model": cost_model.to_dict(), "allreduce": rows,
+            "other_collectives": [dict(op=a, identical_to_mpi=b, note=c) for a, b, c in others],
+            "ring_trace": trace, "comm": led.to_dict()}):
+        print(f"\nwrote {args.json}")
     return 0
 
 
@@ -160,9 +160,9 @@ def _ring_trace(comm, x):
 def _other_collectives(comm, x):
     """allgather with uneven shards, reduce_scatter and broadcast: auto vs the library."""
     p, rank = comm.Get_size(), comm.Get_rank()
-    shard = np.repeat(x[:8][None], rank + 1, axis=0)  # rank r contributes r+1 rows
+    rows = np.repeat(x[:8][None], rank + 1, axis=0)  # rank r contributes r+1 rows
     checks = []
-    ours, lib = allgather(comm, shard), allgather(comm, shard, algorithm="mpi")
+    ours, lib = allgather(comm, rows), allgather(comm, rows, algorithm="mpi")
     checks.append(("allgather", numerics.bitwise_equal(ours, lib),
                    f"uneven shards: rank r gives r+1 rows -> {ours.shape[0]} rows"))
     ints = (np.arange(x.size) % 7 + rank).astype(np.int64)

@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 
+from .cli import write_json
+
 RESULT_ENV = "MPIPAR_RESULT"
 ONE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")}
@@ -114,7 +116,6 @@ def emit(obj, comm=None):
         return
     path = os.environ.get(RESULT_ENV)
     if path:
-        with open(path, "w") as f:
-            json.dump(obj, f)
+        write_json(comm, path, obj)  # atomic: run() never reads half a file
     else:
         print(json.dumps(obj, indent=1))

@@ -12,32 +12,25 @@ buckets) before every replica applies the same AdamW update. Accuracy is exact
 match of the generated answer on held-out sums that training never sees.
 """
 import argparse
-import json
 import time
 
 from mpi4py import MPI
 import numpy as np
 
-from .cli import Parser, print0, run_main
+from .cli import Parser, Progress, json_path_problem, print0, run_main, write_json
 from .models import GPT, GPTConfig, checkpoint, init_params
-from .models.optim import AdamW
+from .models.optim import AdamW, learning_rate
 from .parallel.data_parallel import DataParallel
 from .parallel.mesh import Mesh
-from .tasks.addition import AdditionTask, batch_slice
-
-PRESETS = {  # model and schedule; "default" reaches >= 99% on 3-digit sums
-    "tiny": dict(digits=2, n_embd=32, n_layer=1, n_head=2, steps=40, global_batch=32, lr=3e-3,
-                 heldout=200),
-    "default": dict(digits=3, n_embd=64, n_layer=2, n_head=4, steps=1500, global_batch=64,
-                    lr=3e-3, heldout=1000),
-}
+from .tasks.addition import RECIPES, AdditionTask, batch_slice
 
 
 def build_parser():
     p = Parser(prog="python -m mpipar.train", description=__doc__.split("\n\n", 1)[1],
                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=list(PRESETS), default="default",
-                   help="tiny: trains in seconds (tests); default: reaches >= 99%% (minutes)")
+    p.add_argument("--preset", choices=list(RECIPES), default="default",
+                   help="the training recipe (task, model shape, schedule): tiny trains in seconds "
+                        "(tests); default reaches >= 99%% (minutes)")
     p.add_argument("--steps", type=int, help="optimizer steps (default: the preset's)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data and held-out set")
     p.add_argument("--dp", type=int, help="data-parallel ranks (default: all ranks / tp)")
@@ -59,7 +52,7 @@ def build_parser():
 
 def settings_from(args, world):
     """The run's settings, validated identically on every rank (ValueError if impossible)."""
-    s = dict(PRESETS[args.preset])
+    s = dict(RECIPES[args.preset])
     for key in ("steps", "global_batch", "lr"):
         if getattr(args, key) is not None:
             s[key] = getattr(args, key)
@@ -72,12 +65,6 @@ def settings_from(args, world):
     s.update(dp=dp, tp=tp, seed=args.seed, preset=args.preset, overlap=not args.no_overlap,
              deterministic=args.deterministic, bucket_bytes=int(args.bucket_kb * 1024))
     return s
-
-
-def learning_rate(step, s):
-    """Linear warm-up over 100 steps (or a tenth of the run), then cosine decay to 0."""
-    warm = max(1, min(100, s["steps"] // 10))
-    return s["lr"] * min(1.0, (step + 1) / warm) * 0.5 * (1 + np.cos(np.pi * step / s["steps"]))
 
 
 def evaluate(model, task, dp_comm, n=None):
@@ -95,6 +82,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     world = MPI.COMM_WORLD
     s = settings_from(args, world.Get_size())
+    problem = json_path_problem(world, args.json)  # before minutes of training, not after
+    if problem:
+        raise ValueError(problem)
     task = AdditionTask(digits=s["digits"], seed=s["seed"], heldout=s["heldout"])
     config = GPTConfig(vocab_size=task.vocab_size, n_ctx=task.seq_len, n_embd=s["n_embd"],
                        n_head=s["n_head"], n_layer=s["n_layer"])
@@ -107,21 +97,20 @@ def main(argv=None):
                       f"{config.n_head} heads) on {s['digits']}-digit addition: {s['steps']} steps "
                       f"of {s['global_batch']} sums, dp={s['dp']} x tp={s['tp']}")
         history, evals, steps = [], [], []
-        bar = _progress(world, s["steps"], args.quiet)
+        bar = Progress(world, s["steps"], quiet=args.quiet)
         mask = task.loss_mask()
         t_start = time.perf_counter()
         for step in range(s["steps"]):
-            out = trainer.step(task.batch(step, s["global_batch"]), mask, learning_rate(step, s))
+            out = trainer.step(task.batch(step, s["global_batch"]), mask,
+                               learning_rate(step, s["steps"], s["lr"]))
             history.append(out["loss"])
             steps.append(out)
-            if bar:
-                bar.set_postfix(loss=f"{out['loss']:.4f}", tok_s=f"{s['global_batch'] * (task.seq_len - 1) / out['seconds']:.0f}")
-                bar.update(1)
+            tokens_per_second = s["global_batch"] * (task.seq_len - 1) / out["seconds"]
+            bar.update(loss=f"{out['loss']:.4f}", tok_s=f"{tokens_per_second:.0f}")
             if (step + 1) % args.eval_every == 0 and step + 1 < s["steps"]:
                 evals.append(dict(step=step + 1, accuracy=evaluate(model, task, mesh.dp_comm)))
         train_seconds = time.perf_counter() - t_start
-        if bar:
-            bar.close()
+        bar.close()
         accuracy = evaluate(model, task, mesh.dp_comm)
         evals.append(dict(step=s["steps"], accuracy=accuracy))
         examples = task.evaluate(model.generate, n=5)["examples"]
@@ -137,27 +126,16 @@ def main(argv=None):
         print0(world, f"  {text} = {got}  ({'ok' if got == want else 'want ' + want})")
     if saved:
         print(f"saved {saved}")
-    if args.json and world.Get_rank() == 0:
+    if world.Get_rank() == 0:
         med = lambda key: float(np.median([o[key] for o in steps]))  # noqa: E731
-        with open(args.json, "w") as f:
-            json.dump(dict(loss=history, grad_norm=[o["grad_norm"] for o in steps],
-                           accuracy=accuracy, eval=evals, examples=examples, settings=s,
-                           world_size=world.Get_size(), dp=s["dp"], tp=s["tp"],
-                           seconds=dict(total=train_seconds, step_median=med("seconds"),
-                                        backward_median=med("backward_seconds"),
-                                        sync_wait_median=med("sync_wait_seconds")),
-                           timeline=timelines, checkpoint=saved), f, indent=1)
+        write_json(world, args.json, dict(
+            loss=history, grad_norm=[o["grad_norm"] for o in steps], accuracy=accuracy,
+            eval=evals, examples=examples, settings=s, world_size=world.Get_size(), dp=s["dp"],
+            tp=s["tp"], seconds=dict(total=train_seconds, step_median=med("seconds"),
+                                     backward_median=med("backward_seconds"),
+                                     sync_wait_median=med("sync_wait_seconds")),
+            timeline=timelines, checkpoint=saved))
     return 0
-
-
-def _progress(comm, total, quiet):
-    if quiet or comm.Get_rank() != 0:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="step", leave=False)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,22 @@
 """What every entry point owes a user who got something wrong: one clear message."""
+import os
+import subprocess
+import sys
+
 from mpipar import launch
 
 
 def assert_one_clear_error(target, n, args, message, timeout=120):
-    """Run ``target`` on ``n`` ranks; it must fail with ``message`` printed exactly once
-    (rank 0 only), no traceback, and a non-zero exit status. Returns the output."""
-    job = launch.run(target, n=n, args=args, check=False, timeout=timeout)
-    text = job.stdout + job.stderr
-    assert job.returncode != 0, text
+    """Run module ``target`` on ``n`` ranks with exactly ``args`` (``launch.run`` would add a
+    --json of its own); it must fail with ``message`` printed exactly once (rank 0 only), no
+    traceback, no abort, and a non-zero exit status. Returns the finished process."""
+    cmd = launch.mpiexec() + ["-n", str(n), sys.executable, "-m", "mpi4py", "-m", target] + args
+    env = dict(os.environ, **launch.ONE_THREAD)
+    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0, text
     assert text.count(message) == 1, text
-    assert "Traceback" not in text, text
-    return text
+    assert "Traceback" not in text and "Abort" not in text, text
+    return proc

@@ -48,7 +48,7 @@ def final_hidden(params, tokens, n_head, eps=1e-5, hidden=None):
     x = wte[tokens] + P["wpe.weight"][:T]                    # (B, T, d)
     allowed = np.tril(np.ones((T, T), dtype=bool))           # query t sees keys 0..t
     for i in range(n_layer):
-        w = lambda name: P[f"h.{i}.{name}"]  # noqa: E731
+        w = {name.split(".", 2)[2]: value for name, value in P.items() if name.startswith(f"h.{i}.")}.get
         a = layer_norm(x, w("ln_1.weight"), w("ln_1.bias"), eps)
         qkv = a @ w("attn.c_attn.weight") + w("attn.c_attn.bias")
         q, k, v = qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:]

@@ -1,248 +1,38 @@
-"""python -m mpipar.bench -- time the hand-written collectives beside the MPI library's.
+"""python -m mpipar.bench COMMAND -- mpipar's benchmarks: tables on stdout, JSON with --json.
 
     mpirun -n 4 python -m mpi4py -m mpipar.bench collectives [--ops allreduce] [--json out.json]
-    python -m mpipar.bench collectives --help
+    python -m mpipar.bench COMMAND --help
 
-Subcommands: collectives (a message-size sweep of every algorithm of every
-collective), ledger (what recording in a CommLedger costs), forward (the
-tensor-parallel GPT-2's forward time), dp (a data-parallel training step with
-and without overlapping the gradient all-reduce), tradeoff (accuracy against
-bytes and time of float16/bfloat16 wires, rounding and deterministic mode).
-Without mpirun it runs as one rank.
+Subcommands, one file each beside this one: collectives (a message-size sweep of
+every algorithm of every collective), ledger (what recording in a CommLedger
+costs), forward (the tensor-parallel GPT-2's forward time), dp (a data-parallel
+training step with and without overlapping the gradient all-reduce), tradeoff
+(accuracy against bytes and time of float16/bfloat16 wires, rounding and
+deterministic mode). Without mpirun it runs as one rank.
 
-How collectives measures one (op, algorithm, size):
-
-1. The collective is called with check=False, so the small control message
-   that compares every rank's arguments is not timed. That handshake is measured
-   once on its own (allreduce of 8 B: median of paired trials, check=True minus
-   check=False) and reported as check_overhead_seconds.
-2. --warmup untimed calls. The fastest warm-up call of the slowest rank (an
-   MPI.MAX allreduce, so every rank gets the same number) chooses the
-   iterations per trial: enough for a trial to last >= 5 ms, but 1 for a message
-   whose call already takes that long -- so 64 MiB costs warmup + trials calls.
-3. --trials trials, each: barrier, time `iterations` calls, per-call time =
-   trial time / iterations; the trial's time is the slowest rank's (MPI.MAX).
-4. Reported: the median over trials (and min, max), bus bandwidth (nccl-tests
-   convention, doc/PERFORMANCE.md; see mpipar.bench_report), the
-   alpha-beta-gamma prediction model.predict(op, algorithm, p, bytes) and the
-   bandwidth lower bound model.lower_bound(op, p, bytes) (Thakur, Rabenseifner &
-   Gropp 2005), and the ratio to the MPI library's time at the same op and size.
-
-Sizes are the payload S: the input of allreduce, reduce_scatter and broadcast,
-the whole gathered result of allgather (each rank contributes S/p, rounded to
-whole elements, at least one -- so allgather's sizes can differ slightly from the
-nominal ones). All sizes are rounded down to whole elements of --dtype, at least one.
-Every call includes the collective's private copy of its input (and, for
-allgather with check=False, its exchange of lengths), "mpi" included.
+This file only builds the parser from the subcommand modules, validates and
+dispatches. Each module has ``add_parser(commands)``, which sets two defaults:
+``check(args, comm)`` returns a problem message or None (no messages sent, except
+to agree on rank 0's file system), and ``run(args, comm)`` does the work and
+returns the exit status.
 """
-import argparse
-import functools
-import json
-import math
-import time
-
 from mpi4py import MPI
-import numpy as np
 
-from .. import collectives
-from ..cli import Parser, comma_list, json_path_problem, parse_size, run_main
-from ..collectives.channel import quiet_wait
-from ..collectives import ALGORITHMS
-from ..measure.cost_model import CostModel
-from ..measure.units import format_bytes
-from . import dp as bench_dp, forward as bench_forward, ledger as bench_ledger, table as report
-from . import tradeoff as bench_tradeoff
+from ..cli import Parser, run_main
+from . import collectives, dp, forward, ledger, tradeoff
 
-OPS = tuple(ALGORITHMS)  # allreduce, allgather, reduce_scatter, broadcast
-CALLS = {"allreduce": collectives.allreduce, "allgather": collectives.allgather,
-         "reduce_scatter": collectives.reduce_scatter, "broadcast": collectives.broadcast}
-DTYPES = {str(d): d for d in collectives.DTYPES}
-TARGET_TRIAL_SECONDS = 5e-3  #: a trial of small messages lasts at least this long
-MAX_ITERATIONS = 10_000
+SUBCOMMANDS = (collectives, ledger, forward, dp, tradeoff)
 
-
-# --- command line ----------------------------------------------------------------------------
 
 def build_parser():
-    """The argument parser (it prints from rank 0 only).
-
-    Each subcommand sets two defaults: ``check(args, comm)`` returns a problem
-    message or None (no messages sent, except to agree on rank 0's file system),
-    and ``run(args, comm)`` does the work and returns the exit status.
-    """
-
+    """The argument parser of every subcommand (it prints from rank 0 only)."""
     parser = Parser(prog="mpipar.bench", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                      parser_class=Parser)
-    c = commands.add_parser(
-        "collectives", help="message-size sweep of every collective algorithm vs the MPI library",
-        description=__doc__.split("\n\n", 3)[3], epilog=report.COLUMNS,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    c.add_argument("--ops", type=comma_list, default=list(OPS), metavar="LIST",
-                   help=f"collectives to time, comma-separated (default: {','.join(OPS)})")
-    c.add_argument("--algorithms", type=comma_list, metavar="LIST",
-                   help="algorithms, comma-separated; each op runs those it has (default: every "
-                        "hand-written algorithm of each op, and mpi). Known: "
-                        + "; ".join(f"{op}: {','.join(algs)}" for op, algs in ALGORITHMS.items())
-                        + "; all: mpi")
-    c.add_argument("--min-size", type=parse_size, default=8, metavar="SIZE",
-                   help="smallest payload (default 8B); sizes are min-size * 8^k up to max-size")
-    c.add_argument("--max-size", type=parse_size, default=64 << 20, metavar="SIZE",
-                   help="largest payload, always included (default 64MiB); units B, KiB, MiB, GiB")
-    c.add_argument("--trials", type=int, default=5, metavar="N",
-                   help="timed trials per case; the median is reported (default 5)")
-    c.add_argument("--dtype", default="float32", choices=list(DTYPES), metavar="NAME",
-                   help=f"element type: {', '.join(DTYPES)} (default float32)")
-    c.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed calls before the "
-                   "trials; the fastest sets the iterations per trial (default 2, at least 1)")
-    c.add_argument("--no-calibrate", action="store_true", help="predict with the default "
-                   "CostModel instead of CostModel.calibrate (a ~1 s ping-pong)")
-    c.add_argument("--json", metavar="PATH", help="rank 0 writes every row and the settings here")
-    c.add_argument("--quiet", action="store_true",
-                   help="no progress bar (it goes to stderr; the tables go to stdout)")
-    c.set_defaults(check=check_collectives, run=run_collectives, parser=c)
-    bench_ledger.add_parser(commands)
-    bench_forward.add_parser(commands)
-    bench_dp.add_parser(commands)
-    bench_tradeoff.add_parser(commands)
+    for module in SUBCOMMANDS:
+        module.add_parser(commands)
     return parser
 
-
-def check_collectives(args, comm):
-    """Resolve and validate the options, the same way on every rank; None or the problem."""
-    unknown = [op for op in args.ops if op not in OPS]
-    if unknown:
-        return f"unknown op {unknown[0]!r}; choose from {', '.join(OPS)}"
-    wanted = args.algorithms or sorted({a for op in args.ops for a in ALGORITHMS[op]} | {"mpi"})
-    for alg in wanted:
-        if alg != "mpi" and not any(alg in ALGORITHMS[op] for op in args.ops):
-            known = "; ".join(f"{op}: {', '.join(ALGORITHMS[op])}" for op in args.ops)
-            return f"unknown algorithm {alg!r} for {', '.join(args.ops)} (known: {known}; and mpi)"
-    args.plan = {op: [a for a in (*ALGORITHMS[op], "mpi") if a in wanted] for op in args.ops}
-    if args.min_size > args.max_size:
-        return (f"--min-size {format_bytes(args.min_size)} is larger than "
-                f"--max-size {format_bytes(args.max_size)}")
-    for name in ("trials", "warmup"):
-        if getattr(args, name) < 1:
-            return f"--{name} must be at least 1, not {getattr(args, name)}"
-    return json_path_problem(comm, args.json)
-
-
-def sizes(min_size, max_size):
-    """min_size * 8^k up to max_size, and max_size itself."""
-    out, s = [], min_size
-    while s < max_size:
-        out.append(s)
-        s *= 8
-    return out + [max_size]
-
-
-# --- measuring -------------------------------------------------------------------------------
-
-def slowest(comm, seconds):
-    """MPI.MAX over ranks; ranks that finished early sleep instead of spinning."""
-    out = np.zeros(1)
-    quiet_wait(comm.Iallreduce(np.array([seconds]), out, op=MPI.MAX))
-    return float(out[0])
-
-
-def measure(comm, call, warmup, trials):
-    """Per-call seconds of each trial (slowest rank), and the iterations per trial."""
-    fastest = math.inf
-    for _ in range(warmup):
-        t0 = time.perf_counter()
-        call()
-        fastest = min(fastest, time.perf_counter() - t0)
-    per_call = slowest(comm, fastest)
-    iterations = max(1, min(MAX_ITERATIONS, math.ceil(TARGET_TRIAL_SECONDS / max(per_call, 1e-9))))
-    times = []
-    for _ in range(trials):
-        comm.Barrier()
-        t0 = time.perf_counter()
-        for _ in range(iterations):
-            call()
-        times.append(slowest(comm, (time.perf_counter() - t0) / iterations))
-    return times, iterations
-
-
-def payload(op, nbytes, dtype, p):
-    """This rank's input for a payload of about ``nbytes``, and the exact payload in bytes."""
-    count = max(1, nbytes // dtype.itemsize)
-    if op == "allgather":  # each rank contributes S/p
-        mine = max(1, round(count / p))
-        return np.ones(mine, dtype), mine * p * dtype.itemsize
-    return np.ones(count, dtype), count * dtype.itemsize
-
-
-def check_overhead(comm, dtype, warmup, trials):
-    """Seconds the argument-agreement handshake adds to an 8-byte allreduce.
-
-    Trials with and without the check alternate, so both see the same background
-    load; the result is the median of the paired differences (noise can make it < 0).
-    """
-    x = payload("allreduce", 8, dtype, comm.Get_size())[0]
-    calls = [functools.partial(collectives.allreduce, comm, x, algorithm="mpi", check=check)
-             for check in (True, False)]
-    diffs = []
-    for _ in range(trials):
-        checked, unchecked = (measure(comm, call, warmup, 1)[0][0] for call in calls)
-        diffs.append(checked - unchecked)
-    return float(np.median(diffs))
-
-
-def run_collectives(args, comm):
-    """The sweep: every op, size and algorithm measured; tables on rank 0, and the JSON."""
-    p, rank = comm.Get_size(), comm.Get_rank()
-    dtype = DTYPES[args.dtype]
-    settings = dict(command="collectives", ops=args.ops, algorithms=args.plan,
-                    min_size=args.min_size, max_size=args.max_size,
-                    sizes=sizes(args.min_size, args.max_size), trials=args.trials,
-                    dtype=args.dtype, warmup=args.warmup, calibrate=not args.no_calibrate,
-                    json=args.json, quiet=args.quiet, target_trial_seconds=TARGET_TRIAL_SECONDS)
-    library = MPI.Get_library_version().splitlines()[0]
-    model = CostModel() if args.no_calibrate else CostModel.calibrate(comm)
-    show = rank == 0
-    if show:
-        print(report.header(p, library, args.dtype, model, settings), flush=True)
-    total = 1 + sum(len(algs) for algs in args.plan.values()) * len(settings["sizes"])
-    progress = report.Progress(total, enabled=show and not args.quiet)
-    progress.start("check", "check overhead")
-    overhead = check_overhead(comm, dtype, args.warmup, args.trials)
-    progress.done()
-    if show:
-        progress.write(report.overhead_line(overhead))
-    rows = []
-    for op in args.ops:
-        op_rows, done = [], set()
-        for nominal in settings["sizes"]:
-            x, nbytes = payload(op, nominal, dtype, p)
-            for alg in args.plan[op]:
-                progress.start(op, f"{op} {alg} {format_bytes(nbytes)}")
-                if nbytes not in done:  # rounding to whole elements can repeat a size
-                    call = functools.partial(CALLS[op], comm, x, algorithm=alg, check=False)
-                    times, iterations = measure(comm, call, args.warmup, args.trials)
-                    op_rows.append(report.make_row(op, alg, p, nbytes, nbytes // dtype.itemsize,
-                                                   times, iterations, model))
-                progress.done()
-            done.add(nbytes)
-            del x
-        report.add_ratios(op_rows)
-        rows += op_rows
-        if show:
-            progress.write(report.op_table(op, op_rows, p) + "\n"
-                           + report.ratio_table(op, op_rows) + "\n")
-    progress.close()
-    if show and args.json:
-        result = {"benchmark": "collectives", "world_size": p, "mpi_library": library,
-                  "dtype": args.dtype, "cost_model": model.to_dict(),
-                  "check_overhead_seconds": overhead, "settings": settings, "rows": rows}
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"wrote {args.json}", flush=True)
-    return 0
-
-
-# --- entry point -----------------------------------------------------------------------------
 
 def main(argv=None):
     """Parse, validate (identically on every rank), run; the exit status (2: bad usage)."""

@@ -13,14 +13,19 @@ all-reduces after backward, the gradient bytes per step, and the last overlapped
 step's bucket timeline of every rank.
 """
 import argparse
-import json
 
 from mpi4py import MPI
 import numpy as np
 
+from ..cli import json_path_problem, write_json
+from ..measure.units import format_bytes, format_seconds
 from ..models import GPT, PRESETS, init_params
 from ..models.optim import AdamW
 from ..parallel.data_parallel import DataParallel
+from .table import Column, format_table
+from .timing import medians, run_trials
+
+FIGURES = ("seconds", "backward_seconds", "sync_wait_seconds")  #: of a step, as DataParallel.step times them
 
 
 def add_parser(commands):
@@ -41,46 +46,52 @@ def check(args, comm):
         return "--batch must be >= the number of ranks, --steps >= 1, --seq >= 2, --bucket-kb > 0"
     if args.seq + 1 > PRESETS[args.preset].n_ctx:
         return f"--seq {args.seq} does not fit the context of {PRESETS[args.preset].n_ctx}"
-    return None
+    return json_path_problem(comm, args.json)
+
+
+def trainer_step(trainer, config, args, outputs):
+    """A function of no arguments: one step of ``trainer`` on the next random global batch.
+    Each trainer draws from its own generator of the same seed, so both see the same batches.
+    Every step's output is appended to ``outputs``."""
+    rng, mask = np.random.default_rng(0), np.ones(args.seq)
+
+    def step():
+        outputs.append(trainer.step(rng.integers(0, config.vocab_size, (args.batch, args.seq + 1)), mask))
+        return outputs[-1]
+    return step
 
 
 def run(args, comm):
     config = PRESETS[args.preset]
-    rng = np.random.default_rng(0)
-    trainers = {}
+    trainers, steps, outputs = {}, {}, {False: [], True: []}
     for overlap in (False, True):
         model = GPT(config, init_params(config, 0), MPI.COMM_SELF)
         trainers[overlap] = DataParallel(model, comm, AdamW(model, lr=1e-4),
                                          bucket_bytes=int(args.bucket_kb * 1024), overlap=overlap)
-    mask = np.ones(args.seq)
-    results = {False: [], True: []}
-    for step in range(args.steps + 1):  # step 0 warms up
-        tokens = rng.integers(0, config.vocab_size, (args.batch, args.seq + 1))
-        for overlap in (False, True):
-            comm.Barrier()
-            out = trainers[overlap].step(tokens, mask)
-            if step:
-                results[overlap].append({k: comm.allreduce(out[k], op=MPI.MAX)
-                                         for k in ("seconds", "backward_seconds", "sync_wait_seconds")})
-    med = {o: {k: float(np.median([r[k] for r in results[o]])) for k in results[o][0]}
-           for o in results}
-    timelines = comm.gather(out["timeline"], root=0)
-    grad_bytes = sum(b.nbytes for b in trainers[True].buckets.buffers) if trainers[True].buckets else 0
+        steps[overlap] = trainer_step(trainers[overlap], config, args, outputs[overlap])
+    figures = run_trials(comm, steps, args.steps, warmup=1,  # the step's own clock, not the loop's
+                         figures=lambda out: {key: out[key] for key in FIGURES})
+    med = {overlap: medians(figures[overlap]) for overlap in (False, True)}
+    timelines = comm.gather(outputs[True][-1]["timeline"], root=0)
+    buffers = trainers[True].buckets.buffers if trainers[True].buckets else []
+    grad_bytes = sum(b.nbytes for b in buffers)
     if comm.Get_rank() == 0:
         print(f"{args.preset}: {comm.Get_size()} rank(s), global batch {args.batch} x {args.seq} tokens,"
-              f" {grad_bytes / 2**20:.2f} MiB of gradients in "
-              f"{len(trainers[True].buckets.buffers) if trainers[True].buckets else 0} buckets")
-        for o, name in ((False, "after backward"), (True, "overlapped")):
-            m = med[o]
-            print(f"  all-reduce {name:<15} step {m['seconds'] * 1e3:8.1f} ms  backward "
-                  f"{m['backward_seconds'] * 1e3:8.1f} ms  waiting after backward "
-                  f"{m['sync_wait_seconds'] * 1e3:7.1f} ms")
+              f" {format_bytes(grad_bytes)} of gradients in {len(buffers)} buckets")
+        print_modes(med)
         print(f"  overlap saves {100 * (1 - med[True]['seconds'] / med[False]['seconds']):.1f}% "
-              f"of the step (medians of {args.steps})")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(dict(benchmark="dp", world_size=comm.Get_size(), preset=args.preset,
-                               batch=args.batch, seq=args.seq, bucket_bytes=int(args.bucket_kb * 1024),
-                               grad_bytes=int(grad_bytes), steps=args.steps,
-                               no_overlap=med[False], overlap=med[True], timeline=timelines), f, indent=1)
+              f"of the step (medians of {args.steps})", flush=True)
+    write_json(comm, args.json, dict(
+        benchmark="dp", world_size=comm.Get_size(), preset=args.preset, batch=args.batch,
+        seq=args.seq, bucket_bytes=int(args.bucket_kb * 1024), grad_bytes=int(grad_bytes),
+        steps=args.steps, no_overlap=med[False], overlap=med[True], timeline=timelines))
     return 0
+
+
+def print_modes(med):
+    """One row per mode: the medians of the step, its backward, the wait after backward."""
+    columns = [Column("all-reduce", align="<"), Column("step", format_seconds),
+               Column("backward", format_seconds), Column("waiting after backward", format_seconds)]
+    rows = [[name, *(med[overlap][key] for key in FIGURES)]
+            for overlap, name in ((False, "after backward"), (True, "overlapped"))]
+    print(format_table(columns, rows, indent="  "))

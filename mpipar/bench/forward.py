@@ -6,19 +6,18 @@ Random weights of the preset's shape (only the shape matters for time). After
 --warmup forwards, --trials forwards are timed: barrier, forward, the slowest
 rank's time (MPI.MAX). A CommLedger splits each into communication (the
 row-parallel allreduces and the logit allgather) and compute (the rest).
-Reported: medians, and the speedup against a 1-rank run when --baseline is
-given the JSON of one.
+Reported: the medians.
 """
 import argparse
-import json
-import time
 
-from mpi4py import MPI
 import numpy as np
 
+from ..cli import json_path_problem, write_json
 from ..collectives import ALGORITHMS
 from ..measure.ledger import CommLedger
+from ..measure.units import format_bytes, format_seconds
 from ..models import GPT, PRESETS, init_params
+from .timing import medians, time_call
 
 
 def add_parser(commands):
@@ -46,7 +45,7 @@ def check(args, comm):
         return f"--seq {args.seq} is longer than the context of {config.n_ctx}"
     if comm.Get_size() > config.n_head:
         return f"{args.preset} has {config.n_head} heads: run on at most {config.n_head} ranks"
-    return None
+    return json_path_problem(comm, args.json)
 
 
 def run(args, comm):
@@ -54,19 +53,20 @@ def run(args, comm):
     model = GPT(config, init_params(config, seed=0), comm, algorithm=args.algorithm,
                 deterministic=args.deterministic)
     tokens = np.random.default_rng(0).integers(0, config.vocab_size, (args.batch, args.seq))
-    for _ in range(args.warmup):
-        model.forward(tokens)
-    total, comm_s, nbytes = [], [], 0
-    for _ in range(args.trials):
-        comm.Barrier()
+    ledgers = []  # one per forward, the last one's bytes are reported
+
+    def forward():
         with CommLedger() as led:
-            t0 = time.perf_counter()
             model.forward(tokens)
-            elapsed = time.perf_counter() - t0
-        total.append(comm.allreduce(elapsed, op=MPI.MAX))
-        comm_s.append(comm.allreduce(sum(r["seconds"] for r in led.records), op=MPI.MAX))
-        nbytes = sum(r["nbytes"] for r in led.records)
-    t, c = float(np.median(total)), float(np.median(comm_s))
+        ledgers.append(led)
+        return led
+
+    def communication(led):  # the row-parallel allreduces and the logit gather
+        return {"comm_seconds": sum(r["seconds"] for r in led.records)}
+
+    figures = time_call(comm, forward, args.trials, warmup=args.warmup, figures=communication)
+    t, c = (medians(figures)[key] for key in ("seconds", "comm_seconds"))
+    total, nbytes = figures["seconds"], sum(r["nbytes"] for r in ledgers[-1].records)
     result = {"benchmark": "forward", "world_size": comm.Get_size(), "preset": args.preset,
               "config": config.to_dict(), "batch": args.batch, "seq": args.seq,
               "algorithm": args.algorithm, "deterministic": args.deterministic,
@@ -76,9 +76,8 @@ def run(args, comm):
     if comm.Get_rank() == 0:
         print(f"{args.preset} forward, B={args.batch} T={args.seq}, {comm.Get_size()} rank(s), "
               f"{args.algorithm}{' deterministic' if args.deterministic else ''}: "
-              f"{t * 1e3:.1f} ms (median of {args.trials}) = compute {(t - c) * 1e3:.1f} ms "
-              f"+ communication {c * 1e3:.1f} ms; {nbytes / 2**20:.2f} MiB reduced or gathered per rank")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(result, f, indent=1)
+              f"{format_seconds(t)} (median of {args.trials}) = compute {format_seconds(t - c)} "
+              f"+ communication {format_seconds(c)}; {format_bytes(nbytes)} reduced or gathered "
+              f"per rank", flush=True)
+    write_json(comm, args.json, result)
     return 0

@@ -9,15 +9,17 @@ paired ratio (with / without) - 1. The per-call cost of recording alone is also
 timed on one rank (COMM_SELF, 4-byte messages, where the algorithm does nothing).
 """
 import argparse
-import json
-import time
+import contextlib
 
 from mpi4py import MPI
 import numpy as np
 
-from ..cli import parse_size
+from ..cli import json_path_problem, parse_size, write_json
 from ..collectives import allreduce
 from ..measure.ledger import CommLedger
+from ..measure.units import format_bytes, format_seconds
+from .table import Column, format_table
+from .timing import run_trials, time_call
 
 
 def add_parser(commands):
@@ -36,49 +38,36 @@ def add_parser(commands):
 def check(args, comm):
     if args.trials < 1 or args.calls < 1:
         return "--trials and --calls must be at least 1"
-    return None
+    return json_path_problem(comm, args.json)
 
 
-def _block(comm, x, calls, with_ledger):
-    comm.Barrier()
-    t0 = time.perf_counter()
-    if with_ledger:
-        with CommLedger():
+def block(comm, x, calls, with_ledger):
+    """A function that runs ``calls`` ring allreduces of ``x`` (check=False), in a ledger or not."""
+    def run_block():
+        with CommLedger() if with_ledger else contextlib.nullcontext():
             for _ in range(calls):
                 allreduce(comm, x, algorithm="ring", check=False)
-    else:
-        for _ in range(calls):
-            allreduce(comm, x, algorithm="ring", check=False)
-    return comm.allreduce(time.perf_counter() - t0, op=MPI.MAX) / calls
+    return run_block
 
 
 def record_cost(repeats=20000):
-    """Seconds a ledger adds to one call, measured where the call itself does no messaging."""
+    """Seconds a ledger adds to one call, measured where the call itself does no messaging:
+    blocks of ``repeats`` calls on one rank, alternately without and with a ledger; the
+    difference of the fastest of each."""
     x = np.ones(1, np.float32)
-    times = []
+    times = {False: [], True: []}
     for with_ledger in (False, True, False, True):
-        led = CommLedger() if with_ledger else None
-        if led:
-            led.__enter__()
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            allreduce(MPI.COMM_SELF, x, algorithm="ring", check=False)
-        times.append((time.perf_counter() - t0) / repeats)
-        if led:
-            led.__exit__(None, None, None)
-    return min(times[1], times[3]) - min(times[0], times[2])
+        call = block(MPI.COMM_SELF, x, repeats, with_ledger)
+        times[with_ledger] += time_call(MPI.COMM_SELF, call, trials=1)["seconds"]
+    return (min(times[True]) - min(times[False])) / repeats
 
 
 def run(args, comm):
     x = np.ones(max(1, args.size // 4), np.float32)
-    for _ in range(2):  # warm-up
-        _block(comm, x, args.calls, False)
-        _block(comm, x, args.calls, True)
-    off, on = [], []
-    for _ in range(args.trials):
-        off.append(_block(comm, x, args.calls, False))
-        on.append(_block(comm, x, args.calls, True))
-    ratios = np.array(on) / np.array(off)
+    blocks = {False: block(comm, x, args.calls, False), True: block(comm, x, args.calls, True)}
+    per_block = run_trials(comm, blocks, args.trials, warmup=2)
+    off, on = (np.array(per_block[with_ledger]["seconds"]) / args.calls for with_ledger in (False, True))
+    ratios = on / off
     per_record = record_cost()
     result = {"benchmark": "ledger", "world_size": comm.Get_size(), "bytes": int(x.nbytes),
               "algorithm": "ring", "trials": args.trials, "calls_per_block": args.calls,
@@ -87,15 +76,20 @@ def run(args, comm):
               "overhead_quartiles": [float(q - 1) for q in np.percentile(ratios, [25, 75])],
               "record_seconds": per_record}
     if comm.Get_rank() == 0:
-        print(f"allreduce (ring) of {x.nbytes} bytes on {comm.Get_size()} ranks, "
-              f"{args.trials} paired trials of {args.calls} calls")
-        print(f"  without a ledger  {result['seconds_without'] * 1e6:10.1f} us per call (median)")
-        print(f"  with a ledger     {result['seconds_with'] * 1e6:10.1f} us per call (median)")
-        q1, q3 = result["overhead_quartiles"]
-        print(f"  overhead          {100 * result['overhead']:+10.2f} %  (median of paired ratios; "
-              f"quartiles {100 * q1:+.2f} %, {100 * q3:+.2f} %)")
-        print(f"  recording alone   {per_record * 1e6:10.2f} us per call (one rank, no messages)")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(result, f, indent=1)
+        print_result(result)
+    write_json(comm, args.json, result)
     return 0
+
+
+def print_result(r):
+    """The four figures, as a small table."""
+    q1, q3 = (100 * q for q in r["overhead_quartiles"])
+    print(f"allreduce (ring) of {format_bytes(r['bytes'])} on {r['world_size']} ranks, "
+          f"{r['trials']} paired trials of {r['calls_per_block']} calls")
+    rows = [("without a ledger", format_seconds(r["seconds_without"]), "per call (median)"),
+            ("with a ledger", format_seconds(r["seconds_with"]), "per call (median)"),
+            ("overhead", f"{100 * r['overhead']:+.2f} %",
+             f"median of paired ratios; quartiles {q1:+.2f} %, {q3:+.2f} %"),
+            ("recording alone", format_seconds(r["record_seconds"]), "per call (one rank, no messages)")]
+    columns = [Column("", align="<"), Column(""), Column("", align="<")]
+    print(format_table(columns, rows, indent="  "), flush=True)

@@ -4,7 +4,7 @@
 
 The tensor-parallel GPT-2 runs once per setting: a float32 wire (ring and
 recursive doubling), float16 and bfloat16 wires rounded per hop or once (see
-mpipar.compressed), and deterministic mode (float32, ring, rank order). For each:
+mpipar.collectives.lowp), and deterministic mode (float32, ring, rank order). For each:
 
 * bytes: what all ranks together send in one forward of the evaluation batch
   (summed over every rank's CommLedger);
@@ -23,21 +23,22 @@ x_0 + x_1 + ... + x_{p-1} in rank order: the fraction of bitwise-equal elements,
 ULP differences, and the normalised error against its bound p-1 (Higham 2002, eq. 4.4).
 """
 import argparse
-import json
 import time
 
 from mpi4py import MPI
 import numpy as np
 
-from ..cli import json_path_problem
+from ..cli import json_path_problem, write_json
 from ..collectives import allreduce
 from ..collectives.channel import quiet_wait
-from ..collectives.lowp import ALGORITHMS, ROUNDINGS, WIRE, problems
-from ..demo import load_model_inputs, task_accuracy
+from ..collectives.lowp import LOWP_ALGORITHMS, ROUNDINGS, WIRE, problems
 from ..measure import numerics
 from ..measure.ledger import CommLedger
-from ..measure.units import format_bytes
 from ..models import GPT, PRESETS
+from ..models.checkpoint import load_model
+from ..tasks.addition import task_accuracy
+from .timing import time_call
+from .tradeoff_report import print_tables
 
 ORDER_ALGORITHMS = ("naive", "tree", "ring", "recursive_doubling")
 ULP_BINS = (("0", 0, 0), ("1", 1, 1), ("2", 2, 2), ("3-4", 3, 4), ("5-8", 5, 8), (">8", 9, np.inf))
@@ -48,9 +49,9 @@ ROW_KEYS = ("comm_dtype", "rounding", "algorithm", "deterministic", "bytes", "se
 
 def settings():
     """(comm_dtype, rounding, algorithm, deterministic) of every row, float32 first."""
-    out = [("float32", "none", alg, False) for alg in ALGORITHMS]
+    out = [("float32", "none", alg, False) for alg in LOWP_ALGORITHMS]
     out += [(wire, rounding, alg, False) for wire in ("float16", "bfloat16")
-            for rounding in ROUNDINGS for alg in ALGORITHMS if problems(wire, rounding, alg) is None]
+            for rounding in ROUNDINGS for alg in LOWP_ALGORITHMS if problems(wire, rounding, alg) is None]
     return out + [("float32", "none", "ring", True)]
 
 
@@ -79,8 +80,12 @@ def check(args, comm):
     """Validate (identically on every rank) and load the model; None or the problem."""
     if args.trials < 1 or args.order_size < 1 or (args.batch is not None and args.batch < 1):
         return "--trials, --batch and --order-size must be at least 1"
+    problem = json_path_problem(comm, args.json)
+    if problem:
+        return problem
     try:
-        args.config, args.params, args.task = load_model_inputs(args)
+        args.config, args.params, args.task = load_model(preset=args.preset, weights=args.weights,
+                                                         seed=args.seed)
     except ValueError as e:
         return str(e)
     c, task, p = args.config, args.task, comm.Get_size()
@@ -94,7 +99,7 @@ def check(args, comm):
             return f"--batch {args.batch}: the task has {len(task.heldout_pairs())} held-out examples"
     elif args.seq is not None and not 1 <= args.seq <= c.n_ctx:
         return f"--seq must be in 1..{c.n_ctx} (the model's context)"
-    return json_path_problem(comm, args.json)
+    return None
 
 
 def evaluation_tokens(args):
@@ -106,10 +111,6 @@ def evaluation_tokens(args):
     return rng.integers(0, c.vocab_size, (args.batch or 4, args.seq or min(32, c.n_ctx)))
 
 
-def slowest(comm, seconds):
-    return comm.allreduce(seconds, op=MPI.MAX)
-
-
 def measure(comm, model, tokens, task, trials):
     """One setting on every rank: logits, bytes and traffic of one forward, time, accuracy."""
     with CommLedger() as led:
@@ -118,13 +119,8 @@ def measure(comm, model, tokens, task, trials):
     for part in comm.allgather(mine):  # e.g. "allreduce ring bfloat16/per_hop": bytes, all ranks
         for key, sent in part.items():
             traffic[key] = traffic.get(key, 0) + sent
-    times = []
-    for _ in range(trials):
-        comm.Barrier()
-        t0 = time.perf_counter()
-        model.forward(tokens)
-        times.append(slowest(comm, time.perf_counter() - t0))
-    accuracy = task_accuracy(model, task, comm.Get_size()) if task is not None else None
+    times = time_call(comm, lambda: model.forward(tokens), trials)["seconds"]
+    accuracy = task_accuracy(model, task) if task is not None else None
     return dict(logits=logits, bytes=sum(traffic.values()), traffic=traffic,
                 seconds=float(np.median(times)), task_accuracy=accuracy,
                 ranks_agree=numerics.ranks_agree(comm, logits))
@@ -134,11 +130,11 @@ def reference(args, tokens, p):
     """Rank 0: the float32 model on one process -- logits, sum_k |h_k w_k|, task accuracy --
     and the emulated p-way split that deterministic mode must equal bit for bit."""
     serial = GPT(args.config, args.params, MPI.COMM_SELF)
-    final = serial.blocks(serial.embed(tokens))
+    final = serial.final_hidden(tokens)
     scale = np.abs(final).astype(np.float64) @ np.abs(args.params["wte.weight"]).T.astype(np.float64)
     emulated = GPT(args.config, args.params, MPI.COMM_SELF, deterministic=True, ways=p)
     return dict(logits=serial.forward(tokens), scale=scale, emulated=emulated.forward(tokens),
-                task_accuracy=task_accuracy(serial, args.task, 1) if args.task is not None else None)
+                task_accuracy=task_accuracy(serial, args.task) if args.task is not None else None)
 
 
 def compare(m, ref, wire, deterministic, answers):
@@ -221,51 +217,7 @@ def run(args, comm):
                          order_size=args.order_size, seed=args.seed, json=args.json),
         "seconds_total": time.perf_counter() - t_start}
     print_tables(result)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+    if write_json(comm, args.json, result):
         print(f"wrote {args.json}", flush=True)
     return 0
 
-
-def print_tables(r):
-    """The two tables, readable."""
-    c, ev, p = r["model"]["config"], r["evaluation"], r["world_size"]
-    print(f"tradeoff: {r['model']['name']} ({c['n_layer']} layers, d={c['n_embd']}, {c['n_head']} "
-          f"heads, vocab {c['vocab_size']}) on {p} rank(s); one forward of {ev['batch']} x "
-          f"{ev['seq']} tokens; reference: float32 on one process")
-    base = next(row["bytes"] for row in r["rows"] if row["comm_dtype"] == "float32")
-    head = (f"{'wire':<9}{'rounding':<9}{'algorithm':<19}{'det':<4}{'bytes':>10}{'÷f32':>6}"
-            f"{'forward':>10}{'err/u32':>10}{'err/uwire':>10}{'max ULP':>10}{'top-1':>8}{'task':>8}")
-    print(head + "\n" + "-" * len(head))
-    for row in r["rows"]:
-        task = "-" if row["task_accuracy"] is None else f"{100 * row['task_accuracy']:.1f}%"
-        print(f"{row['comm_dtype']:<9}{row['rounding']:<9}{row['algorithm']:<19}"
-              f"{'yes' if row['deterministic'] else 'no':<4}{format_bytes(row['bytes']):>10}"
-              f"{row['bytes'] / base if base else 1:>6.2f}{row['seconds'] * 1e3:>8.1f}ms"
-              f"{row['max_normalized_error']:>10.3g}{row['max_normalized_error_wire']:>10.3g}"
-              f"{row['max_ulp']:>10.3g}{100 * row['top1_agreement']:>7.2f}%{task:>8}")
-    acc = r["model"]["task_accuracy_serial"]
-    print(f"err: max |parallel - serial| of the logits in units of u * sum_k |h_k w_k| (last matmul); "
-          f"top-1: argmax agreement over {ev['positions']} positions")
-    if acc is not None:
-        worst = min(row["top1_agreement_answers"] for row in r["rows"])
-        print(f"task: exact match on {r['model']['task']['heldout']} held-out sums (serial: "
-              f"{100 * acc:.1f}%); top-1 at the answer positions alone: at least {100 * worst:.2f}%")
-    det = [row for row in r["rows"] if row["deterministic"]]
-    if det:
-        print(f"deterministic mode equals the emulated {p}-way split bit for bit: "
-              f"{'yes' if det[0]['bitwise_equal_emulated'] else 'NO'}")
-    n = r["order"][0]["n"] if r["order"] else 0
-    print(f"\nreduction order alone: float32 allreduce of {n} random normals per rank vs the serial "
-          f"sum x_0 + x_1 + ... in rank order")
-    head = (f"{'algorithm':<20}{'bitwise':>9}{'max ULP':>9}   {'ULPs: 0 / 1 / 2 / 3-4 / 5-8 / >8':<42}"
-            f"{'err/(u Σ|x|)':>13}{'bound':>6}{'agree':>6}")
-    print(head + "\n" + "-" * len(head))
-    for row in r["order"]:
-        hist = " / ".join(str(v) for v in row["ulp_histogram"].values())
-        print(f"{row['algorithm']:<20}{100 * row['bitwise_fraction']:>8.2f}%{row['max_ulp']:>9.0f}   "
-              f"{hist:<42}{row['max_normalized_error']:>13.3f}{row['bound']:>6}"
-              f"{'yes' if row['ranks_agree'] else 'NO':>6}")
-    print(f"the serial sum itself: {r['order_serial_max_normalized_error']:.3f} u Σ|x| from the "
-          "exact sum; every order's bound is p-1")

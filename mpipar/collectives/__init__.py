@@ -5,8 +5,12 @@
     reduce_scatter(comm, x, axis=0, op="sum", algorithm="auto") -> block r of the reduction
     broadcast(comm, x, root=0, algorithm="auto")          -> root's x
 
-The algorithms live beside this file (one file per collective, with cost
-formulas and the reason every rank ends with identical bits). ``algorithm="mpi"``
+The algorithms live beside this file: one file per collective, each ending with
+its table ``ALGORITHMS`` (name -> function and cost formula), with the reason
+every rank ends with identical bits; blocks.py holds the block arithmetic they
+share, channel.py the counting point-to-point layer, lowp.py the 16-bit wires,
+nonblocking.py the overlapped ring. ``ALGORITHMS`` here maps each collective to
+its table. ``algorithm="mpi"``
 calls the MPI library's own collective for side-by-side comparison; ``"auto"``
 picks the hand-written algorithm the default :class:`CostModel` predicts fastest
 for this p and message size, as MPI libraries do with their thresholds.
@@ -28,14 +32,18 @@ from mpi4py import MPI
 import numpy as np
 
 from ..measure import ledger
-from ..measure.cost_model import ALGORITHMS, CostModel
-from . import allgather as _ag, allreduce as _ar, broadcast as _bc, reduce_scatter as _rs
-from .blocks import BFLOAT16, OPS, split_offsets
+from ..measure.cost_model import CostModel
+from . import allgather as _ag
+from . import allreduce as _ar
+from . import broadcast as _bc
+from . import reduce_scatter as _rs
+from .blocks import BFLOAT16, REDUCTIONS, split_offsets
 from .channel import Channel
 
 DTYPES = [np.dtype(t) for t in ("float16", "float32", "float64", "int32", "int64")] + [BFLOAT16]
-_DTYPE_NAMES = {d: str(d) for d in DTYPES}  # str(dtype) is slow enough to show in the ledger's cost
 MPI_OPS = {"sum": MPI.SUM, "prod": MPI.PROD, "max": MPI.MAX, "min": MPI.MIN}
+ALGORITHMS = {"allreduce": _ar.ALGORITHMS, "allgather": _ag.ALGORITHMS,
+              "reduce_scatter": _rs.ALGORITHMS, "broadcast": _bc.ALGORITHMS}
 _AUTO_MODEL = CostModel()
 
 __all__ = ["allreduce", "allgather", "reduce_scatter", "broadcast", "ALGORITHMS", "DTYPES"]
@@ -52,7 +60,7 @@ def allreduce(comm, x, op="sum", algorithm="auto", *, check=True):
     if alg == "mpi":
         fn = lambda ch: _mpi_reduce(comm, work, op, None)  # noqa: E731
     else:
-        fn = lambda ch: getattr(_ar, alg)(ch, work, op)  # noqa: E731
+        fn = lambda ch: _ar.ALGORITHMS[alg].run(ch, work, op)  # noqa: E731
     return _run(comm, "allreduce", alg, algorithm, x, x.nbytes, fn).reshape(x.shape)
 
 
@@ -84,7 +92,7 @@ def allgather(comm, x, axis=0, algorithm="auto", *, check=True):
     if alg == "mpi":
         fn = lambda ch: _mpi_allgather(comm, total, offsets)  # noqa: E731
     else:
-        fn = lambda ch: getattr(_ag, alg)(ch, total, offsets)  # noqa: E731
+        fn = lambda ch: _ag.ALGORITHMS[alg].run(ch, total, offsets)  # noqa: E731
     out = _run(comm, "allgather", alg, algorithm, x, total.nbytes, fn).reshape((sum(lengths),) + rest)
     return out if ax == 0 else np.moveaxis(out, 0, ax)
 
@@ -104,7 +112,7 @@ def reduce_scatter(comm, x, axis=0, op="sum", algorithm="auto", *, check=True):
     if alg == "mpi":
         fn = lambda ch: _mpi_reduce(comm, work, op, offsets)  # noqa: E731
     else:
-        fn = lambda ch: getattr(_rs, alg)(ch, work, offsets, op)  # noqa: E731
+        fn = lambda ch: _rs.ALGORITHMS[alg].run(ch, work, offsets, op)  # noqa: E731
     mine = _run(comm, "reduce_scatter", alg, algorithm, x, x.nbytes, fn)
     rows = split_offsets(moved.shape[0], p)
     return np.moveaxis(mine.reshape((rows[rank + 1] - rows[rank],) + moved.shape[1:]), 0, ax)
@@ -121,7 +129,7 @@ def broadcast(comm, x, root=0, algorithm="auto", *, check=True):
     if alg == "mpi":
         fn = lambda ch: (comm.Bcast([work, MPI.BYTE], root=root), work)[1]  # noqa: E731
     else:
-        fn = lambda ch: getattr(_bc, alg)(ch, work, root)  # noqa: E731
+        fn = lambda ch: _bc.ALGORITHMS[alg].run(ch, work, root)  # noqa: E731
     return _run(comm, "broadcast", alg, algorithm, x, x.nbytes, fn).reshape(x.shape)
 
 
@@ -132,8 +140,8 @@ def _local_problems(name, algorithm, x, op="sum", axis=None, root=None, p=None):
     if algorithm not in (*ALGORITHMS[name], "mpi", "auto"):
         return (f"unknown algorithm {algorithm!r} for {name}; choose from "
                 f"{', '.join((*ALGORITHMS[name], 'mpi', 'auto'))}")
-    if op not in OPS:
-        return f"unknown op {op!r}; choose from {', '.join(OPS)}"
+    if op not in REDUCTIONS:
+        return f"unknown op {op!r}; choose from {', '.join(REDUCTIONS)}"
     if x.dtype not in DTYPES:
         return f"dtype {x.dtype} is not supported; use one of {', '.join(map(str, DTYPES))}"
     if axis is not None and not (x.ndim and -x.ndim <= axis < x.ndim):
@@ -181,13 +189,8 @@ def _run(comm, name, alg, requested, x, payload, fn):
     t0 = time.perf_counter()
     out = fn(ch)
     seconds = time.perf_counter() - t0
-    library = alg == "mpi"
-    ledger.record(dict(
-        op=name, algorithm=alg, requested=requested, dtype=_DTYPE_NAMES[x.dtype], count=int(x.size),
-        nbytes=int(payload), world_size=ch.size, rank=ch.rank,
-        bytes_sent=None if library else ch.bytes_sent,
-        messages=None if library else ch.messages,
-        steps=None if library else ch.steps, seconds=seconds, trace=ch.trace))
+    ledger.record_call(ch, name, alg, x.dtype, x.size, payload, seconds, requested=requested,
+                       library=alg == "mpi")
     return out
 
 

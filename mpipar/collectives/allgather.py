@@ -9,14 +9,16 @@ Costs for n bytes gathered in total on p ranks (Thakur, Rabenseifner & Gropp
                         broadcast of all n bytes ((p-1)(alpha + n beta))
     ring                (p-1) alpha + (p-1)/p n beta
     recursive_doubling  lg p alpha + (p-1)/p n beta   (p a power of two; otherwise two
-                        extra steps fold ranks q..p-1 onto 0..p-q-1 and back)
+                        extra steps fold ranks q..p-1 onto 0..p-q-1 and back:
+                        + alpha + n/p beta in, + alpha + n beta out)
     bruck               ceil(lg p) alpha + (p-1)/p n beta, any p
 
 Every rank ends with identical bits: the blocks are copied, never combined.
 """
 import numpy as np
 
-from .blocks import Fold, block, span
+from ..measure.cost_model import Algorithm, ceil_lg, floor_lg, folds, share
+from .blocks import Fold, block, pow2_floor, ring_step, span
 
 
 def naive(ch, buf, offsets):
@@ -38,25 +40,22 @@ def naive(ch, buf, offsets):
     return buf
 
 
-def ring_blocks(ch, buf, offsets, me, real):
-    """Ring allgather over virtual indices: index ``me`` owns block ``me``.
+def ring(ch, buf, offsets, first=0):
+    """Ring allgather: p-1 steps to the right-hand neighbour.
 
     In step s every rank passes the block it received last (its own block first)
-    to its right neighbour: p-1 steps, each block sent p-1 times in total.
-    ``real`` maps a virtual index to the rank number.
+    to its right neighbour: each block is sent p-1 times in total. The ring may
+    start anywhere: position v is rank ``first`` + v (mod p) and owns block v
+    (broadcast's scatter_allgather runs it relative to the root).
     """
     p = ch.size
-    right, left = real((me + 1) % p), real((me - 1) % p)
+    me = (ch.rank - first) % p
+    right, left = (ch.rank + 1) % p, (ch.rank - 1) % p
     for s in range(p - 1):
         ch.step()
-        ch.sendrecv(block(buf, offsets, (me - s) % p), right,
-                    block(buf, offsets, (me - s - 1) % p), left)
+        send_b, recv_b = ring_step(p, me, s, "allgather")
+        ch.sendrecv(block(buf, offsets, send_b), right, block(buf, offsets, recv_b), left)
     return buf
-
-
-def ring(ch, buf, offsets):
-    """Ring allgather: p-1 steps to the right-hand neighbour."""
-    return ring_blocks(ch, buf, offsets, ch.rank, lambda r: r)
 
 
 def doubling_slots(ch, slotbuf, slot_offsets, q):
@@ -77,25 +76,15 @@ def doubling_slots(ch, slotbuf, slot_offsets, q):
 
 def recursive_doubling(ch, buf, offsets):
     """Recursive doubling; for p not a power of two, fold the extra ranks in and out."""
-    fold = Fold(ch.size, offsets)
-    rank = ch.rank
-    if fold.q < fold.p:
-        ch.step()  # fold in: extras hand their block to their partner
-    if fold.is_extra(rank):
-        ch.send(block(buf, offsets, rank), fold.partner(rank))
-    elif fold.partner(rank) is not None:
-        ch.recv(block(buf, offsets, fold.partner(rank)), fold.partner(rank))
+    fold, rank = Fold(ch.size, offsets), ch.rank
+    # fold in: an extra hands its block to its partner, which files it in place
+    fold.fold_in(ch, block(buf, offsets, rank),
+                 block(buf, offsets, fold.partner(rank)) if fold.stands_in(rank) else None)
     if not fold.is_extra(rank):
         slots = doubling_slots(ch, fold.to_slots(buf), fold.slot_offsets, fold.q)
         fold.from_slots(slots, buf)
-    else:
-        ch.steps += fold.q.bit_length() - 1  # the rounds this rank sits out
-    if fold.q < fold.p:
-        ch.step()  # fold out: partners send the whole result back
-    if fold.is_extra(rank):
-        ch.recv(buf, fold.partner(rank))
-    elif fold.partner(rank) is not None:
-        ch.send(buf, fold.partner(rank))
+    fold.sit_out(ch)
+    fold.fold_out(ch, buf, buf)  # partners send the whole result back
     return buf
 
 
@@ -125,3 +114,16 @@ def bruck(ch, buf, offsets):
     for k, j in enumerate(order):
         block(buf, offsets, j)[...] = block(work, rot_offsets, k)
     return buf
+
+
+# name -> the function, and its cost in seconds on p ranks for a gathered result of n bytes:
+# the formulas of the table at the top (q = 2^floor(lg p); folds(p) is 1 when q < p)
+ALGORITHMS = {
+    "naive": Algorithm(naive, lambda p, n, alpha, beta, gamma:
+                       (p - 1) * alpha + share(p) * n * beta + (p - 1) * (alpha + n * beta)),
+    "ring": Algorithm(ring, lambda p, n, alpha, beta, gamma: (p - 1) * alpha + share(p) * n * beta),
+    "recursive_doubling": Algorithm(recursive_doubling, lambda p, n, alpha, beta, gamma:
+                                    floor_lg(p) * alpha + share(pow2_floor(p)) * n * beta
+                                    + folds(p) * (2 * alpha + n / p * beta + n * beta)),
+    "bruck": Algorithm(bruck, lambda p, n, alpha, beta, gamma: ceil_lg(p) * alpha + share(p) * n * beta),
+}

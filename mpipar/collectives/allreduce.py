@@ -23,11 +23,15 @@ Why every rank ends with identical bits although floating-point addition is not
 associative: in naive, tree, ring and rabenseifner each element is reduced on
 exactly one rank and then only copied; in recursive_doubling both partners of an
 exchange combine the same two operands, in the same order (lower rank first).
+
+ring and recursive_doubling also run with a 16-bit ``wire`` (lowp.py): what
+travels is rounded to it, every combine happens in x's dtype (float32).
 """
 import numpy as np
 
+from ..measure.cost_model import Algorithm, ceil_lg, floor_lg, folds, share
 from . import allgather, broadcast, reduce_scatter
-from .blocks import Fold, combine, split_offsets
+from .blocks import Fold, combine, from_wire, pow2_floor, split_offsets, to_wire, wire_dtype
 
 
 def naive(ch, x, op):
@@ -68,52 +72,70 @@ def tree(ch, x, op):
     return broadcast.binomial(ch, x, 0)
 
 
-def _fold_out(ch, fold, x):
-    """Ranks that stood in for an extra send it the finished result."""
-    if fold.q == fold.p:
-        return x
-    ch.step()
-    if fold.is_extra(ch.rank):
-        ch.recv(x, fold.partner(ch.rank))
-    elif fold.partner(ch.rank) is not None:
-        ch.send(x, fold.partner(ch.rank))
-    return x
+def recursive_doubling(ch, x, op, wire=None):
+    """Exchange the whole vector with rank XOR 2^k for k = 0, 1, ..., lg q - 1.
 
-
-def recursive_doubling(ch, x, op):
-    """Exchange the whole vector with rank XOR 2^k for k = 0, 1, ..., lg q - 1."""
+    With a ``wire`` both partners round their own partial result before the
+    exchange and add the two rounded operands; the result is rounded once more.
+    """
     fold, rank = Fold(ch.size, split_offsets(x.size, ch.size)), ch.rank
-    reduce_scatter.fold_in(ch, fold, x, op)
-    if fold.is_extra(rank):
-        ch.steps += fold.q.bit_length() - 1
-    else:
-        incoming = np.empty_like(x)
+    fold.reduce_in(ch, x, op, wire)
+    if not fold.is_extra(rank):
+        incoming = np.empty(x.size, wire_dtype(wire, x.dtype))
         d = 1
         while d < fold.q:
             ch.step()
-            ch.sendrecv(x, rank ^ d, incoming, rank ^ d)
-            left, right = (x, incoming) if rank < (rank ^ d) else (incoming, x)
-            combine(op, left, right, out=x)
+            mine = to_wire(x, wire)
+            ch.sendrecv(mine, rank ^ d, incoming, rank ^ d)
+            left, right = (mine, incoming) if rank < (rank ^ d) else (incoming, mine)
+            combine(op, from_wire(left, x.dtype), from_wire(right, x.dtype), out=x)
             d <<= 1
-    return _fold_out(ch, fold, x)
+    fold.sit_out(ch)
+    result = to_wire(x, wire)
+    fold.fold_out(ch, result, result)  # ranks that stood in for an extra send it the result
+    return from_wire(result, x.dtype)
 
 
-def ring(ch, x, op):
-    """Ring reduce-scatter leaves block r reduced on rank r; a ring allgather spreads them."""
+def ring(ch, x, op, wire=None, rounding="per_hop"):
+    """Ring reduce-scatter leaves block r reduced on rank r; a ring allgather spreads them.
+
+    With a ``wire``: ``rounding="per_hop"`` rounds every partial result that travels
+    in the reduce-scatter; ``"once"`` runs the reduce-scatter in x's dtype. Either
+    way each rank rounds its finished block once and the allgather copies 16-bit blocks.
+    """
     offsets = split_offsets(x.size, ch.size)
-    reduce_scatter.ring_blocks(ch, x, offsets, op)
-    return allgather.ring(ch, x, offsets)
+    reduce_scatter.ring_in_place(ch, x, offsets, op, wire if rounding == "per_hop" else None)
+    return from_wire(allgather.ring(ch, to_wire(x, wire), offsets), x.dtype)
 
 
 def rabenseifner(ch, x, op):
     """Rabenseifner (2004): recursive-halving reduce-scatter, recursive-doubling allgather."""
     fold, rank = Fold(ch.size, split_offsets(x.size, ch.size)), ch.rank
-    reduce_scatter.fold_in(ch, fold, x, op)
-    if fold.is_extra(rank):
-        ch.steps += 2 * (fold.q.bit_length() - 1)
-    else:
+    fold.reduce_in(ch, x, op)
+    if not fold.is_extra(rank):
         slots = fold.to_slots(x)
         reduce_scatter.halving_slots(ch, slots, fold.slot_offsets, fold.q, op)
         allgather.doubling_slots(ch, slots, fold.slot_offsets, fold.q)
         fold.from_slots(slots, x)
-    return _fold_out(ch, fold, x)
+    fold.sit_out(ch, phases=2)
+    fold.fold_out(ch, x, x)
+    return x
+
+
+# name -> the function, and its cost in seconds on p ranks for an n-byte input: the formulas
+# of the table at the top (q = 2^floor(lg p); folds(p) is 1 when q < p)
+ALGORITHMS = {
+    "naive": Algorithm(naive, lambda p, n, alpha, beta, gamma:
+                       2 * (p - 1) * (alpha + n * beta) + (p - 1) * n * gamma),
+    "tree": Algorithm(tree, lambda p, n, alpha, beta, gamma:
+                      2 * ceil_lg(p) * (alpha + n * beta) + ceil_lg(p) * n * gamma),
+    "recursive_doubling": Algorithm(recursive_doubling, lambda p, n, alpha, beta, gamma:
+                                    floor_lg(p) * (alpha + n * beta + n * gamma)
+                                    + folds(p) * (2 * alpha + 2 * n * beta + n * gamma)),
+    "ring": Algorithm(ring, lambda p, n, alpha, beta, gamma:
+                      2 * (p - 1) * alpha + 2 * share(p) * n * beta + share(p) * n * gamma),
+    "rabenseifner": Algorithm(rabenseifner, lambda p, n, alpha, beta, gamma:
+                              2 * floor_lg(p) * alpha + 2 * share(pow2_floor(p)) * n * beta
+                              + share(pow2_floor(p)) * n * gamma
+                              + folds(p) * (2 * alpha + 2 * n * beta + n * gamma)),
+}

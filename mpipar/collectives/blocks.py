@@ -1,15 +1,17 @@
-"""Block bookkeeping shared by the algorithms: splits, reduction ops, non-power-of-two folding.
+"""Block arithmetic shared by the algorithms: splits, ring steps, reductions, folding, wire casts.
 
 Blocks are contiguous runs of a flat buffer described by ``offsets`` (length p+1):
 block j is ``buf[offsets[j]:offsets[j+1]]``. ``split_offsets`` cuts n elements the
-way ``np.array_split`` does (the first n mod p blocks one element longer).
+way ``np.array_split`` does (the first n mod p blocks one element longer). This is
+the only place that says which block a rank sends when: ``ring_step`` for the
+rings, :class:`Fold` for the algorithms that need a power of two.
 """
 import ml_dtypes
 import numpy as np
 
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
-OPS = {"sum": np.add, "prod": np.multiply, "max": np.maximum, "min": np.minimum}
+REDUCTIONS = {"sum": np.add, "prod": np.multiply, "max": np.maximum, "min": np.minimum}
 
 
 def split_offsets(n, p):
@@ -38,6 +40,21 @@ def span(buf, offsets, lo, hi):
     return buf[offsets[lo]:offsets[hi]]
 
 
+def ring_step(p, me, s, phase):
+    """(block sent to the right, block received from the left) at step s = 0..p-2 of a ring.
+
+    ``me`` is the position on the ring (the rank, or a rank relative to a root).
+    ``"reduce_scatter"``: send the partial result of block me-s-1, receive the left
+    neighbour's partial of block me-s-2 and add it in; block b starts at position
+    b+1 and, after p-1 hops, is complete at position b. ``"allgather"``: send the
+    block received last (at s = 0 this position's own block me), receive block
+    me-s-1. The same arithmetic shifted by one (Thakur, Rabenseifner & Gropp 2005,
+    sec. 4.1 and 4.3).
+    """
+    lag = {"reduce_scatter": 1, "allgather": 0}[phase]
+    return (me - s - lag) % p, (me - s - lag - 1) % p
+
+
 def combine(op, left, right, out):
     """out = left (op) right, elementwise.
 
@@ -48,13 +65,32 @@ def combine(op, left, right, out):
     per combine -- bfloat16 explicitly, float16 because that is how NumPy's half
     loops work.
     """
-    ufunc = OPS[op]
+    ufunc = REDUCTIONS[op]
     if out.dtype == BFLOAT16:
         out[...] = ufunc(left.astype(np.float32), right.astype(np.float32)).astype(BFLOAT16)
     else:
         ufunc(left, right, out=out)
     return out
 
+
+# --- a 16-bit wire (lowp.py): partial results travel as ``wire``, are reduced in float32 ---
+
+def wire_dtype(wire, dtype):
+    """The dtype messages travel as: ``wire``, or the data's own ``dtype`` without one."""
+    return dtype if wire is None else np.dtype(wire)
+
+
+def to_wire(a, wire):
+    """``a`` as it travels: rounded to the ``wire`` dtype, or ``a`` itself (no copy) if None."""
+    return a if wire is None else a.astype(wire)
+
+
+def from_wire(a, dtype):
+    """Received ``a`` in the working ``dtype`` (exact widening; no copy if it already is)."""
+    return a if a.dtype == dtype else a.astype(dtype)
+
+
+# --- p ranks folded onto a power of two ------------------------------------------------------
 
 def pow2_floor(p):
     """The largest power of two q <= p."""
@@ -74,6 +110,7 @@ class Fold:
     def __init__(self, p, offsets):
         self.p = p
         self.q = pow2_floor(p)
+        self.rounds = self.q.bit_length() - 1  #: lg q, the steps of one power-of-two phase
         self.order = []  # block indices in slot order
         slot_sizes = []
         for i in range(self.q):
@@ -93,6 +130,50 @@ class Fold:
         if rank >= self.q:
             return rank - self.q
         return rank + self.q if rank + self.q < self.p else None
+
+    def stands_in(self, rank):
+        """True for a rank below q that has an extra to stand in for."""
+        return rank + self.q < self.p
+
+    def fold_in(self, ch, send, recv):
+        """Step one (if p is not a power of two): every extra sends ``send`` to rank - q,
+        which receives it into ``recv``. True on the ranks that received."""
+        return self._hand_over(ch, send, recv, extras_send=True)
+
+    def fold_out(self, ch, send, recv):
+        """The last step (if p is not a power of two): rank r - q sends ``send`` to the
+        extra r, which receives it into ``recv``. True on the ranks that received."""
+        return self._hand_over(ch, send, recv, extras_send=False)
+
+    def _hand_over(self, ch, send, recv, extras_send):
+        rank, partner = ch.rank, self.partner(ch.rank)
+        if self.q == self.p:
+            return False
+        ch.step()
+        if partner is None:
+            return False
+        if self.is_extra(rank) == extras_send:
+            ch.send(send, partner)
+            return False
+        ch.recv(recv, partner)
+        return True
+
+    def reduce_in(self, ch, x, op, wire=None):
+        """Fold in a whole vector: extras send ``x``, rank r - q combines it on the right of
+        its own (the lower rank first). With a ``wire`` both operands are rounded to it."""
+        if self.q == self.p:
+            return x
+        sent = to_wire(x, wire)
+        incoming = np.empty_like(sent) if self.stands_in(ch.rank) else None
+        if self.fold_in(ch, sent, incoming):
+            combine(op, from_wire(sent, x.dtype), from_wire(incoming, x.dtype), out=x)
+        return x
+
+    def sit_out(self, ch, phases=1):
+        """An extra counts the ``phases`` power-of-two phases it sits out, so that every
+        rank reports the same number of steps."""
+        if self.is_extra(ch.rank):
+            ch.steps += phases * self.rounds
 
     def to_slots(self, buf):
         return np.concatenate([block(buf, self.offsets, j) for j in self.order]) \

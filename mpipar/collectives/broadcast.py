@@ -11,7 +11,8 @@ alpha = latency per message, beta = seconds per byte):
 Every rank ends with identical bits because broadcast only copies: no
 arithmetic touches the data.
 """
-from .allgather import ring_blocks
+from ..measure.cost_model import Algorithm, ceil_lg, share
+from . import allgather
 from .blocks import split_offsets
 
 
@@ -53,7 +54,7 @@ def scatter_allgather(ch, buf, root):
     Scatter: the range of blocks a rank is responsible for is halved each round;
     the rank at the low end keeps the lower part and sends the upper part to the
     rank at its start. After ceil(lg p) rounds relative rank v holds block v.
-    Allgather: the ring algorithm over relative ranks.
+    Allgather: the ring algorithm over relative ranks (the ring starts at the root).
     """
     p, v = ch.size, (ch.rank - root) % ch.size
     offsets = split_offsets(buf.size, p)
@@ -69,5 +70,15 @@ def scatter_allgather(ch, buf, root):
         elif v == mid:
             ch.recv(part, real(lo))
         lo, hi = (lo, mid) if v < mid else (mid, hi)
-    ch.steps += (p - 1).bit_length() - rounds  # the ceil(lg p) rounds, counting those sat out
-    return ring_blocks(ch, buf, offsets, v, real)
+    ch.steps += ceil_lg(p) - rounds  # the ceil(lg p) rounds, counting those sat out
+    return allgather.ring(ch, buf, offsets, first=root)
+
+
+# name -> the function, and its cost in seconds on p ranks for an n-byte buffer: the formulas
+# of the table at the top
+ALGORITHMS = {
+    "naive": Algorithm(naive, lambda p, n, alpha, beta, gamma: (p - 1) * (alpha + n * beta)),
+    "binomial": Algorithm(binomial, lambda p, n, alpha, beta, gamma: ceil_lg(p) * (alpha + n * beta)),
+    "scatter_allgather": Algorithm(scatter_allgather, lambda p, n, alpha, beta, gamma:
+                                   (ceil_lg(p) + p - 1) * alpha + 2 * share(p) * n * beta),
+}

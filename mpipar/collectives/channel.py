@@ -11,8 +11,8 @@ The blocking collectives all use one tag, :data:`TAG`. MPI never lets two
 messages between the same pair of ranks on the same communicator and tag
 overtake each other, and every rank runs the collectives in the same order, so
 consecutive collectives cannot steal each other's messages. Operations that are
-in flight *together* (the non-blocking rings of mpipar.overlap) each need a tag
-of their own.
+in flight *together* (the non-blocking rings of mpipar.collectives.nonblocking)
+each need a tag of their own.
 """
 from mpi4py import MPI
 import numpy as np

@@ -1,7 +1,8 @@
 """A non-blocking ring allreduce: started, advanced by polling, finished later.
 
 The steps, block split and every combine are those of the blocking ring
-(``mpipar.collectives.allreduce.ring``), so the result has the same bits.
+(``mpipar.collectives.allreduce.ring``; the same ``blocks.ring_step``), so the
+result has the same bits.
 Messages advance only while some call is inside MPI: the caller polls with
 ``progress()`` between pieces of work (see ``mpipar.parallel.buckets``).
 """
@@ -12,7 +13,7 @@ import numpy as np
 
 from ..measure import ledger
 from . import DTYPES
-from .blocks import OPS, block, combine, split_offsets
+from .blocks import REDUCTIONS, block, combine, ring_step, split_offsets
 from .channel import TAG, Channel
 
 __all__ = ["RingAllreduce"]
@@ -24,7 +25,7 @@ class RingAllreduce:
     """Non-blocking ring allreduce of ``x`` on ``comm``: ``start()``, then ``progress()``
     until it returns True, or ``wait()``. The result is ``.result``.
 
-    Steps, block split and every ``combine`` are those of ``algorithms.allreduce.ring``
+    Steps, block split and every ``combine`` are those of ``allreduce.ring``
     (p-1 reduce-scatter steps, p-1 allgather steps, one message each way per step),
     so the result is bitwise equal to ``collectives.allreduce(comm, x, op, "ring")``.
     Ranks agree without a "lower rank first" rule: block b is reduced along the ring
@@ -39,7 +40,7 @@ class RingAllreduce:
 
     def __init__(self, comm, x, op="sum", *, tag=DEFAULT_TAG, inplace=False):
         x = np.asarray(x)
-        problem = (f"unknown op {op!r}; choose from {', '.join(OPS)}" if op not in OPS else
+        problem = (f"unknown op {op!r}; choose from {', '.join(REDUCTIONS)}" if op not in REDUCTIONS else
                    f"dtype {x.dtype} is not supported" if x.dtype not in DTYPES else
                    "inplace needs a C-contiguous array" if inplace and not x.flags.c_contiguous
                    else None)
@@ -73,16 +74,17 @@ class RingAllreduce:
             return self._finish()
         self.ch.step()
         left, right = (r - 1) % p, (r + 1) % p
-        if s < p - 1:  # reduce-scatter: pass partial of block r-s-1, add in block r-s-2
-            mine = block(self.buf, self.offsets, (r - s - 2) % p)
+        if s < p - 1:  # reduce-scatter: pass a partial on, add the one received into ours
+            send_b, recv_b = ring_step(p, r, s, "reduce_scatter")
+            mine = block(self.buf, self.offsets, recv_b)
             part = self._incoming[:mine.size]
             self._requests = [self.ch.irecv(part, left),
-                              self.ch.isend(block(self.buf, self.offsets, (r - s - 1) % p), right)]
+                              self.ch.isend(block(self.buf, self.offsets, send_b), right)]
             self._sum_into = (part, mine)
         else:  # allgather: pass on the finished block received last (own block first)
-            t = s - (p - 1)
-            self._requests = [self.ch.irecv(block(self.buf, self.offsets, (r - t - 1) % p), left),
-                              self.ch.isend(block(self.buf, self.offsets, (r - t) % p), right)]
+            send_b, recv_b = ring_step(p, r, s - (p - 1), "allgather")
+            self._requests = [self.ch.irecv(block(self.buf, self.offsets, recv_b), left),
+                              self.ch.isend(block(self.buf, self.offsets, send_b), right)]
             self._sum_into = None
 
     def _advance(self):
@@ -114,10 +116,5 @@ class RingAllreduce:
         self.t_end = time.perf_counter()
         self._requests = []
         if ledger.recording():  # seconds: start to finish, including backward between polls
-            ch = self.ch
-            ledger.record(dict(
-                op="allreduce", algorithm="ring", requested="ring", nonblocking=True,
-                dtype=str(self.dtype), count=int(self.buf.size), nbytes=int(self.buf.nbytes),
-                world_size=ch.size, rank=ch.rank, bytes_sent=ch.bytes_sent,
-                messages=ch.messages, steps=ch.steps, seconds=self.t_end - self.t_start,
-                trace=ch.trace))
+            ledger.record_call(self.ch, "allreduce", "ring", self.dtype, self.buf.size,
+                               self.buf.nbytes, self.t_end - self.t_start, nonblocking=True)

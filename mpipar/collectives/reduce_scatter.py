@@ -17,7 +17,8 @@ differ in the last bits; every order satisfies |computed - exact| <= (p-1) u sum
 """
 import numpy as np
 
-from .blocks import Fold, block, combine, span
+from ..measure.cost_model import Algorithm, floor_lg, folds, share
+from .blocks import Fold, block, combine, from_wire, pow2_floor, ring_step, span, to_wire, wire_dtype
 
 
 def naive(ch, x, offsets, op):
@@ -43,29 +44,33 @@ def naive(ch, x, offsets, op):
     return out
 
 
-def ring_blocks(ch, x, offsets, op):
+def ring_in_place(ch, x, offsets, op, wire=None):
     """Ring reduce-scatter, leaving block r reduced in place in ``x`` on rank r.
 
-    In step s rank r sends its partial sum of block (r-s-1) mod p to the right and
-    adds the left neighbour's partial sum of block (r-s-2) mod p to its own data.
+    In step s rank r sends its partial result of block (r-s-1) mod p to the right
+    and adds the left neighbour's partial of block (r-s-2) mod p to its own data.
     Block b starts at rank b+1 and travels once round the ring, ending at rank b.
+    With a ``wire`` dtype every partial travels rounded to it and is added in x's
+    dtype (lowp.py's per-hop rounding).
     """
     p, rank = ch.size, ch.rank
     right, left = (rank + 1) % p, (rank - 1) % p
-    incoming = np.empty(max(offsets[j + 1] - offsets[j] for j in range(p)), x.dtype)
+    largest = max(offsets[j + 1] - offsets[j] for j in range(p))
+    incoming = np.empty(largest, wire_dtype(wire, x.dtype))
     for s in range(p - 1):
         ch.step()
-        send_b, recv_b = (rank - s - 1) % p, (rank - s - 2) % p
+        send_b, recv_b = ring_step(p, rank, s, "reduce_scatter")
         mine = block(x, offsets, recv_b)
         part = incoming[:mine.size]
-        ch.sendrecv(block(x, offsets, send_b), right, part, left)
-        combine(op, part, mine, out=mine)  # partial from earlier ranks of the ring, then ours
+        ch.sendrecv(to_wire(block(x, offsets, send_b), wire), right, part, left)
+        # partial from earlier ranks of the ring, then ours
+        combine(op, from_wire(part, x.dtype), mine, out=mine)
     return x
 
 
 def ring(ch, x, offsets, op):
     """Ring reduce-scatter: p-1 steps, each rank sends (p-1)/p of its input."""
-    return block(ring_blocks(ch, x, offsets, op), offsets, ch.rank).copy()
+    return block(ring_in_place(ch, x, offsets, op), offsets, ch.rank).copy()
 
 
 def halving_slots(ch, slotbuf, slot_offsets, q, op):
@@ -92,35 +97,30 @@ def halving_slots(ch, slotbuf, slot_offsets, q, op):
     return slotbuf
 
 
-def fold_in(ch, fold, x, op):
-    """Extras send their whole input to rank - q, which adds it (lower rank first)."""
-    rank = ch.rank
-    if fold.q == fold.p:
-        return
-    ch.step()
-    if fold.is_extra(rank):
-        ch.send(x, fold.partner(rank))
-    elif fold.partner(rank) is not None:
-        incoming = np.empty_like(x)
-        ch.recv(incoming, fold.partner(rank))
-        combine(op, x, incoming, out=x)
-
-
 def recursive_halving(ch, x, offsets, op):
     """Recursive halving; for p not a power of two, fold the extra ranks in, then out."""
     fold, rank = Fold(ch.size, offsets), ch.rank
-    fold_in(ch, fold, x, op)
+    fold.reduce_in(ch, x, op)
     out = np.empty_like(block(x, offsets, rank))
-    if fold.is_extra(rank):
-        ch.steps += fold.q.bit_length() - 1
-    else:
+    extras_block = None  # on a rank that stands in for an extra: that rank's block
+    if not fold.is_extra(rank):
         slots = halving_slots(ch, fold.to_slots(x), fold.slot_offsets, fold.q, op)
         mine = block(slots, fold.slot_offsets, rank)  # block rank, then block rank+q
         out[...] = mine[:out.size]
-    if fold.q < fold.p:
-        ch.step()  # fold out: the partner sends the extra its block
-    if fold.is_extra(rank):
-        ch.recv(out, fold.partner(rank))
-    elif fold.partner(rank) is not None:
-        ch.send(mine[out.size:], fold.partner(rank))
+        extras_block = mine[out.size:]
+    fold.sit_out(ch)
+    fold.fold_out(ch, extras_block, out)
     return out
+
+
+# name -> the function, and its cost in seconds on p ranks for an n-byte input: the formulas
+# of the table at the top (q = 2^floor(lg p); folds(p) is 1 when q < p)
+ALGORITHMS = {
+    "naive": Algorithm(naive, lambda p, n, alpha, beta, gamma:
+                       (p - 1) * (alpha + n * beta + n * gamma) + (p - 1) * alpha + share(p) * n * beta),
+    "ring": Algorithm(ring, lambda p, n, alpha, beta, gamma:
+                      (p - 1) * alpha + share(p) * n * (beta + gamma)),
+    "recursive_halving": Algorithm(recursive_halving, lambda p, n, alpha, beta, gamma:
+                                   floor_lg(p) * alpha + share(pow2_floor(p)) * n * (beta + gamma)
+                                   + folds(p) * (2 * alpha + n * (beta + gamma) + n / p * beta)),
+}

@@ -1,26 +1,54 @@
 """The alpha-beta-gamma cost model of collective communication.
 
 A message of n bytes costs alpha + n*beta seconds (latency plus inverse
-bandwidth); reducing n bytes locally costs n*gamma. The closed forms below are
-those of Thakur, Rabenseifner & Gropp, "Optimization of Collective Communication
-Operations in MPICH" (IJHPCA 2005), with lg p rounded up and, where an algorithm
-needs a power of two, the cost of folding the extra ranks in and out added
-(q = 2^floor(lg p); see ``mpipar.collectives.blocks.Fold``).
+bandwidth); reducing n bytes locally costs n*gamma. Each algorithm's formula,
+``cost(p, n, alpha, beta, gamma)`` -> seconds, stands in its collective's table
+beside the algorithm (``mpipar.collectives.allreduce.ALGORITHMS`` and its
+siblings); :class:`CostModel` holds the three constants and looks the formulas up.
+They are the closed forms of Thakur, Rabenseifner & Gropp, "Optimization of
+Collective Communication Operations in MPICH" (IJHPCA 2005), with lg p rounded
+up and, where an algorithm needs a power of two, the cost of folding the extra
+ranks in and out added (q = 2^floor(lg p); see ``mpipar.collectives.blocks.Fold``).
+A formula is written in seconds, term by term as in the paper: at a crossover size
+two algorithms can cost exactly the same, and the same expression gives the same
+floating-point number, so ``best`` (``algorithm="auto"``) settles such ties alike
+on every rank and in every run.
 
 n is the payload: the input of allreduce, broadcast and reduce_scatter, the
 whole gathered result of allgather.
 """
 from dataclasses import asdict, dataclass
 import time
+from typing import Callable, NamedTuple
 
 import numpy as np
 
-ALGORITHMS = {
-    "allreduce": ("naive", "tree", "recursive_doubling", "ring", "rabenseifner"),
-    "allgather": ("naive", "ring", "recursive_doubling", "bruck"),
-    "reduce_scatter": ("naive", "ring", "recursive_halving"),
-    "broadcast": ("naive", "binomial", "scatter_allgather"),
-}
+
+class Algorithm(NamedTuple):
+    """An entry of a collective's ``ALGORITHMS`` table: the function, and its cost formula."""
+
+    run: Callable  #: run(ch, buf, ...) on a Channel, as the collective's module describes
+    cost: Callable  #: cost(p, n, alpha, beta, gamma): seconds on p ranks for a payload of n bytes
+
+
+def ceil_lg(p):
+    """ceil(lg p) for p >= 1: the rounds of a binomial tree, or of Bruck's allgather."""
+    return (p - 1).bit_length()
+
+
+def floor_lg(p):
+    """lg q, q = 2^floor(lg p): the rounds of a power-of-two phase on q of the p ranks."""
+    return p.bit_length() - 1
+
+
+def folds(p):
+    """1 if p is not a power of two (the extra ranks are folded in before and out after), else 0."""
+    return int(p & (p - 1) != 0)
+
+
+def share(p):
+    """(p-1)/p: the part of the data that is not a rank's own block."""
+    return (p - 1) / p
 
 
 def bandwidth_factor(op, p):
@@ -34,8 +62,12 @@ def bandwidth_factor(op, p):
             "reduce_scatter": (p - 1) / p, "broadcast": 1.0}[op]
 
 
-def _lg(p):
-    return (p - 1).bit_length()  # ceil(lg p) for p >= 1
+def _table(op):
+    """The algorithm table of ``op``: name -> Algorithm."""
+    from ..collectives import ALGORITHMS  # not at the top: mpipar.collectives imports this module
+    if op not in ALGORITHMS:
+        raise ValueError(f"no cost formulas for {op!r}; choose from {', '.join(ALGORITHMS)}")
+    return ALGORITHMS[op]
 
 
 @dataclass(frozen=True)
@@ -47,57 +79,24 @@ class CostModel:
     gamma: float = 2e-10  #: seconds per byte reduced locally
     source: str = "default"  #: where the constants came from
 
+    def _seconds(self, entry, p, n):
+        return entry.cost(p, n, self.alpha, self.beta, self.gamma)
+
     def predict(self, op, algorithm, p, n):
         """Seconds for one call of ``op`` by ``algorithm`` on p ranks with payload n bytes.
 
-        ``"mpi"`` is predicted as the best hand-written algorithm: what a library
-        that picks well would achieve under this model.
+        The formula is the algorithm's entry in its collective's table. ``"mpi"`` is
+        predicted as the best hand-written algorithm: what a library that picks well
+        would achieve under this model.
         """
         if p <= 1:
             return 0.0
+        table = _table(op)
         if algorithm == "mpi":
-            return min(self.predict(op, a, p, n) for a in ALGORITHMS[op])
-        a, b, g = self.alpha, self.beta, self.gamma
-        lg, f = _lg(p), (p - 1) / p
-        # power-of-two algorithms run on q = 2^floor(lg p) ranks; if q < p the extra
-        # ranks are folded in before and out after (`odd` is then 1)
-        q = 1 << (p.bit_length() - 1)
-        lq, fq, odd = _lg(q), (q - 1) / q, int(q != p)
-        if op == "broadcast":
-            if algorithm == "naive":
-                return (p - 1) * (a + n * b)
-            if algorithm == "binomial":
-                return lg * (a + n * b)
-            if algorithm == "scatter_allgather":
-                return (lg + p - 1) * a + 2 * f * n * b
-        elif op == "allgather":
-            if algorithm == "naive":
-                return (p - 1) * a + f * n * b + (p - 1) * (a + n * b)
-            if algorithm == "ring":
-                return (p - 1) * a + f * n * b
-            if algorithm == "recursive_doubling":
-                return lq * a + fq * n * b + odd * (2 * a + n / p * b + n * b)
-            if algorithm == "bruck":
-                return lg * a + f * n * b
-        elif op == "reduce_scatter":
-            if algorithm == "naive":
-                return (p - 1) * (a + n * b + n * g) + (p - 1) * a + f * n * b
-            if algorithm == "ring":
-                return (p - 1) * a + f * n * (b + g)
-            if algorithm == "recursive_halving":
-                return lq * a + fq * n * (b + g) + odd * (2 * a + n * (b + g) + n / p * b)
-        elif op == "allreduce":
-            if algorithm == "naive":
-                return 2 * (p - 1) * (a + n * b) + (p - 1) * n * g
-            if algorithm == "tree":
-                return 2 * lg * (a + n * b) + lg * n * g
-            if algorithm == "recursive_doubling":
-                return lq * (a + n * b + n * g) + odd * (2 * a + 2 * n * b + n * g)
-            if algorithm == "ring":
-                return 2 * (p - 1) * a + 2 * f * n * b + f * n * g
-            if algorithm == "rabenseifner":
-                return 2 * lq * a + 2 * fq * n * b + fq * n * g + odd * (2 * a + 2 * n * b + n * g)
-        raise ValueError(f"no cost formula for {op} algorithm {algorithm!r}")
+            return min(self._seconds(entry, p, n) for entry in table.values())
+        if algorithm not in table:
+            raise ValueError(f"no cost formula for {op} algorithm {algorithm!r}")
+        return self._seconds(table[algorithm], p, n)
 
     def lower_bound(self, op, p, n):
         """Bandwidth lower bound: bytes that must leave the busiest rank, times beta."""
@@ -107,7 +106,10 @@ class CostModel:
 
     def best(self, op, p, n):
         """The hand-written algorithm this model predicts to be fastest (``algorithm="auto"``)."""
-        return min(ALGORITHMS[op], key=lambda alg: self.predict(op, alg, p, n))
+        table = _table(op)
+        if p <= 1:
+            return next(iter(table))
+        return min(table, key=lambda alg: self._seconds(table[alg], p, n))
 
     def to_dict(self):
         return asdict(self)

@@ -8,7 +8,9 @@
 Ledgers nest: a call is recorded in every ledger open on the rank. Each ledger
 predicts with its own :class:`CostModel` (the default constants unless you pass
 ``CostModel.calibrate(comm)``). Recording costs one clock read around the call
-and one dict per call, cheap enough to leave on.
+and one dict per call, cheap enough to leave on. Every record is built by
+``record_call`` (the blocking collectives, the 16-bit wires, the non-blocking
+ring), so every record has the same keys.
 """
 import time
 
@@ -18,6 +20,7 @@ from .units import format_bytes
 __all__ = ["CommLedger", "CostModel"]
 
 _OPEN = []  # the ledgers open on this rank, innermost last
+_DTYPE_NAMES = {}  # dtype -> str(dtype), which is slow enough to show in the ledger's own cost
 
 
 def recording():
@@ -37,6 +40,29 @@ def record(entry):
     for led in _OPEN[:-1]:
         led._add(dict(entry))
     _OPEN[-1]._add(entry)
+
+
+def record_call(ch, op, algorithm, dtype, count, nbytes, seconds, *, requested=None,
+                library=False, **extra):
+    """Record one collective call that ran on Channel ``ch`` in every open ledger.
+
+    ``dtype``, ``count``: the caller's array; ``nbytes``: the payload the cost model
+    prices (allgather: the whole gathered result). The traffic -- bytes_sent,
+    messages, steps, trace -- is the channel's, or None for ``library=True`` (the
+    MPI library's own collective does not tell what it sent). ``requested``: what the
+    caller asked for (``"auto"``), the algorithm itself if not given. ``extra`` keys
+    (``comm_dtype``, ``nonblocking``, ...) are added to the record as they are.
+    """
+    if not _OPEN:
+        return
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype)
+    record(dict(
+        op=op, algorithm=algorithm, requested=algorithm if requested is None else requested,
+        dtype=name, count=int(count), nbytes=int(nbytes), world_size=ch.size, rank=ch.rank,
+        bytes_sent=None if library else ch.bytes_sent, messages=None if library else ch.messages,
+        steps=None if library else ch.steps, seconds=seconds, trace=ch.trace, **extra))
 
 
 class CommLedger:

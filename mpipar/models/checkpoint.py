@@ -1,49 +1,70 @@
-"""Saving a (possibly tensor-parallel) model as a Hugging Face style GPT-2 checkpoint.
+"""GPT-2 checkpoints in Hugging Face's layout: loading them, saving a (possibly tensor-parallel) model,
+and `load_model`, which picks what an entry point runs (random, a checkpoint, or the shipped model).
 
 ``model.safetensors`` holds the full parameters under GPT-2's names (safetensors:
 no pickle, nothing executes on load) and ``config.json`` beside it holds the
 shape in Hugging Face's keys, so ``python -m mpipar.demo --weights`` and
-``load_state_dict`` read it back. Shards are reassembled by gathering each
-sharded parameter over the tensor-parallel group.
+``load_state_dict`` read it back. Saving reassembles every sharded parameter by
+gathering it over the tensor-parallel group along the axis ``params`` records.
 """
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 
 from ..collectives import allgather
-from .params import is_sharded
+from ..tasks.addition import AdditionTask
+from .config import PRESETS, GPTConfig
+from .params import check_params, init_params, merge_shards, param_table
 
 
-def _merge(config, name, pieces):
-    """The full parameter from every shard's piece (shard order)."""
-    if name == "wte.weight" or name.endswith(("attn.c_proj.weight", "mlp.c_proj.weight")):
-        return np.concatenate(pieces, axis=0)  # rows: vocabulary, heads' rows, hidden units
-    if name.endswith(("mlp.c_fc.weight", "mlp.c_fc.bias")):
-        return np.concatenate(pieces, axis=-1)
-    # c_attn: each shard holds [q_r | k_r | v_r]; the full layout is [q | k | v]
-    thirds = [np.split(piece, 3, axis=-1) for piece in pieces]
-    return np.concatenate([np.concatenate([t[j] for t in thirds], axis=-1) for j in range(3)],
-                          axis=-1)
+def _ignored(name):
+    """The tied ``lm_head.weight`` and the causal-mask buffers ``h.{i}.attn.bias|masked_bias``."""
+    parts = name.split(".")
+    return name == "lm_head.weight" or parts[-2:] in (["attn", "bias"], ["attn", "masked_bias"])
+
+
+def load_state_dict(path_or_dict, config=None):
+    """GPT-2 parameters from a safetensors file (never pickle) or a dict of arrays.
+
+    Keys may carry the ``transformer.`` prefix; the tied ``lm_head.weight`` and the
+    ``attn.bias`` / ``attn.masked_bias`` buffers are ignored. With ``config`` every
+    tensor is checked: a missing, unexpected or misshapen one is a ValueError naming it.
+    """
+    if isinstance(path_or_dict, (str, os.PathLike)):
+        from safetensors.numpy import load_file
+        raw = load_file(os.fspath(path_or_dict))
+    else:
+        raw = dict(path_or_dict)
+    params = {}
+    for key, value in raw.items():
+        name = key[len("transformer."):] if key.startswith("transformer.") else key
+        if _ignored(name):
+            continue
+        params[name] = np.asarray(value)
+    if config is not None:
+        check_params(config, params)
+        params = {k: v.astype(config.dtype, copy=False) for k, v in params.items()}
+    return params
 
 
 def full_params(model):
     """Every parameter in full, on every rank of the model's tensor-parallel group."""
     tp, out = model.tp, {}
-    for name, value in model.shards[0].items():
-        if not isinstance(value, np.ndarray):
-            continue
-        if not is_sharded(name):
+    for name, param in param_table(model.config).items():
+        value = model.shards[0][name]
+        if param.split is None:
             out[name] = value.copy()
             continue
         if tp.comm.Get_size() == 1:
             pieces = [s[name] for s in model.shards]
         else:  # gather along the split axis, then cut at the known shard sizes
-            axis = 0 if name == "wte.weight" or name.endswith("c_proj.weight") else -1
+            axis = param.split.axis
             sizes = tp.comm.allgather(value.shape[axis])  # small control data
             whole = allgather(tp.comm, value, axis=axis)
             pieces = np.split(whole, np.cumsum(sizes)[:-1], axis=axis)
-        out[name] = _merge(model.config, name, pieces)
+        out[name] = merge_shards(model.config, name, pieces)
     return out
 
 
@@ -65,3 +86,37 @@ def save(model, folder, metadata=None):
                    "layer_norm_epsilon": c.layer_norm_epsilon, "mpipar": metadata or {}},
                   f, indent=1)
     return os.path.join(folder, "model.safetensors")
+
+
+#: the model the demo ships with, trained by ``python -m mpipar.train`` (README, "Training")
+SHIPPED = Path(__file__).resolve().parents[1] / "data" / "addition" / "model.safetensors"
+
+
+def load_model(preset=None, weights=None, seed=0):
+    """(config, params, task) of the model an entry point runs.
+
+    ``preset``: random weights of that shape (``init_params(PRESETS[preset], seed)``);
+    ``weights``: a ``model.safetensors`` with its Hugging Face ``config.json`` beside it;
+    neither: the addition model shipped in ``mpipar/data/addition``. ``task`` is the
+    AdditionTask a checkpoint of ``python -m mpipar.train`` records in its config.json,
+    else None. Bad input is a ValueError naming the option or file.
+    """
+    if preset is not None and weights is not None:
+        raise ValueError("give --preset (random weights) or --weights, not both")
+    if preset is not None:
+        config = PRESETS[preset]
+        return config, init_params(config, seed), None
+    weights = os.fspath(weights or SHIPPED)
+    config_json = os.path.join(os.path.dirname(os.path.abspath(weights)), "config.json")
+    if not os.path.isfile(weights):
+        raise ValueError(f"--weights {weights!r}: no such file")
+    if not os.path.isfile(config_json):
+        raise ValueError(f"--weights needs the Hugging Face config.json beside it: {config_json}")
+    config = GPTConfig.from_hf_json(config_json)
+    with open(config_json) as f:
+        meta = json.load(f).get("mpipar", {})
+    task = None
+    if meta.get("task") == "addition":
+        task = AdditionTask(digits=int(meta["digits"]), seed=int(meta["seed"]),
+                            heldout=int(meta["heldout"]))
+    return config, load_state_dict(weights, config), task

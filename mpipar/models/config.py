@@ -1,4 +1,9 @@
-"""The shape of a model: ``GPTConfig`` and the named shapes ``PRESETS``."""
+"""The shape of a model: ``GPTConfig`` and the named shapes ``PRESETS``.
+
+Besides its fields (Hugging Face's GPT-2 names), a config answers what the shared
+code asks of any architecture: ``head_dim``, ``n_kv_head`` (key/value heads; fewer
+than ``n_head`` under grouped-query attention) and ``n_inner`` (MLP hidden units).
+"""
 from dataclasses import asdict, dataclass
 import json
 
@@ -16,6 +21,21 @@ class GPTConfig:
     n_layer: int = 12  #: transformer blocks
     layer_norm_epsilon: float = 1e-5  #: added to the variance in LayerNorm
     dtype: str = "float32"  #: dtype of parameters and activations
+
+    @property
+    def head_dim(self):
+        """Columns per attention head: n_embd / n_head."""
+        return self.n_embd // self.n_head
+
+    @property
+    def n_kv_head(self):
+        """Key/value heads: in GPT-2 one per query head."""
+        return self.n_head
+
+    @property
+    def n_inner(self):
+        """Hidden units of the MLP: 4 n_embd in GPT-2 (d_ff = 4 d_model, Vaswani et al. 2017)."""
+        return 4 * self.n_embd
 
     def to_dict(self):
         return asdict(self)

@@ -1,8 +1,10 @@
-"""GPT-2 in NumPy, written once for any tensor-parallel split (serial = a split of 1).
+"""GPT-2 in NumPy, written once for any tensor-parallel split (serial = a split of 1): forward,
+backward and generation.
 
-    from mpipar.model import GPT, GPTConfig, init_params, load_state_dict
+    from mpipar.models import GPT, GPTConfig, init_params, load_state_dict
     model = GPT(config, params, comm=MPI.COMM_WORLD)   # each rank keeps only its shards
     logits = model.forward(tokens)                      # (B, T) ints -> (B, T, vocab), every rank
+    loss, losses, grads = model.loss_and_grads(inputs, targets, weights)
     out = model.generate(prompt, max_new_tokens)        # greedy, with a KV cache
 
 The architecture of GPT-2 (Radford et al. 2019): learned token and position
@@ -15,28 +17,64 @@ column-parallel by heads then row-parallel c_proj, one all-reduce per block;
 the MLP column-parallel c_fc, GELU locally, row-parallel c_proj, one all-reduce;
 a vocab-parallel embedding (masked lookup, all-reduce) and LM head (all-gather of
 the logit slices, or a distributed argmax that moves only the winners). Biases of
-row-parallel layers are added once, after the reduction. See ``tensor_parallel``.
+row-parallel layers are added once, after the reduction. The layers, each with
+its backward, are in ``layers`` and ``linear``; the split itself in ``params``.
+
+Training does not average anything over the tensor-parallel group: each rank owns
+distinct slices and computes their gradients exactly. Replicated parameters see
+identical inputs and output gradients on every rank, so their gradients agree
+without any communication.
 """
+from dataclasses import dataclass
+
 import numpy as np
 
-from ..collectives import lowp
-from ..collectives import ALGORITHMS
+from ..collectives import ALGORITHMS, lowp
 from ..parallel.tensor_parallel import TPGroup
-from .config import GPTConfig, PRESETS
-from .layers import gelu, layer_norm, softmax
-from .params import check_params, init_params, load_state_dict, shard_params
+from . import layers, linear
+from .generate import Generation
+from .loss import vocab_parallel_cross_entropy
+from .params import BLOCK, check_params, shard_params
 
-__all__ = ["GPT", "GPTConfig", "PRESETS", "init_params", "load_state_dict"]
+
+@dataclass
+class BlockSaved:
+    """What a block's backward needs: its input, the residual stream between its two halves,
+    and what attention and the MLP saved."""
+
+    x: np.ndarray                #: the block's input (ln_1's input)
+    attn: layers.AttentionSaved
+    mid: np.ndarray              #: x + attention (ln_2's input)
+    mlp: layers.MLPSaved
 
 
-class GPT:
+def _problem(config, p, ways, algorithm, deterministic, comm_dtype, rounding):
+    """What makes this model unbuildable, or None -- decided before any message."""
+    problem = config.problems()
+    if algorithm not in (*ALGORITHMS["allreduce"], "mpi", "auto"):
+        problem = (f"unknown allreduce algorithm {algorithm!r}; choose from "
+                   f"{', '.join((*ALGORITHMS['allreduce'], 'mpi', 'auto'))}")
+    elif not isinstance(p, (int, np.integer)) or p < 1:
+        problem = f"ways must be a positive number of shards, not {ways!r}"
+    elif comm_dtype != "float32" or rounding not in ("per_hop", "none"):
+        problem = lowp.problems(comm_dtype, rounding, algorithm)
+        if problem is None and deterministic:
+            problem = "deterministic mode reduces in float32: drop the 16-bit comm dtype"
+    if problem is None and p > config.n_head:
+        problem = (f"cannot split {config.n_head} attention heads over {p} ranks: "
+                   f"use at most {config.n_head} ranks")
+    return problem
+
+
+class GPT(Generation):
     """GPT-2 whose weights are split over ``comm`` (or emulating a ``ways``-way split on one rank).
 
     ``algorithm`` is the allreduce algorithm of every row-parallel reduction;
     ``deterministic`` reduces partial sums in fixed rank order, so a serial run
     emulating the same split (``comm`` of size 1, ``ways`` = p) gives identical bits.
     ``comm_dtype`` float16 or bfloat16 sends every reduction and logit gather in
-    16 bits, rounded ``per_hop`` or ``once`` (see mpipar.compressed).
+    16 bits, rounded ``per_hop`` or ``once`` (see mpipar.collectives.lowp). ``generate``
+    comes from ``Generation``.
     """
 
     def __init__(self, config, params, comm=None, algorithm="auto", deterministic=False, ways=None,
@@ -44,20 +82,8 @@ class GPT:
         if comm is None:
             from mpi4py import MPI
             comm = MPI.COMM_WORLD
-        problem = config.problems()
         p = comm.Get_size() if ways is None else ways
-        if algorithm not in (*ALGORITHMS["allreduce"], "mpi", "auto"):
-            problem = (f"unknown allreduce algorithm {algorithm!r}; choose from "
-                       f"{', '.join((*ALGORITHMS['allreduce'], 'mpi', 'auto'))}")
-        elif not isinstance(p, (int, np.integer)) or p < 1:
-            problem = f"ways must be a positive number of shards, not {ways!r}"
-        elif comm_dtype != "float32" or rounding not in ("per_hop", "none"):
-            problem = lowp.problems(comm_dtype, rounding, algorithm)
-            if problem is None and deterministic:
-                problem = "deterministic mode reduces in float32: drop the 16-bit comm dtype"
-        if problem is None and p > config.n_head:
-            problem = (f"cannot split {config.n_head} attention heads over {p} ranks: "
-                       f"use at most {config.n_head} ranks")
+        problem = _problem(config, p, ways, algorithm, deterministic, comm_dtype, rounding)
         if problem:
             raise ValueError(problem)  # the same verdict on every rank, before any message
         check_params(config, params)
@@ -65,98 +91,125 @@ class GPT:
         self.tp = TPGroup(comm, ways=p, algorithm=algorithm, deterministic=deterministic,
                           comm_dtype=comm_dtype, rounding=rounding)
         self.dtype = np.dtype(config.dtype)
+        #: one dict of parameters per shard this process computes (see params.shard_params)
         self.shards = [shard_params(config, params, r, p) for r in self.tp.shard_ids]
-        self.head_dim = config.n_embd // config.n_head
 
-    # --- the pieces ------------------------------------------------------------------------
+    # --- forward ---------------------------------------------------------------------------
 
     def embed(self, tokens, pos0=0):
-        """Vocab-parallel lookup: each shard fills the rows it owns, zeros elsewhere; summed."""
-        parts = []
-        for s in self.shards:
-            v = s["vocab"]
-            mine = (tokens >= v.start) & (tokens < v.stop)
-            rows = s["wte.weight"][np.where(mine, tokens - v.start, 0)]
-            parts.append(np.where(mine[..., None], rows, 0).astype(self.dtype))
-        x = self.tp.reduce_from_tp(parts)
-        wpe = self.shards[0]["wpe.weight"]
-        return x + wpe[pos0:pos0 + tokens.shape[1]]
+        """Vocab-parallel token embedding plus the learned positions pos0.. ."""
+        x = linear.vocab_parallel_embedding(self.tp, self.shards, "wte.weight", tokens)
+        return x + self.shards[0]["wpe.weight"][pos0:pos0 + tokens.shape[1]]
 
-    def attention(self, i, x, cache, pos0, saved=None):
-        """Causal self-attention of block i; each shard its own heads; one all-reduce.
+    def _norm(self, prefix, x):
+        """The LayerNorm ``prefix`` (ln_1, ln_2 of a block, or ln_f), replicated on every shard."""
+        s0, eps = self.shards[0], self.config.layer_norm_epsilon
+        return layers.layer_norm(x, s0[prefix + "weight"], s0[prefix + "bias"], eps)
 
-        ``saved`` (a list, for training) receives each shard's q, k, v, probabilities
-        and head outputs for the backward pass.
+    def block(self, i, x, cache=None, pos0=0):
+        """Transformer block i on the residual stream x: x + attn(ln_1(x)), then + mlp(ln_2(.)).
+
+        ``cache``: this layer's KV cache (``new_cache()[i]``), x then holds positions pos0.. .
+        Returns (the block's output, BlockSaved).
         """
         h = f"h.{i}."
-        B, T, _ = x.shape
-        x = self.tp.copy_to_tp(x)
-        partials = []
-        for k, s in enumerate(self.shards):
-            nh = s["heads"].stop - s["heads"].start
-            qkv = x @ s[h + "attn.c_attn.weight"] + s[h + "attn.c_attn.bias"]
-            q, key, val = (qkv.reshape(B, T, 3, nh, self.head_dim).transpose(2, 0, 3, 1, 4))
-            if cache is not None:  # (B, heads, T_max, hd) per layer and shard
-                kc, vc = cache[i][k]
-                kc[:, :, pos0:pos0 + T], vc[:, :, pos0:pos0 + T] = key, val
-                key, val = kc[:, :, :pos0 + T], vc[:, :, :pos0 + T]
-            scores = q @ key.transpose(0, 1, 3, 2) / np.sqrt(self.head_dim).astype(self.dtype)
-            future = np.arange(pos0 + T)[None, :] > (pos0 + np.arange(T))[:, None]
-            scores = np.where(future, -np.inf, scores)
-            probs = softmax(scores)
-            y = (probs @ val).transpose(0, 2, 1, 3).reshape(B, T, nh * self.head_dim)
-            if saved is not None:
-                saved.append(dict(q=q, k=key, v=val, probs=probs, y=y))
-            partials.append(y @ s[h + "attn.c_proj.weight"])
-        return self.tp.reduce_from_tp(partials) + self.shards[0][h + "attn.c_proj.bias"]
+        a, attn = layers.attention(self.tp, self.shards, h + "attn.", self._norm(h + "ln_1.", x), cache, pos0)
+        mid = x + a
+        m, mlp_saved = layers.mlp(self.tp, self.shards, h + "mlp.", self._norm(h + "ln_2.", mid))
+        return mid + m, BlockSaved(x, attn, mid, mlp_saved)
 
-    def mlp(self, i, x, saved=None):
-        """c_fc column-parallel, GELU on each shard's own columns, c_proj row-parallel.
+    def decode(self, tokens, cache, pos0):
+        """The final hidden states of ``tokens`` at positions pos0.., the earlier positions'
+        keys and values read from (and these ones added to) the KV cache."""
+        x = self.embed(tokens, pos0)
+        for i in range(self.config.n_layer):
+            x, _ = self.block(i, x, cache[i], pos0)
+        return self._norm("ln_f.", x)
 
-        ``saved`` (a list, for training) receives each shard's pre-activation.
+    def final_hidden(self, tokens, hidden=None):
+        """The final LayerNorm'd hidden states (B, T, d) of ``tokens``: what the LM head reads.
+
+        Pass a list as ``hidden`` to collect the residual stream after every block.
         """
-        h = f"h.{i}."
-        x = self.tp.copy_to_tp(x)
-        partials = []
-        for s in self.shards:
-            pre = x @ s[h + "mlp.c_fc.weight"] + s[h + "mlp.c_fc.bias"]
-            if saved is not None:
-                saved.append(pre)
-            partials.append(gelu(pre) @ s[h + "mlp.c_proj.weight"])
-        return self.tp.reduce_from_tp(partials) + self.shards[0][h + "mlp.c_proj.bias"]
-
-    def blocks(self, x, cache=None, pos0=0, hidden=None, saved=None):
-        """The transformer blocks and the final LayerNorm.
-
-        ``hidden`` collects the residual stream after every block; ``saved`` (for
-        training) one dict per block with what its backward pass needs.
-        """
-        c, s0 = self.config, self.shards[0]
-        eps = c.layer_norm_epsilon
-        for i in range(c.n_layer):
-            h = f"h.{i}."
-            keep = None if saved is None else dict(x1=x, attn=[], mlp=[])
-            x = x + self.attention(i, layer_norm(x, s0[h + "ln_1.weight"], s0[h + "ln_1.bias"], eps),
-                                   cache, pos0, None if keep is None else keep["attn"])
-            if keep is not None:
-                keep["x2"] = x
-            x = x + self.mlp(i, layer_norm(x, s0[h + "ln_2.weight"], s0[h + "ln_2.bias"], eps),
-                             None if keep is None else keep["mlp"])
+        x = self.embed(self.check_tokens(tokens))
+        for i in range(self.config.n_layer):
+            x, _ = self.block(i, x)
             if hidden is not None:
                 hidden.append(x)
-            if saved is not None:
-                saved.append(keep)
-        if saved is not None:
-            saved.append(dict(xf=x))
-        return layer_norm(x, s0["ln_f.weight"], s0["ln_f.bias"], eps)
+        return self._norm("ln_f.", x)
 
     def logit_parts(self, x):
         """Each shard's slice of the logits: x @ its rows of wte, transposed (tied head)."""
-        return [x @ s["wte.weight"].T for s in self.shards]
+        return linear.lm_head(self.tp, self.shards, "wte.weight", x)
 
-    # --- the API ---------------------------------------------------------------------------
+    def forward(self, tokens, hidden=None):
+        """Logits (B, T, vocab) as float, complete and identical on every rank.
+
+        Pass a list as ``hidden`` to collect the residual stream after every block.
+        """
+        return self.tp.gather_from_tp(self.logit_parts(self.final_hidden(tokens, hidden)), axis=-1)
+
+    # --- backward --------------------------------------------------------------------------
+
+    def grad_order(self):
+        """Parameter names in the order backward finishes their gradients, in the groups
+        ``loss_and_grads`` reports them: ln_f, the blocks last to first, the embeddings."""
+        last_first = reversed(range(self.config.n_layer))
+        blocks = [[f"h.{i}.{name}" for name in sorted(BLOCK)] for i in last_first]
+        return [["ln_f.weight", "ln_f.bias"], *blocks, ["wte.weight", "wpe.weight"]]
+
+    def _norm_backward(self, prefix, x, dy, grads):
+        dx, grads[0][prefix + "weight"], grads[0][prefix + "bias"] = layers.layer_norm_backward(
+            x, self.shards[0][prefix + "weight"], dy, self.config.layer_norm_epsilon)
+        return dx
+
+    def block_backward(self, i, saved, dy, grads):
+        """The gradient of block i's input from its output's; its parameters' into ``grads``."""
+        h = f"h.{i}."
+        dm = layers.mlp_backward(self.tp, self.shards, h + "mlp.", saved.mlp, dy, grads)
+        dy = dy + self._norm_backward(h + "ln_2.", saved.mid, dm, grads)
+        da = layers.attention_backward(self.tp, self.shards, h + "attn.", saved.attn, dy, grads)
+        return dy + self._norm_backward(h + "ln_1.", saved.x, da, grads)
+
+    def loss_and_grads(self, inputs, targets, weights, on_layer_done=None):
+        """Forward with saved activations, vocab-parallel cross-entropy, backward.
+
+        Returns (this rank's weighted loss sum, per-position losses, grads). The loss
+        is sum(weights * loss); pass weights = mask / (predicted positions in the
+        global batch) and gradients of data-parallel ranks then simply add up.
+        ``grads`` mirrors ``shards``: grads[k][name] is the gradient of shard k's piece
+        of ``name``; replicated parameters' only in grads[0]. ``on_layer_done(names,
+        grads)`` is called with each group of ``grad_order()`` as soon as those
+        gradients are final -- where data parallelism starts their all-reduce.
+        """
+        done = on_layer_done or (lambda names, grads: None)
+        order = iter(self.grad_order())
+        tokens = self.check_tokens(inputs)
+        x, saved = self.embed(tokens), []
+        for i in range(self.config.n_layer):
+            x, block = self.block(i, x)
+            saved.append(block)
+        xf = self._norm("ln_f.", x)
+        parts = self.logit_parts(xf)
+        loss, losses, dparts = vocab_parallel_cross_entropy(
+            self.tp, parts, [s["vocab"] for s in self.shards], np.asarray(targets), weights)
+        grads = [{} for _ in self.shards]
+        dxf = linear.lm_head_backward(self.tp, self.shards, "wte.weight", xf, dparts, grads)
+        dx = self._norm_backward("ln_f.", x, dxf, grads)
+        done(next(order), grads)
+        for i in reversed(range(self.config.n_layer)):
+            dx = self.block_backward(i, saved[i], dx, grads)
+            done(next(order), grads)
+        grads[0]["wpe.weight"] = np.zeros_like(self.shards[0]["wpe.weight"])
+        grads[0]["wpe.weight"][:tokens.shape[1]] = dx.sum(0)
+        linear.vocab_parallel_embedding_backward(self.tp, self.shards, "wte.weight", tokens, dx, grads)
+        done(next(order), grads)
+        return loss, losses, grads
+
+    # --- bookkeeping -----------------------------------------------------------------------
 
     def check_tokens(self, tokens, extra=0):
+        """``tokens`` as a (batch, time) int64 array, or a ValueError saying what is wrong."""
         tokens = np.asarray(tokens)
         if tokens.ndim != 2 or tokens.dtype.kind not in "iu":
             raise ValueError(f"tokens must be a (batch, time) integer array, got {tokens.dtype} "
@@ -167,70 +220,6 @@ class GPT:
         if tokens.size and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size})")
         return tokens.astype(np.int64)
-
-    def forward(self, tokens, hidden=None):
-        """Logits (B, T, vocab) as float, complete and identical on every rank.
-
-        Pass a list as ``hidden`` to collect the residual stream after every block.
-        """
-        tokens = self.check_tokens(tokens)
-        x = self.blocks(self.embed(tokens), hidden=hidden)
-        return self.tp.gather_from_tp(self.logit_parts(x), axis=-1)
-
-    def new_cache(self, batch, length):
-        """Per layer and shard, (K, V) buffers of (B, own heads, length, head_dim)."""
-        return [[tuple(np.zeros((batch, s["heads"].stop - s["heads"].start, length, self.head_dim),
-                                self.dtype) for _ in range(2)) for s in self.shards]
-                for _ in range(self.config.n_layer)]
-
-    def argmax_last(self, x):
-        """Greedy next tokens from the last position without gathering the logits.
-
-        Each shard finds its best (logit, token id); the p candidates per sequence
-        -- 2 numbers each instead of vocab/p logits -- are gathered and the largest
-        wins, ties going to the lowest id, exactly as np.argmax on the full row.
-        """
-        cands = []
-        for s, logits in zip(self.shards, self.logit_parts(x[:, -1:])):
-            best = logits[:, 0].argmax(-1)
-            value = np.take_along_axis(logits[:, 0], best[:, None], -1)[:, 0]
-            cands.append(np.stack([value.astype(np.float64), best + s["vocab"].start], -1)[None])
-        every = self.tp.gather_from_tp(cands, axis=0, exact=True)  # (p, B, 2), in id order
-        winner = every[:, :, 0].argmax(0)
-        return every[winner, np.arange(every.shape[1]), 1].astype(np.int64)
-
-    def generate(self, prompt, max_new_tokens, temperature=0.0, seed=0, argmax="distributed"):
-        """Extend ``prompt`` (B, T) by ``max_new_tokens``: greedy for temperature 0, else
-        sampled with a generator seeded identically on every rank. A KV cache keeps each
-        shard's keys and values, so every step computes one new position.
-
-        ``argmax="gather"`` gathers the full logits for greedy steps instead (to compare bytes).
-        """
-        if argmax not in ("distributed", "gather"):
-            raise ValueError(f"argmax must be 'distributed' or 'gather', not {argmax!r}")
-        if not temperature >= 0:
-            raise ValueError(f"temperature must be >= 0 (0: greedy), not {temperature!r}")
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, not {max_new_tokens}")
-        prompt = self.check_tokens(prompt, extra=max_new_tokens)
-        B, T = prompt.shape
-        cache, rng = self.new_cache(B, T + max_new_tokens), np.random.default_rng(seed)
-        out, step_tokens, pos0 = [prompt], prompt, 0
-        for _ in range(max_new_tokens):
-            x = self.blocks(self.embed(step_tokens, pos0), cache=cache, pos0=pos0)
-            pos0 += step_tokens.shape[1]
-            if temperature == 0 and argmax == "distributed":
-                nxt = self.argmax_last(x)
-            else:
-                logits = self.tp.gather_from_tp(self.logit_parts(x[:, -1]), axis=-1)
-                if temperature == 0:
-                    nxt = logits.argmax(-1)
-                else:
-                    probs = softmax(logits.astype(np.float64) / temperature)
-                    nxt = np.array([rng.choice(len(row), p=row) for row in probs])
-            step_tokens = nxt[:, None].astype(np.int64)
-            out.append(step_tokens)
-        return np.concatenate(out, axis=1)
 
     def param_bytes(self):
         """Bytes of parameters this process holds (replicated ones counted once)."""

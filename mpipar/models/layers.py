@@ -1,5 +1,25 @@
-"""The layers of the models, forward and backward side by side."""
+"""The layers of the models, each forward beside its backward, for any tensor-parallel split.
+
+A layer's forward returns its output and, where backward needs them, the
+activations it saved (a small record); its backward takes that record and the
+output gradient, writes the parameters' gradients into ``grads`` and returns the
+input gradient. ``shards`` holds the parameter dicts of the shards this process
+computes (``GPT.shards``) and ``grads`` one gradient dict per shard: sharded
+parameters' gradients in every shard's dict, replicated ones in ``grads[0]`` only.
+
+Backward formulas (y = output, dy = its gradient; Shoeybi et al. 2019 for where
+the tensor-parallel operators sit): linear y = x W + b: dW = x^T dy, db = sum dy,
+dx = dy W^T. LayerNorm y = xhat w + b, xhat = (x - mean) rstd: dx = rstd (g -
+mean(g) - xhat mean(g xhat)), g = dy w. Softmax P = softmax(S): dS = P (dP -
+rowsum(dP P)). Attention P = softmax(q k^T / sqrt(d_h)), y = P v: dv = P^T dy,
+dP = dy v^T, dq = dS k / sqrt(d_h), dk = dS^T q / sqrt(d_h).
+"""
+from dataclasses import dataclass
+
 import numpy as np
+
+from .kv_cache import extend
+from .linear import column_parallel, column_parallel_backward, row_parallel, row_parallel_backward
 
 
 def layer_norm(x, weight, bias, eps):
@@ -10,11 +30,127 @@ def layer_norm(x, weight, bias, eps):
     return centred / np.sqrt(var + eps) * weight + bias
 
 
+def layer_norm_backward(x, weight, dy, eps):
+    """(dx, dweight, dbias) of ``layer_norm(x, weight, bias, eps)``, from its input x."""
+    mean = x.mean(-1, keepdims=True)
+    centred = x - mean
+    rstd = 1.0 / np.sqrt((centred * centred).mean(-1, keepdims=True) + eps)
+    xhat = centred * rstd
+    dweight = (dy * xhat).reshape(-1, x.shape[-1]).sum(0)
+    dbias = dy.reshape(-1, x.shape[-1]).sum(0)
+    g = dy * weight
+    dx = rstd * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
+    return dx, dweight, dbias
+
+
 def gelu(x):
-    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) -- GPT-2's approximation."""
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) -- GPT-2's approximation (Hendrycks & Gimpel 2016)."""
     return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi).astype(x.dtype) * (x + 0.044715 * x ** 3)))
 
 
+def gelu_backward(x, dy):
+    """dy * gelu'(x), with t = tanh(c (x + 0.044715 x^3)), c = sqrt(2/pi):
+    gelu'(x) = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 * 0.044715 x^2)."""
+    c = np.sqrt(2.0 / np.pi).astype(x.dtype)
+    t = np.tanh(c * (x + 0.044715 * x ** 3))
+    return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x))
+
+
 def softmax(x):
+    """exp(x - max) / sum exp(x - max) over the last axis."""
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
+
+
+def softmax_backward(probs, dprobs):
+    """dS = P (dP - rowsum(dP P)) for P = softmax(S)."""
+    return probs * (dprobs - (dprobs * probs).sum(-1, keepdims=True))
+
+
+def causal_attention(q, k, v, pos0=0):
+    """softmax(q k^T / sqrt(d_h)) v per head, each query seeing keys up to its own position
+    (Vaswani et al. 2017, eq. 1). q: (B, heads, T, d_h) at positions pos0..pos0+T-1; k, v:
+    (B, heads, pos0+T, d_h). Returns the heads' outputs (B, heads, T, d_h) and the
+    probabilities (B, heads, T, pos0+T), which backward needs."""
+    scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1]).astype(q.dtype)
+    future = np.arange(k.shape[2])[None, :] > (pos0 + np.arange(q.shape[2]))[:, None]
+    probs = softmax(np.where(future, -np.inf, scores))
+    return probs @ v, probs
+
+
+def causal_attention_backward(q, k, v, probs, dy):
+    """(dq, dk, dv) of ``causal_attention`` from its inputs and probabilities."""
+    scale = np.sqrt(q.shape[-1]).astype(dy.dtype)
+    dv = probs.transpose(0, 1, 3, 2) @ dy
+    dscores = softmax_backward(probs, dy @ v.transpose(0, 1, 3, 2)) / scale
+    return dscores @ k, dscores.transpose(0, 1, 3, 2) @ q, dv
+
+
+@dataclass
+class AttentionSaved:
+    """What attention's backward needs; the lists hold one array per shard."""
+
+    x: np.ndarray  #: the input (B, T, d), the same for every shard
+    q: list        #: queries (B, heads, T, d_h)
+    k: list        #: keys (B, heads, T, d_h)
+    v: list        #: values (B, heads, T, d_h)
+    probs: list    #: attention probabilities (B, heads, T, T)
+    y: list        #: the heads' outputs side by side (B, T, heads d_h): c_proj's input
+
+
+def attention(tp, shards, prefix, x, cache=None, pos0=0):
+    """GPT-2's causal self-attention, split by heads (Shoeybi et al. 2019, sec. 3).
+
+    c_attn is column-parallel: each shard computes [q | k | v] of its own heads and
+    attends with them alone; c_proj is row-parallel: one all-reduce adds the
+    shards' partial outputs. ``cache`` (this layer's per-shard (K, V), see
+    ``kv_cache``) holds earlier positions' keys and values; x holds positions
+    pos0.. . Returns (output, AttentionSaved).
+    """
+    B, T, _ = x.shape
+    saved = AttentionSaved(x, [], [], [], [], [])
+    for k, (s, qkv) in enumerate(zip(shards, column_parallel(tp, shards, prefix + "c_attn", x))):
+        nh = s["heads"].stop - s["heads"].start
+        q, key, val = qkv.reshape(B, T, 3, nh, -1).transpose(2, 0, 3, 1, 4)
+        if cache is not None:
+            key, val = extend(cache[k], key, val, pos0)
+        heads, probs = causal_attention(q, key, val, pos0)
+        for field, value in zip((saved.q, saved.k, saved.v, saved.probs), (q, key, val, probs)):
+            field.append(value)
+        saved.y.append(heads.transpose(0, 2, 1, 3).reshape(B, T, -1))
+    return row_parallel(tp, shards, prefix + "c_proj", saved.y), saved
+
+
+def attention_backward(tp, shards, prefix, saved, dy, grads):
+    """The input gradient of ``attention``; c_proj's and c_attn's gradients into ``grads``."""
+    dqkv = []
+    for q, k, v, probs, d in zip(saved.q, saved.k, saved.v, saved.probs,
+                                 row_parallel_backward(tp, shards, prefix + "c_proj", saved.y, dy, grads)):
+        B, nh, T, hd = q.shape
+        dq, dk, dv = causal_attention_backward(q, k, v, probs, d.reshape(B, T, nh, hd).transpose(0, 2, 1, 3))
+        dqkv.append(np.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * nh * hd))
+    return column_parallel_backward(tp, shards, prefix + "c_attn", saved.x, dqkv, grads)
+
+
+@dataclass
+class MLPSaved:
+    """What the MLP's backward needs; the lists hold one array per shard."""
+
+    x: np.ndarray  #: the input (B, T, d), the same for every shard
+    pre: list      #: c_fc's output, GELU's input (B, T, own hidden units)
+    act: list      #: GELU's output, c_proj's input
+
+
+def mlp(tp, shards, prefix, x):
+    """GPT-2's MLP: c_fc column-parallel, GELU on each shard's own hidden units, c_proj
+    row-parallel -- one all-reduce (Shoeybi et al. 2019, eq. 3). Returns (output, MLPSaved)."""
+    pre = column_parallel(tp, shards, prefix + "c_fc", x)
+    act = [gelu(z) for z in pre]
+    return row_parallel(tp, shards, prefix + "c_proj", act), MLPSaved(x, pre, act)
+
+
+def mlp_backward(tp, shards, prefix, saved, dy, grads):
+    """The input gradient of ``mlp``: its sublayers in reverse; gradients into ``grads``."""
+    dact = row_parallel_backward(tp, shards, prefix + "c_proj", saved.act, dy, grads)
+    dpre = [gelu_backward(z, d) for z, d in zip(saved.pre, dact)]
+    return column_parallel_backward(tp, shards, prefix + "c_fc", saved.x, dpre, grads)

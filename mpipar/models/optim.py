@@ -1,4 +1,5 @@
-"""AdamW and clipping by global norm, for sharded and replicated parameters alike.
+"""AdamW, clipping by global norm and the learning-rate schedule, for sharded and replicated
+parameters alike.
 
 AdamW (Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization", Alg. 2):
     m = b1 m + (1 - b1) g          v = b2 v + (1 - b2) g^2
@@ -66,3 +67,10 @@ def clip_grad_norm(tp, grads, max_norm):
             for g in shard.values():
                 g *= scale
     return norm
+
+
+def learning_rate(step, steps, peak):
+    """Linear warm-up over 100 steps (or a tenth of the run), then cosine decay to 0
+    (Loshchilov & Hutter 2017, "SGDR", without restarts)."""
+    warm = max(1, min(100, steps // 10))
+    return peak * min(1.0, (step + 1) / warm) * 0.5 * (1 + np.cos(np.pi * step / steps))

@@ -1,82 +1,118 @@
-"""GPT-2's configuration and parameters: presets, random init, safetensors loading, sharding.
+"""GPT-2's parameters in one table -- name -> shape, init, split -- and everything that reads it.
 
-Parameter names and layouts are Hugging Face's GPT-2 ones (Radford et al. 2019,
-"Language Models are Unsupervised Multitask Learners"); its Conv1D stores
-weights as (in, out), so ``x @ W + b`` applies them:
+Names and layouts are Hugging Face's GPT-2 ones (Radford et al. 2019, "Language
+Models are Unsupervised Multitask Learners"); its Conv1D stores weights as
+(in, out), so ``x @ W + b`` applies them. ``TOP`` holds the model-wide
+parameters and ``BLOCK`` those of every transformer block ``h.{i}.``.
 
-    wte.weight (vocab, d)   wpe.weight (n_ctx, d)   ln_f.weight|bias (d)
-    h.{i}.ln_1.weight|bias (d)          h.{i}.ln_2.weight|bias (d)
-    h.{i}.attn.c_attn.weight (d, 3d)    .bias (3d)     [q | k | v] columns
-    h.{i}.attn.c_proj.weight (d, d)     .bias (d)
-    h.{i}.mlp.c_fc.weight (d, 4d)       .bias (4d)
-    h.{i}.mlp.c_proj.weight (4d, d)     .bias (d)
+A ``Split`` records, once, how a tensor-parallel split cuts a parameter (the idea
+of Megatron-LM's ``set_tensor_model_parallel_attributes``): the axis, and the
+units that axis is made of -- attention heads of ``head_dim`` columns, key/value
+heads, MLP hidden units, vocabulary rows. c_attn's axis holds three parts side by
+side, [q | k | v], each cut in its own unit. Shard r of p owns ``owned(config, unit,
+p, r)`` of every unit (``np.array_split`` sizes; the key/value heads that its query
+heads read). ``shard_params``, ``merge_shards``, ``is_sharded``, the checkpoint,
+the optimizer and data parallelism all read the table: adding a parameter is one
+line here.
 """
-import os
+from dataclasses import dataclass
 
 import numpy as np
 
-from ..collectives.blocks import split
+from ..collectives.blocks import split as block_of
+
+
+@dataclass(frozen=True)
+class Split:
+    """A parameter cut along ``axis``; ``parts`` names the unit of each consecutive part of that axis."""
+
+    axis: int     #: the axis that is cut
+    parts: tuple  #: one unit per part: "heads", "kv_heads", "hidden" or "vocab"
+
+
+@dataclass(frozen=True)
+class Param:
+    """One row of the table: the full shape, how ``init_params`` fills it, how a split cuts it."""
+
+    shape: tuple          #: in the dimensions of ``dims``: "d", "qkv", "hidden", "vocab", "ctx"
+    init: str             #: "normal" N(0, 0.02), "residual" N(0, 0.02 / sqrt(2 n_layer)), "zeros", "ones"
+    split: Split = None   #: None: replicated on every shard
+
+
+QKV = ("heads", "kv_heads", "kv_heads")  # c_attn's columns: [q | k | v]
+
+TOP = {
+    "wte.weight": Param(("vocab", "d"), "normal", Split(0, ("vocab",))),  # also the tied LM head
+    "wpe.weight": Param(("ctx", "d"), "normal"),
+    "ln_f.weight": Param(("d",), "ones"),
+    "ln_f.bias": Param(("d",), "zeros"),
+}
+BLOCK = {
+    "ln_1.weight": Param(("d",), "ones"),
+    "ln_1.bias": Param(("d",), "zeros"),
+    "ln_2.weight": Param(("d",), "ones"),
+    "ln_2.bias": Param(("d",), "zeros"),
+    "attn.c_attn.weight": Param(("d", "qkv"), "normal", Split(1, QKV)),  # column-parallel
+    "attn.c_attn.bias": Param(("qkv",), "zeros", Split(0, QKV)),
+    "attn.c_proj.weight": Param(("d", "d"), "residual", Split(0, ("heads",))),  # row-parallel
+    "attn.c_proj.bias": Param(("d",), "zeros"),  # added once, after the reduction
+    "mlp.c_fc.weight": Param(("d", "hidden"), "normal", Split(1, ("hidden",))),  # column-parallel
+    "mlp.c_fc.bias": Param(("hidden",), "zeros", Split(0, ("hidden",))),
+    "mlp.c_proj.weight": Param(("hidden", "d"), "residual", Split(0, ("hidden",))),  # row-parallel
+    "mlp.c_proj.bias": Param(("d",), "zeros"),
+}
+
+
+def dims(config):
+    """The sizes the table's shapes are written in."""
+    qkv = (config.n_head + 2 * config.n_kv_head) * config.head_dim
+    return {"d": config.n_embd, "qkv": qkv, "hidden": config.n_inner, "vocab": config.vocab_size,
+            "ctx": config.n_ctx}
+
+
+def units(config):
+    """unit -> (how many the model has, width of one along a split axis)."""
+    return {"heads": (config.n_head, config.head_dim), "kv_heads": (config.n_kv_head, config.head_dim),
+            "hidden": (config.n_inner, 1), "vocab": (config.vocab_size, 1)}
+
+
+def param_table(config):
+    """Every parameter's full name and table row, in checkpoint order (model-wide first)."""
+    table = dict(TOP)
+    for i in range(config.n_layer):
+        table.update({f"h.{i}.{name}": param for name, param in BLOCK.items()})
+    return table
 
 
 def param_shapes(config):
-    """Every parameter's name and shape."""
-    d, f = config.n_embd, 4 * config.n_embd
-    shapes = {"wte.weight": (config.vocab_size, d), "wpe.weight": (config.n_ctx, d),
-              "ln_f.weight": (d,), "ln_f.bias": (d,)}
-    for i in range(config.n_layer):
-        h = f"h.{i}."
-        shapes.update({h + "ln_1.weight": (d,), h + "ln_1.bias": (d,),
-                       h + "ln_2.weight": (d,), h + "ln_2.bias": (d,),
-                       h + "attn.c_attn.weight": (d, 3 * d), h + "attn.c_attn.bias": (3 * d,),
-                       h + "attn.c_proj.weight": (d, d), h + "attn.c_proj.bias": (d,),
-                       h + "mlp.c_fc.weight": (d, f), h + "mlp.c_fc.bias": (f,),
-                       h + "mlp.c_proj.weight": (f, d), h + "mlp.c_proj.bias": (d,)})
-    return shapes
+    """Every parameter's name and full shape."""
+    size = dims(config)
+    return {name: tuple(size[n] for n in param.shape) for name, param in param_table(config).items()}
+
+
+def spec(name):
+    """The table's row of a parameter: ``h.3.mlp.c_fc.weight`` reads BLOCK["mlp.c_fc.weight"]."""
+    return BLOCK[name.split(".", 2)[2]] if name.startswith("h.") else TOP[name]
+
+
+def is_sharded(name):
+    """True for parameters split over tensor-parallel ranks, False for replicated ones."""
+    return spec(name).split is not None
 
 
 def init_params(config, seed=0):
     """A deterministic random GPT-2: N(0, 0.02) weights, residual projections scaled by
     1/sqrt(2 n_layer) (Radford et al. 2019, sec. 2.3), zero biases, unit LayerNorm gains."""
     rng = np.random.default_rng(seed)
+    std = {"normal": 0.02, "residual": 0.02 / np.sqrt(2 * config.n_layer)}
     params = {}
     for name, shape in param_shapes(config).items():
-        if name.endswith("bias") or "ln_" in name:
-            value = np.ones(shape) if name.endswith("ln_1.weight") or name.endswith(
-                "ln_2.weight") or name == "ln_f.weight" else np.zeros(shape)
+        init = spec(name).init
+        if init in std:
+            value = rng.normal(0.0, std[init], shape)
         else:
-            std = 0.02 / np.sqrt(2 * config.n_layer) if name.endswith("c_proj.weight") else 0.02
-            value = rng.normal(0.0, std, shape)
+            value = np.ones(shape) if init == "ones" else np.zeros(shape)
         params[name] = value.astype(config.dtype)
-    return params
-
-
-def _ignored(name):
-    """The tied ``lm_head.weight`` and the causal-mask buffers ``h.{i}.attn.bias|masked_bias``."""
-    parts = name.split(".")
-    return name == "lm_head.weight" or parts[-2:] in (["attn", "bias"], ["attn", "masked_bias"])
-
-
-def load_state_dict(path_or_dict, config=None):
-    """GPT-2 parameters from a safetensors file (never pickle) or a dict of arrays.
-
-    Keys may carry the ``transformer.`` prefix; the tied ``lm_head.weight`` and the
-    ``attn.bias`` / ``attn.masked_bias`` buffers are ignored. With ``config`` every
-    tensor is checked: a missing, unexpected or misshapen one is a ValueError naming it.
-    """
-    if isinstance(path_or_dict, (str, os.PathLike)):
-        from safetensors.numpy import load_file
-        raw = load_file(os.fspath(path_or_dict))
-    else:
-        raw = dict(path_or_dict)
-    params = {}
-    for key, value in raw.items():
-        name = key[len("transformer."):] if key.startswith("transformer.") else key
-        if _ignored(name):
-            continue
-        params[name] = np.asarray(value)
-    if config is not None:
-        check_params(config, params)
-        params = {k: v.astype(config.dtype, copy=False) for k, v in params.items()}
     return params
 
 
@@ -97,49 +133,56 @@ def check_params(config, params):
                          if len(extra) > 1 else f"unexpected parameter {extra[0]!r}")
 
 
-SHARDED = ("wte.weight", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
-           "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight")
+def owned(config, unit, p, r):
+    """The slice of ``unit`` indices that shard r of a p-way split owns.
+
+    Query heads, hidden units and vocabulary rows: ``np.array_split`` blocks. Key/value
+    heads: those the shard's query heads read -- n_head / n_kv_head query heads share one
+    (grouped-query attention), so a key/value head is replicated where p > n_kv_head.
+    """
+    if unit == "kv_heads":
+        heads, group = block_of(config.n_head, p, r), config.n_head // config.n_kv_head
+        return slice(heads.start // group, (heads.stop - 1) // group + 1)
+    return block_of(units(config)[unit][0], p, r)
 
 
-def is_sharded(name):
-    """True for parameters split over tensor-parallel ranks, False for replicated ones."""
-    return name.endswith(SHARDED)
+def shard_index(config, split, p, r):
+    """The indices along ``split.axis`` that shard r of p owns, part after part."""
+    offset, index = 0, []
+    for unit in split.parts:
+        count, width = units(config)[unit]
+        mine = owned(config, unit, p, r)
+        index.append(offset + np.arange(mine.start * width, mine.stop * width))
+        offset += count * width
+    return np.concatenate(index)
 
 
 def shard_params(config, params, r, p):
     """The parameters shard r of a p-way tensor-parallel split owns, as contiguous copies.
 
-    Attention splits by heads: shard r owns heads ``split(n_head, p, r)``; its Q, K
-    and V columns of c_attn (column-parallel) and the matching rows of c_proj
-    (row-parallel). The MLP splits its 4d hidden units: columns of c_fc, rows of
-    c_proj. The token embedding splits by vocabulary rows. Everything else --
-    position embedding, LayerNorms, row-parallel biases -- is replicated.
+    Besides the arrays, the shard records the slice of every unit it owns (``heads``,
+    ``kv_heads``, ``hidden``, ``vocab``). Replicated parameters are not copied: every
+    shard this process holds shares them.
     """
-    d = config.n_embd
-    hd = d // config.n_head
-    heads = split(config.n_head, p, r)
-    cols = np.arange(heads.start * hd, heads.stop * hd)
-    qkv = np.concatenate([cols, d + cols, 2 * d + cols])
-    hidden = split(4 * d, p, r)
-    vocab = split(config.vocab_size, p, r)
     dtype = np.dtype(config.dtype)
-    take = lambda a, idx, axis=0: np.ascontiguousarray(np.take(a, idx, axis=axis), dtype)  # noqa: E731
-    shard = {"wte.weight": take(params["wte.weight"], np.arange(vocab.start, vocab.stop)),
-             "vocab": vocab, "heads": heads}
+    shard = {unit: owned(config, unit, p, r) for unit in units(config)}
     for name, value in params.items():
-        if name == "wte.weight":
-            continue
-        if name.endswith("attn.c_attn.weight"):
-            value = take(value, qkv, axis=1)
-        elif name.endswith("attn.c_attn.bias"):
-            value = take(value, qkv)
-        elif name.endswith("attn.c_proj.weight"):
-            value = take(value, cols)
-        elif name.endswith("mlp.c_fc.weight"):
-            value = take(value, np.arange(hidden.start, hidden.stop), axis=1)
-        elif name.endswith("mlp.c_fc.bias") or name.endswith("mlp.c_proj.weight"):
-            value = take(value, np.arange(hidden.start, hidden.stop))
-        else:  # replicated: shared by every shard this process holds
-            value = np.asarray(value, dtype)
-        shard[name] = value
+        cut = spec(name).split
+        if cut is None:
+            shard[name] = np.asarray(value, dtype)
+        else:
+            index = shard_index(config, cut, p, r)
+            shard[name] = np.ascontiguousarray(np.take(value, index, axis=cut.axis), dtype)
     return shard
+
+
+def merge_shards(config, name, pieces):
+    """The full parameter ``name`` from the pieces of shards 0..p-1, each put back where
+    ``shard_params`` took it from (a replicated key/value head is written by each owner)."""
+    cut = spec(name).split
+    full = np.empty(param_shapes(config)[name], pieces[0].dtype)
+    where = [slice(None)] * full.ndim
+    for r, piece in enumerate(pieces):
+        where[cut.axis] = shard_index(config, cut, len(pieces), r)
+        full[tuple(where)] = piece
+    return full

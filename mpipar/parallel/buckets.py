@@ -1,4 +1,5 @@
-"""Overlapping gradient averaging with the backward pass: a non-blocking ring, and buckets.
+"""Overlapping gradient averaging with the backward pass: gradient buckets, each all-reduced
+by the non-blocking ring of ``mpipar.collectives.nonblocking`` as soon as it is complete.
 
 PyTorch DDP (Li et al. 2020, "PyTorch Distributed: Experiences on Accelerating
 Data Parallel Training", sec. 3.2) puts gradients into buckets (25 MB by default)

@@ -15,7 +15,7 @@ on the seed, so a run's loss history does not depend on the process layout.
 Gradient all-reduces overlap with backward (Li et al. 2020, "PyTorch Distributed",
 sec. 3.2): gradients are grouped into buckets in the order backward produces them
 (last layer first) and each bucket's ring all-reduce starts as soon as its last
-gradient is ready (mpipar.overlap.GradBuckets). Deterministic mode instead adds
+gradient is ready (mpipar.parallel.buckets.GradBuckets). Deterministic mode instead adds
 every gradient in fixed rank order (naive all-reduce: ((g_0 + g_1) + g_2) + ...),
 which is what gradient accumulation over the same shards on one process computes
 (``accumulated_grads``): the two are then bitwise equal.
@@ -25,7 +25,6 @@ import time
 import numpy as np
 
 from ..collectives import allreduce
-from ..models.backward import loss_and_grads
 from ..models.optim import clip_grad_norm
 from ..models.params import is_sharded
 from ..tasks.addition import batch_slice
@@ -33,14 +32,10 @@ from .buckets import GradBuckets
 
 
 def ready_order(model):
-    """(key, shape) of this process's gradients in the order backward finishes them."""
-    names = list(model.shards[0])
-    groups = [["ln_f.weight", "ln_f.bias"]]
-    for i in reversed(range(model.config.n_layer)):
-        groups.append(sorted(n for n in names if n.startswith(f"h.{i}.")))
-    groups.append(["wte.weight", "wpe.weight"])
+    """(key, shape) of this process's gradients in the order backward finishes them
+    (``model.grad_order()``); key "k:name" is shard k's piece of parameter name."""
     out = []
-    for group in groups:
+    for group in model.grad_order():
         for name in group:
             for k, s in enumerate(model.shards):
                 if k == 0 or is_sharded(name):
@@ -81,8 +76,8 @@ class DataParallel:
         t0 = time.perf_counter()
         if self.buckets is not None:
             self.buckets.reset()
-        loss, _, grads = loss_and_grads(self.model, local[:, :-1], local[:, 1:], weights,
-                                        on_layer_done=self._hook if self.buckets else None)
+        loss, _, grads = self.model.loss_and_grads(local[:, :-1], local[:, 1:], weights,
+                                                   on_layer_done=self._hook if self.buckets else None)
         t_backward = time.perf_counter()
         if self.buckets is not None:
             summed = self.buckets.finish(average=False)
@@ -91,7 +86,7 @@ class DataParallel:
                 grads[int(k)][name][...] = g
         elif p > 1:  # deterministic: rank order, like accumulation on one process
             for shard_grads in grads:
-                for name, g in shard_grads.items():
+                for g in shard_grads.values():
                     g[...] = allreduce(self.comm, g, algorithm="naive")
         t_synced = time.perf_counter()
         total = allreduce(self.comm, np.array([loss]), algorithm="naive")[0]
@@ -110,7 +105,7 @@ def accumulated_grads(model, tokens, mask, dp):
     for r in range(dp):
         local = batch_slice(tokens, r, dp)
         weights = loss_weights(mask, len(tokens), len(local), model.dtype)
-        loss, _, grads = loss_and_grads(model, local[:, :-1], local[:, 1:], weights)
+        loss, _, grads = model.loss_and_grads(local[:, :-1], local[:, 1:], weights)
         total_loss = total_loss + loss if r else loss
         if total is None:
             total = grads

@@ -13,11 +13,13 @@ Using Model Parallelism" (2019), sec. 3. A weight matrix is split either
 The MLP pairs them: column-parallel c_fc, GELU locally, row-parallel c_proj --
 one all-reduce per MLP. Attention splits by heads the same way.
 
-Operators (forward pass; their backward is the conjugate, used by training):
-    copy_to_tp      f: identity forward, all-reduce backward
-    reduce_from_tp  g: all-reduce forward, identity backward
-    gather_from_tp  all-gather the column blocks along the last axis
-    scatter_to_tp   keep this rank's column block
+Operators, each method beside its backward (the conjugate, used by training):
+    copy_to_tp      f: identity forward             copy_to_tp_backward: all-reduce
+    reduce_from_tp  g: all-reduce forward           reduce_from_tp_backward: identity
+    gather_from_tp  all-gather the blocks forward   gather_from_tp_backward: keep this rank's block
+    scatter_to_tp   keep this rank's block forward  scatter_to_tp_backward: all-gather
+f sits where a column-parallel layer reads its input, g where a row-parallel layer
+sums its partial outputs: in backward each turns into the other.
 
 A ``TPGroup`` is the communicator plus the shards this process computes. On p
 ranks each rank holds one shard. On one process it may hold all p shards of a
@@ -33,10 +35,9 @@ every mpipar entry point sets).
 """
 import numpy as np
 
-from ..collectives import allgather, allreduce
+from ..collectives import ALGORITHMS, allgather, allreduce
 from ..collectives.blocks import split
 from ..collectives.lowp import WIRE, allreduce_lowp
-from ..collectives import ALGORITHMS
 
 
 class TPGroup:
@@ -60,12 +61,19 @@ class TPGroup:
         # allgathers use the same algorithm where allgather has one of that name
         self.gather_algorithm = algorithm if algorithm in (*ALGORITHMS["allgather"], "mpi") else "auto"
         self.deterministic = deterministic
-        #: the wire type of reductions and logit gathers (see mpipar.compressed)
+        #: the wire type of reductions and logit gathers (see mpipar.collectives.lowp)
         self.comm_dtype, self.rounding = comm_dtype, rounding
 
     def copy_to_tp(self, x):
         """Megatron's f: every shard gets the same input (forward identity)."""
         return x
+
+    def copy_to_tp_backward(self, grads):
+        """f's backward: the input gradient is the sum of every shard's -- g's all-reduce.
+
+        ``grads`` holds one array per shard this process computes.
+        """
+        return self.reduce_from_tp(grads)
 
     def reduce_from_tp(self, partials):
         """Megatron's g: the sum of every shard's partial result, identical on every rank.
@@ -90,6 +98,10 @@ class TPGroup:
             return allreduce_lowp(self.comm, local, self.comm_dtype, self.rounding, self.algorithm)
         return allreduce(self.comm, local, algorithm=self.algorithm)
 
+    def reduce_from_tp_backward(self, grad):
+        """g's backward: the identity -- every shard receives the whole output gradient."""
+        return grad
+
     def max_from_tp(self, parts):
         """The elementwise maximum over every shard's array (order cannot change a max)."""
         local = parts[0].copy()
@@ -113,7 +125,15 @@ class TPGroup:
             return out.astype(parts[0].dtype)
         return allgather(self.comm, parts[0], axis=axis, algorithm=self.gather_algorithm)
 
+    def gather_from_tp_backward(self, grad, axis=-1):
+        """gather's backward: each shard keeps the gradient of its own block (a scatter)."""
+        return self.scatter_to_tp(grad, axis)
+
     def scatter_to_tp(self, x, axis=-1):
         """The blocks of ``x`` along ``axis`` that this process's shards own."""
         n = x.shape[axis]
         return [np.take(x, np.arange(n)[split(n, self.ways, r)], axis=axis) for r in self.shard_ids]
+
+    def scatter_to_tp_backward(self, grads, axis=-1):
+        """scatter's backward: the shards' gradients side by side again (a gather)."""
+        return self.gather_from_tp(grads, axis)

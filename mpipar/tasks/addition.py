@@ -26,6 +26,16 @@ VOCAB = "0123456789+=$"
 END = "$"
 _IDS = {ch: i for i, ch in enumerate(VOCAB)}
 
+#: Training recipes (``python -m mpipar.train --preset NAME``): the task's digits, the model's
+#: shape, the schedule. "default" reaches >= 99% exact match on 3-digit sums; "tiny"
+#: trains in seconds (tests, lessons).
+RECIPES = {
+    "tiny": dict(digits=2, n_embd=32, n_layer=1, n_head=2, steps=40, global_batch=32, lr=3e-3,
+                 heldout=200),
+    "default": dict(digits=3, n_embd=64, n_layer=2, n_head=4, steps=1500, global_batch=64,
+                    lr=3e-3, heldout=1000),
+}
+
 
 def encode(text):
     """Token ids (int64) of ``text``; ValueError on a character outside VOCAB."""
@@ -202,3 +212,8 @@ class AdditionTask:
             examples.append((f"{a}+{b}", str(p) if p >= 0 else "?", str(a + b)))
         return {"n": len(pairs), "accuracy": float(np.mean(predicted == correct)),
                 "examples": examples}
+
+
+def task_accuracy(model, task):
+    """Exact match of ``model``'s greedy answers on every held-out sum of ``task``, in one batch."""
+    return task.evaluate(model.generate, batch=len(task.heldout_pairs()))["accuracy"]

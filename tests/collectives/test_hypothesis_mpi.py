@@ -5,23 +5,20 @@ example leaves the ranks in different places while hypothesis shrinks it and the
 job hangs. So: derandomize=True and no database (the same examples everywhere),
 no health checks (they depend on timing, which differs by rank), data generated
 from (seed, rank), and each verdict combined over all ranks before asserting.
+The exact results and error bounds are those of collective_checks.py.
 """
-import math
-
-from hypothesis import HealthCheck, Phase, given, settings, strategies as st
-import ml_dtypes
+from collective_checks import DTYPES, OPS, dt, expectation, gather_inputs, ranks_agree, reduction_errors
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from mpi4py import MPI
 import numpy as np
 import pytest
 
-from mpipar.collectives import allgather, allreduce, broadcast, reduce_scatter
-from mpipar.collectives import ALGORITHMS
+from mpipar.collectives import ALGORITHMS, allgather, allreduce, broadcast, reduce_scatter
+from mpipar.measure.numerics import bitwise_equal
 
 COMM = MPI.COMM_WORLD
 P, RANK = COMM.Get_size(), COMM.Get_rank()
-DTYPES = ["float16", "float32", "float64", "int32", "int64", "bfloat16"]
-OPS = ["sum", "prod", "max", "min"]
-U = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "float32": 2.0**-24, "float64": 2.0**-53}
 SAME_EVERYWHERE = settings(
     max_examples=25, deadline=None, derandomize=True, database=None,
     suppress_health_check=list(HealthCheck),
@@ -60,58 +57,8 @@ def make_input(case, shape):
         v = rng.uniform(0.5, 2.0, full) * rng.choice([-1.0, 1.0], full)
     else:
         v = rng.standard_normal(full)
-    v = v.astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    v = v.astype(dt(dtype))
     return {"C": v, "transposed": v.T, "strided": v[..., ::2]}[case["layout"]]
-
-
-def same_bits(a, b):
-    return (a.shape == b.shape and a.dtype == b.dtype
-            and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes())
-
-
-def gamma(k, u):
-    return k * u / (1 - k * u)
-
-
-def reduction_errors(got, stack, dtype, op, like):
-    """Problems with ``got`` as the reduction of ``stack`` (inputs on axis 0, exact widths).
-
-    Bounds (derived in test_collectives_mpi.py): one combine has relative error
-    u1 = u, or (1 + u16)(1 + u32) - 1 for 16-bit floats, which are combined in float32
-    and rounded back; any order of p-1 combines is off by <= gamma_{p-1}(u1) sum|x_i|
-    for a sum (Higham 2002, sec. 4.2; eq. 4.4 to first order) and by
-    <= gamma_{p-1}(u1) |product| for a product. The float64 reference adds its own
-    rounding (u64 for fsum, gamma_{p-1}(u64) for prod); 1 + 1e-12 covers the rounding
-    of the bound itself.
-    """
-    p = stack.shape[0]
-    if got.dtype != like.dtype or got.shape != stack.shape[1:]:
-        return [f"got {got.dtype}{got.shape}, want {like.dtype}{stack.shape[1:]}"]
-    if dtype.startswith("int") or op in ("max", "min"):
-        exact = same_bits(got, getattr(np, op)(stack, axis=0).astype(like.dtype))
-        return [] if exact else ["not exact"]
-    u1 = U[dtype] if dtype in ("float32", "float64") else (1 + U[dtype]) * (1 + 2.0**-24) - 1
-    cols, g64 = stack.reshape(p, -1).T, gamma(p - 1, 2.0**-53)
-    if op == "sum":
-        ref = np.array([math.fsum(c) for c in cols]).reshape(got.shape)
-        scale = np.array([math.fsum(np.abs(c)) for c in cols]).reshape(got.shape)
-        bound = (gamma(p - 1, u1) + 2.0**-53) * scale
-    else:
-        ref = np.prod(stack, axis=0)
-        bound = (gamma(p - 1, u1) + g64) / (1 - g64) * np.abs(ref)
-    err = np.abs(got.astype(np.float64) - ref)
-    ok = np.all(err <= bound * (1 + 1e-12))  # 1e-12: the rounding of the bound itself
-    return [] if ok else [f"error {np.max(err - bound):.3g} above the bound"]
-
-
-def gather_inputs(x):
-    """Every rank's input on a new axis 0, widened exactly to int64 or float64."""
-    return np.stack(COMM.allgather(x.astype(np.int64 if x.dtype.kind == "i" else np.float64)))
-
-
-def ranks_agree(y):
-    mine = (y.shape, str(y.dtype), np.ascontiguousarray(y).tobytes())
-    return [] if all(t == mine for t in COMM.allgather(mine)) else ["ranks disagree"]
 
 
 def verdict(case, run):
@@ -127,50 +74,44 @@ def verdict(case, run):
     assert not lines, f"{case}\n" + "\n".join(lines[:20])
 
 
-@pytest.mark.mpi
-@SAME_EVERYWHERE
-@given(case=cases("allreduce"))
-def test_allreduce_property(case):
-    def run():
-        x = make_input(case, case["shape"])
-        got = allreduce(COMM, x, op=case["op"], algorithm=case["algorithm"])
-        want = gather_inputs(x)
-        return reduction_errors(got, want, case["dtype"], case["op"], x) + ranks_agree(got)
-    verdict(case, run)
+def allreduce_problems(case):
+    x = make_input(case, case["shape"])
+    got = allreduce(COMM, x, op=case["op"], algorithm=case["algorithm"])
+    want = expectation(gather_inputs(x), case["dtype"], case["op"])
+    return reduction_errors("allreduce", got, want) + ranks_agree("allreduce", got)
+
+
+def reduce_scatter_problems(case):
+    x = make_input(case, case["shape"])
+    got = reduce_scatter(COMM, x, axis=case["axis"], op=case["op"], algorithm=case["algorithm"])
+    mine = np.array_split(gather_inputs(x), P, axis=case["axis"] % x.ndim + 1)[RANK]
+    return reduction_errors("reduce_scatter", got, expectation(mine, case["dtype"], case["op"]))
+
+
+def allgather_problems(case):
+    shape = list(case["shape"])
+    shape[case["axis"]] = case["lengths"][RANK]  # ranks contribute different lengths
+    x = make_input(case, shape)
+    got = allgather(COMM, x, axis=case["axis"], algorithm=case["algorithm"])
+    want = np.concatenate(COMM.allgather(x), axis=case["axis"])
+    return ranks_agree("allgather", got) + ([] if bitwise_equal(got, want) else ["not the concatenation"])
+
+
+def broadcast_problems(case):
+    x = make_input(case, case["shape"])  # different on every rank: only root's counts
+    got = broadcast(COMM, x, root=case["root"], algorithm=case["algorithm"])
+    return [] if bitwise_equal(got, COMM.bcast(x, root=case["root"])) else ["not root's data"]
+
+
+PROBLEMS = {"allreduce": allreduce_problems, "reduce_scatter": reduce_scatter_problems,
+            "allgather": allgather_problems, "broadcast": broadcast_problems}
 
 
 @pytest.mark.mpi
+@pytest.mark.parametrize("name", list(PROBLEMS))
 @SAME_EVERYWHERE
-@given(case=cases("reduce_scatter"))
-def test_reduce_scatter_property(case):
-    def run():
-        x = make_input(case, case["shape"])
-        got = reduce_scatter(COMM, x, axis=case["axis"], op=case["op"], algorithm=case["algorithm"])
-        mine = np.array_split(gather_inputs(x), P, axis=case["axis"] % x.ndim + 1)[RANK]
-        return reduction_errors(got, mine, case["dtype"], case["op"], x)
-    verdict(case, run)
-
-
-@pytest.mark.mpi
-@SAME_EVERYWHERE
-@given(case=cases("allgather"))
-def test_allgather_property(case):
-    def run():
-        shape = list(case["shape"])
-        shape[case["axis"]] = case["lengths"][RANK]  # ranks contribute different lengths
-        x = make_input(case, shape)
-        got = allgather(COMM, x, axis=case["axis"], algorithm=case["algorithm"])
-        want = np.concatenate(COMM.allgather(x), axis=case["axis"])
-        return ranks_agree(got) + ([] if same_bits(got, want) else ["not the concatenation"])
-    verdict(case, run)
-
-
-@pytest.mark.mpi
-@SAME_EVERYWHERE
-@given(case=cases("broadcast"))
-def test_broadcast_property(case):
-    def run():
-        x = make_input(case, case["shape"])  # different on every rank: only root's counts
-        got = broadcast(COMM, x, root=case["root"], algorithm=case["algorithm"])
-        return [] if same_bits(got, COMM.bcast(x, root=case["root"])) else ["not root's data"]
-    verdict(case, run)
+@given(data=st.data())
+def test_property(name, data):
+    """25 drawn calls of each collective: right, on every rank alike."""
+    case = data.draw(cases(name), label="case")
+    verdict(case, lambda: PROBLEMS[name](case))

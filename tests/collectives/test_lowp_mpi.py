@@ -1,6 +1,6 @@
 """All-reduce with a 16-bit wire (mpipar.collectives.lowp) on the ranks of MPI.COMM_WORLD.
 
-Run under mpirun at 1..4 ranks. As in test_collectives_mpi, a test collects what
+Run under mpirun at 1..4 ranks. As in test_results_mpi, a test collects what
 went wrong on this rank and asserts on the list gathered from every rank, so all
 ranks pass or fail together.
 
@@ -40,16 +40,17 @@ import itertools
 import math
 import zlib
 
+from helpers import all_ranks_ok, first_ranks
 from mpi4py import MPI
 import numpy as np
 import pytest
 
-from mpipar.measure import numerics
 from mpipar.collectives import allreduce
-from mpipar.collectives.lowp import WIRE, allreduce_lowp, problems
-from mpipar.demo import SHIPPED, load_model_inputs
+from mpipar.collectives.lowp import LOWP_ALGORITHMS, ROUNDINGS, WIRE, allreduce_lowp, problems
+from mpipar.measure import numerics
 from mpipar.measure.ledger import CommLedger
 from mpipar.models import GPT
+from mpipar.models.checkpoint import load_model
 
 pytestmark = pytest.mark.mpi
 COMM = MPI.COMM_WORLD
@@ -59,8 +60,7 @@ TINY16 = {"float16": 2.0**-25, "bfloat16": 2.0**-134}  # absolute error of a sub
 U32 = 2.0**-24
 SLACK = 1.01
 SIZES = sorted({0, 1, max(P - 1, 1), P, 10_007})
-COMBOS = [(w, r, a) for w, r, a in itertools.product(("float16", "bfloat16"), ("per_hop", "once"),
-                                                      ("ring", "recursive_doubling"))
+COMBOS = [(w, r, a) for w, r, a in itertools.product(("float16", "bfloat16"), ROUNDINGS, LOWP_ALGORITHMS)
           if problems(w, r, a) is None]
 IDS = ["-".join(c) for c in COMBOS]
 
@@ -100,15 +100,6 @@ def bound(wire, rounding, algorithm, p, s, S):
     return SLACK * (rounds * u + (rounds - 1) * U32) * S + rounds * tiny
 
 
-def all_ranks_ok(errors):
-    lines = [f"rank {r}: {e}" for r, errs in enumerate(COMM.allgather(errors)) for e in errs]
-    assert not lines, f"{len(lines)} problems:\n" + "\n".join(lines[:30])
-
-
-def agree(comm, y):
-    return numerics.ranks_agree(comm, y)
-
-
 @pytest.mark.parametrize("wire,rounding,algorithm", COMBOS, ids=IDS)
 def test_ranks_agree_and_error_within_the_derived_bound(wire, rounding, algorithm):
     errors = []
@@ -120,7 +111,7 @@ def test_ranks_agree_and_error_within_the_derived_bound(wire, rounding, algorith
         if y.dtype != np.float32 or y.shape != x.shape:
             errors.append(f"{name}: got {y.dtype}{y.shape}, want float32{x.shape}")
             continue
-        if not agree(COMM, y):
+        if not numerics.ranks_agree(COMM, y):
             errors.append(f"{name}: ranks disagree")
         if not numerics.bitwise_equal(x, before):
             errors.append(f"{name}: the input was modified")
@@ -167,23 +158,23 @@ def test_bitwise_equal_to_a_serial_emulation(wire, rounding, algorithm):
     all_ranks_ok(errors)
 
 
-def sent_by_all(fn):
-    """Bytes every rank together sent in ``fn()``, and this rank's ledger."""
+def sent_by_all(fn, *args, **kwargs):
+    """Bytes every rank together sent in ``fn(COMM, *args, **kwargs)``, and this rank's ledger."""
     with CommLedger() as led:
-        fn()
+        fn(COMM, *args, **kwargs)
     return COMM.allreduce(sum(r["bytes_sent"] for r in led.records)), led
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 1000, 10_007])
 def test_bytes_half_and_three_quarters_of_the_float32_ring(n):
     x = sample(("bytes", n), n)
-    f32_ring = sent_by_all(lambda: allreduce(COMM, x, algorithm="ring"))[0]
-    f32_rd = sent_by_all(lambda: allreduce(COMM, x, algorithm="recursive_doubling"))[0]
+    f32_ring = sent_by_all(allreduce, x, algorithm="ring")[0]
+    f32_rd = sent_by_all(allreduce, x, algorithm="recursive_doubling")[0]
     assert f32_ring == (8 * (P - 1) * n if P > 1 else 0)
     for wire in U16:
-        per_hop, led = sent_by_all(lambda: allreduce_lowp(COMM, x, wire, "per_hop", "ring"))
-        once = sent_by_all(lambda: allreduce_lowp(COMM, x, wire, "once", "ring"))[0]
-        rd = sent_by_all(lambda: allreduce_lowp(COMM, x, wire, "per_hop", "recursive_doubling"))[0]
+        per_hop, led = sent_by_all(allreduce_lowp, x, wire, "per_hop", "ring")
+        once = sent_by_all(allreduce_lowp, x, wire, "once", "ring")[0]
+        rd = sent_by_all(allreduce_lowp, x, wire, "per_hop", "recursive_doubling")[0]
         assert 2 * per_hop == f32_ring, (wire, per_hop, f32_ring)
         assert 4 * once == 3 * f32_ring, (wire, once, f32_ring)
         assert 2 * rd == f32_rd, (wire, rd, f32_rd)
@@ -216,8 +207,9 @@ def test_per_hop_error_grows_with_p_and_once_does_not(wire):
         pytest.skip("needs 2 ranks")
     means, errors = {}, []
     for k in range(2, P + 1):
-        sub = COMM.Split(0 if RANK < k else MPI.UNDEFINED, RANK)
-        if sub != MPI.COMM_NULL:
+        with first_ranks(k) as sub:
+            if sub == MPI.COMM_NULL:
+                continue
             x = sample(("growth", wire), 20_000, "positive", comm=sub)
             s, S = exact_sums(x, sub)
             for rounding in ("per_hop", "once"):
@@ -227,7 +219,6 @@ def test_per_hop_error_grows_with_p_and_once_does_not(wire):
                     errors.append(f"p={k} once: {e.max():.3f} u16 S")
                 if rounding == "per_hop" and not e.max() > 1:
                     errors.append(f"p={k} per_hop: largest error {e.max():.3f} u16 S, not > 1")
-            sub.Free()
     means = COMM.bcast(means, root=0)
     for k in range(3, P + 1):
         if not means[k, "per_hop"] > means[k - 1, "per_hop"]:
@@ -247,7 +238,7 @@ def test_invalid_settings_raise_before_any_message():
             with pytest.raises(ValueError, match=message):
                 allreduce_lowp(COMM, x, wire, rounding, algorithm)
     assert led.records == []
-    config, params, _ = load_model_inputs(_shipped_args())
+    config, params, _ = load_model()
     with pytest.raises(ValueError, match="deterministic mode reduces in float32"):
         GPT(config, params, COMM, algorithm="ring", deterministic=True, comm_dtype="bfloat16")
     with pytest.raises(ValueError, match="bfloat16 wire needs algorithm ring or recursive_doubling"):
@@ -255,27 +246,27 @@ def test_invalid_settings_raise_before_any_message():
     COMM.Barrier()
 
 
-def _shipped_args():
-    from types import SimpleNamespace
-    return SimpleNamespace(preset=None, weights=str(SHIPPED), seed=0)
-
-
 @pytest.mark.parametrize("rounding,algorithm", [c[1:] for c in COMBOS if c[0] == "bfloat16"],
                          ids=[f"{r}-{a}" for w, r, a in COMBOS if w == "bfloat16"])
 def test_bfloat16_gpt_answers_like_the_serial_model(rounding, algorithm):
     """The shipped addition model with every reduction and logit gather in bfloat16 writes
-    the same answers as the float32 model on one process, and every rank the same tokens."""
-    config, params, task = load_model_inputs(_shipped_args())
+    the same answers as the float32 model on one process, and every rank the same tokens
+    (on as many ranks as the model has heads to split)."""
+    config, params, task = load_model()
     prompts = task.prompts(task.heldout_pairs()[:32])
-    model = GPT(config, params, COMM, algorithm=algorithm, comm_dtype="bfloat16", rounding=rounding)
-    with CommLedger() as led:
-        got = model.generate(prompts, task.answer_len)
-    want = GPT(config, params, MPI.COMM_SELF).generate(prompts, task.answer_len)
-    errors = [] if np.array_equal(got, want) else [
-        f"{int((got != want).any(1).sum())} of {len(prompts)} answers differ from serial"]
-    if not agree(COMM, got):
-        errors.append("ranks disagree on the tokens")
-    labels = {alg for _, alg in led.totals()}
-    if P > 1 and f"{algorithm} bfloat16/{rounding}" not in labels:
-        errors.append(f"no bfloat16 reductions in the ledger: {sorted(labels)}")
+    errors, k = [], min(P, config.n_head)
+    with first_ranks(k) as comm:
+        if comm != MPI.COMM_NULL:
+            model = GPT(config, params, comm, algorithm=algorithm, comm_dtype="bfloat16", rounding=rounding)
+            with CommLedger() as led:
+                got = model.generate(prompts, task.answer_len)
+            want = GPT(config, params, MPI.COMM_SELF).generate(prompts, task.answer_len)
+            if not np.array_equal(got, want):
+                differ = int((got != want).any(1).sum())
+                errors.append(f"{differ} of {len(prompts)} answers differ from serial")
+            if not numerics.ranks_agree(comm, got):
+                errors.append("ranks disagree on the tokens")
+            labels = {alg for _, alg in led.totals()}
+            if k > 1 and f"{algorithm} bfloat16/{rounding}" not in labels:
+                errors.append(f"no bfloat16 reductions in the ledger: {sorted(labels)}")
     all_ranks_ok(errors)

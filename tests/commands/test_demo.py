@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 from jobs import assert_one_clear_error
+
 from mpipar import launch
 
 KEYS = {"world_size", "config", "tokens_parallel", "tokens_serial", "tokens_identical",
@@ -68,6 +69,7 @@ def test_missing_weights_file_is_one_clear_error(tmp_path):
 
 def test_weights_with_hugging_face_config(tmp_path):
     from safetensors.numpy import save_file
+
     from mpipar.models import GPTConfig, init_params
     cfg = GPTConfig(vocab_size=50, n_ctx=32, n_embd=24, n_head=3, n_layer=1)
     params = {"transformer." + k: v for k, v in init_params(cfg, seed=3).items()}

@@ -3,9 +3,9 @@ import json
 import subprocess
 import sys
 
+from jobs import assert_one_clear_error
 import pytest
 
-from jobs import assert_one_clear_error
 from mpipar import launch
 
 
@@ -31,7 +31,8 @@ def test_failing_job_raises_with_its_output(tmp_path):
 
 
 def test_demo_json_at_three_ranks(tmp_path):
-    job = launch.run("mpipar.demo_collectives", n=3, args=["--size", "4KiB", "--repeat", "2", "--no-calibrate"])
+    job = launch.run("mpipar.demo_collectives", n=3,
+                     args=["--size", "4KiB", "--repeat", "2", "--no-calibrate"])
     data = job.data
     assert data["world_size"] == 3 and data["nbytes"] == 4096
     algs = {row["algorithm"]: row for row in data["allreduce"]}

@@ -2,9 +2,9 @@
 checkpoints the demo can read, clear errors."""
 import json
 
+from jobs import assert_one_clear_error
 import numpy as np
 
-from jobs import assert_one_clear_error
 from mpipar import launch
 
 TINY = ["--preset", "tiny", "--steps", "12", "--quiet"]

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 from mpipar.collectives import allgather, allreduce, broadcast
+from mpipar.collectives.channel import Channel
+from mpipar.measure import ledger
 from mpipar.measure.ledger import CommLedger, CostModel
 
 KEYS = {"op", "algorithm", "dtype", "nbytes", "bytes_sent", "messages", "steps", "seconds",
@@ -79,3 +81,25 @@ def test_calibrate_gives_positive_constants_on_every_rank():
     model = CostModel.calibrate(comm, sizes=(8, 1024, 65536), trials=2)
     assert model.alpha > 0 and model.beta > 0 and model.gamma > 0
     assert comm.allgather(model) == [model] * comm.Get_size()
+
+
+@pytest.mark.mpi
+def test_one_builder_makes_every_record():
+    """record_call: the channel's traffic (None for the library), requested defaulting to
+    the algorithm, extra keys kept; nothing at all without an open ledger."""
+    comm = MPI.COMM_WORLD
+    ch = Channel(comm)
+    ch.step()
+    ch.bytes_sent, ch.messages = 12, 3
+    ledger.record_call(ch, "allreduce", "ring", np.dtype(np.float32), 3, 12, 0.5)  # not open: dropped
+    with CommLedger() as led:
+        ledger.record_call(ch, "allreduce", "ring", np.dtype(np.float32), 3, 12, 0.5, nonblocking=True)
+        ledger.record_call(ch, "broadcast", "mpi", np.dtype(np.int64), 2, 16, 0.25, requested="auto",
+                           library=True)
+    ring, lib = led.records
+    assert KEYS | {"requested", "count"} <= set(ring) and ring["nonblocking"] is True
+    assert (ring["requested"], ring["dtype"], ring["count"], ring["nbytes"]) == ("ring", "float32", 3, 12)
+    assert (ring["bytes_sent"], ring["messages"], ring["steps"]) == (12, 3, 1)
+    assert (ring["world_size"], ring["rank"], ring["seconds"]) == (comm.Get_size(), comm.Get_rank(), 0.5)
+    assert (lib["requested"], lib["dtype"]) == ("auto", "int64")
+    assert lib["bytes_sent"] is lib["messages"] is lib["steps"] is None

@@ -1,27 +1,26 @@
-"""RingAllreduce (non-blocking) and GradBuckets against the blocking ring allreduce.
+"""GradBuckets against the blocking ring allreduce of each bucket.
 
-The non-blocking ring does the blocking ring's combines in the same order, so the
-comparisons are bitwise. Ranks are put out of step on purpose (a different amount
-of NumPy work between polls on each rank). Each test gathers every rank's
-problems and asserts on the whole list, so all ranks pass or fail together.
+A bucket's non-blocking ring (tests/collectives/test_nonblocking_mpi.py) does the
+blocking ring's combines in the same order, so the comparisons are bitwise. Ranks
+are put out of step on purpose (a different amount of NumPy work between polls on
+each rank). Each test gathers every rank's problems and asserts on the whole
+list, so all ranks pass or fail together.
 """
 import time
 import zlib
 
-import ml_dtypes
+from helpers import all_ranks_ok
 from mpi4py import MPI
 import numpy as np
 import pytest
 
 from mpipar.collectives import allreduce
-from mpipar.measure.ledger import CommLedger, CostModel
-from mpipar.parallel.mesh import Mesh
-from mpipar.collectives.nonblocking import RingAllreduce
+from mpipar.measure.numerics import bitwise_equal
 from mpipar.parallel.buckets import GradBuckets
+from mpipar.parallel.mesh import Mesh
 
 COMM = MPI.COMM_WORLD
 P, RANK = COMM.Get_size(), COMM.Get_rank()
-LENGTHS = sorted({0, 1, max(P - 1, 0), P, 1001})
 WORK = np.random.default_rng(RANK).standard_normal((48, 48))
 
 
@@ -37,93 +36,6 @@ def busy(k):
     for _ in range(k):
         WORK @ WORK
 
-
-def same_bits(a, b):
-    return (a.shape == b.shape and a.dtype == b.dtype
-            and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes())
-
-
-def all_ranks_ok(problems):
-    everyone = COMM.allgather(problems)
-    assert not [f"rank {r}: {p}" for r, ps in enumerate(everyone) for p in ps]
-
-
-@pytest.mark.mpi
-@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
-def test_ring_bitwise_equal_to_blocking_ring(dtype):
-    dt = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
-    problems = []
-    for n in LENGTHS:
-        for op, shape in (("sum", (n,)), ("max", (n,)), ("sum", (1, n))):
-            x = sample((dtype, n, op), shape, dt)
-            before = x.copy()
-            want = allreduce(COMM, x, op, algorithm="ring")
-            ring = RingAllreduce(COMM, x, op).start()
-            polls = 0
-            while not ring.progress():
-                busy(1 + RANK % 3)
-                polls += 1
-            if not same_bits(ring.result, want):
-                problems.append(f"{dtype} n={n} {op} {shape}: polled result differs")
-            if not same_bits(RingAllreduce(COMM, x, op).wait(), want):
-                problems.append(f"{dtype} n={n} {op} {shape}: wait() result differs")
-            if not same_bits(x, before):
-                problems.append(f"{dtype} n={n}: input overwritten without inplace")
-            if P == 1 and polls:
-                problems.append("one rank should be done at start()")
-    all_ranks_ok(problems)
-
-
-@pytest.mark.mpi
-def test_inplace_reduces_in_the_callers_buffer():
-    x = sample("inplace", (7, 11), np.float32)
-    want = allreduce(COMM, x, algorithm="ring")
-    ring = RingAllreduce(COMM, x, inplace=True)
-    out = ring.wait()
-    assert same_bits(x, want) and np.shares_memory(out, x)
-    with pytest.raises(ValueError, match="C-contiguous"):
-        RingAllreduce(COMM, x[:, ::2], inplace=True)
-    with pytest.raises(ValueError, match="unknown op"):
-        RingAllreduce(COMM, x, "mean")
-
-
-@pytest.mark.mpi
-def test_concurrent_rings_started_in_different_orders():
-    """Rings with their own tags on one communicator never mix messages up, whatever
-    order each rank starts and polls them in."""
-    xs = [sample(("conc", k), (n,), np.float32) for k, n in enumerate((5, 1001, 1, 300))]
-    wants = [allreduce(COMM, x, algorithm="ring") for x in xs]
-    order = np.roll(np.arange(len(xs)), RANK)
-    rings = [None] * len(xs)
-    for k in order:
-        rings[k] = RingAllreduce(COMM, xs[k], tag=100 + k).start()
-        busy(1)
-        [r.progress() for r in rings if r is not None]
-    while not all(r.progress() for r in rings[::-1]):
-        busy(RANK % 2)
-    all_ranks_ok([k for k in range(len(xs)) if not same_bits(rings[k].result, wants[k])])
-
-
-@pytest.mark.mpi
-@pytest.mark.parametrize("n", [0, 1001])
-def test_ledger_counts_match_the_ring_formula(n):
-    x = np.ones(n, np.float64)
-    with CommLedger() as led:
-        RingAllreduce(COMM, x).wait()
-        allreduce(COMM, x, algorithm="ring")
-    nb, blocking = led.records
-    blocks = [len(b) for b in np.array_split(np.arange(n), P)]
-    sent = 8 * (2 * n - blocks[RANK] - blocks[(RANK + 1) % P])  # all blocks but two, once
-    assert nb["op"] == "allreduce" and nb["algorithm"] == "ring" and nb["nonblocking"] is True
-    assert nb["messages"] == nb["steps"] == 2 * (P - 1)
-    assert nb["bytes_sent"] == sent == blocking["bytes_sent"]
-    assert (nb["nbytes"], nb["count"], nb["dtype"], nb["world_size"]) == (8 * n, n, "float64", P)
-    assert nb["seconds"] >= 0 and "nonblocking" not in blocking
-    assert nb["predicted_seconds"] == CostModel().predict("allreduce", "ring", P, 8 * n)
-    assert "allreduce" in led.summary()
-
-
-# --- gradient buckets -----------------------------------------------------------------------
 
 SHAPES = [("head.w", (10, 8)), ("head.b", (8,)), ("big", (200,)), ("l1.w", (5, 5)),
           ("l1.b", (5,)), ("empty", (0,)), ("l0.w", (3, 70)), ("l0.b", ())]
@@ -188,7 +100,7 @@ def test_finish_equals_blocking_ring_and_overlap_changes_nothing(dtype):
             if list(got) != [n for n, _ in SHAPES]:
                 problems.append(f"names {list(got)}")
             problems += [f"overlap={overlap} average={average}: {n} differs"
-                         for n in want if not same_bits(got[n], want[n])]
+                         for n in want if not bitwise_equal(got[n], want[n])]
             line = gb.timeline(t0)
             if [e["nbytes"] for e in line] != [b.nbytes for b in gb.buffers]:
                 problems.append(f"timeline {line}")
@@ -200,7 +112,7 @@ def test_finish_equals_blocking_ring_and_overlap_changes_nothing(dtype):
                                     f"{e['start']:.4f}, finish() called at {t_finish - t0:.4f}")
     for average in (True, False):
         problems += [f"overlap True/False differ in {n}" for n in grads
-                     if not same_bits(results[True, average][n], results[False, average][n])]
+                     if not bitwise_equal(results[True, average][n], results[False, average][n])]
     all_ranks_ok(problems)
 
 
@@ -212,7 +124,7 @@ def test_integer_valued_gradients_match_per_gradient_allreduce():
     backward(gb, grads)
     got = gb.finish()
     bad = [n for n, g in grads.items()
-           if not same_bits(got[n], allreduce(COMM, g, algorithm="ring") / np.float32(P))]
+           if not bitwise_equal(got[n], allreduce(COMM, g, algorithm="ring") / np.float32(P))]
     all_ranks_ok(bad)
 
 
@@ -229,7 +141,7 @@ def test_two_steps_on_the_data_parallel_axis_of_a_mesh():
             backward(gb, grads, poll=step == 0)
             got = gb.finish()
             want = expected(mesh.dp_comm, gb, grads, True)
-            problems += [f"step {step}: {n}" for n in want if not same_bits(got[n], want[n])]
+            problems += [f"step {step}: {n}" for n in want if not bitwise_equal(got[n], want[n])]
     all_ranks_ok(problems)
 
 

@@ -13,14 +13,12 @@ import numpy as np
 import pytest
 
 from mpipar.measure import numerics
-from mpipar.tasks.addition import AdditionTask
-from mpipar.parallel.data_parallel import DataParallel, accumulated_grads, loss_weights
-from mpipar.tasks.addition import batch_slice
-from mpipar.models.backward import loss_and_grads
-from mpipar.models.checkpoint import full_params
-from mpipar.parallel.mesh import Mesh
 from mpipar.models import GPT, GPTConfig, init_params
+from mpipar.models.checkpoint import full_params
 from mpipar.models.optim import AdamW
+from mpipar.parallel.data_parallel import DataParallel, accumulated_grads, loss_weights
+from mpipar.parallel.mesh import Mesh
+from mpipar.tasks.addition import AdditionTask, batch_slice
 
 WORLD = MPI.COMM_WORLD
 TASK = AdditionTask(digits=2, seed=0, heldout=100)
@@ -74,14 +72,14 @@ def test_default_mode_gradients_within_the_summation_bound(overlap):
     for r in range(p):  # what each rank computes: the reference's micro-batches
         local = batch_slice(tokens, r, p)
         w = loss_weights(mask, BATCH, len(local), model.dtype)
-        per_shard.append(loss_and_grads(model, local[:, :-1], local[:, 1:], w)[2][0])
+        per_shard.append(model.loss_and_grads(local[:, :-1], local[:, 1:], w)[2][0])
     trainer = DataParallel(GPT(CFG, init_params(CFG, 0), MPI.COMM_SELF), WORLD,
                            AdamW(model, lr=0.0), bucket_bytes=2048, overlap=overlap)
     local = batch_slice(tokens, WORLD.Get_rank(), p)
     w = loss_weights(mask, BATCH, len(local), model.dtype)
     # run the same synchronisation the trainer runs, on the trainer's own buckets
-    _, _, grads = loss_and_grads(trainer.model, local[:, :-1], local[:, 1:], w,
-                                 on_layer_done=trainer._hook if trainer.buckets else None)
+    _, _, grads = trainer.model.loss_and_grads(local[:, :-1], local[:, 1:], w,
+                                               on_layer_done=trainer._hook if trainer.buckets else None)
     summed = trainer.buckets.finish(average=False) if trainer.buckets else \
         {f"0:{k}": v for k, v in grads[0].items()}
     u = numerics.unit_roundoff(np.float32)

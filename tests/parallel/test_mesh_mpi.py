@@ -1,8 +1,9 @@
 """Mesh: coordinates, group membership and rank order for every dp x tp factorisation.
 
 Each test collects what went wrong on this rank and asserts on the list gathered
-from every rank, so all ranks pass or fail together.
+from every rank (``helpers.all_ranks_ok``), so all ranks pass or fail together.
 """
+from helpers import all_ranks_ok
 from mpi4py import MPI
 import pytest
 
@@ -11,11 +12,6 @@ from mpipar.parallel.mesh import Mesh
 COMM = MPI.COMM_WORLD
 P, RANK = COMM.Get_size(), COMM.Get_rank()
 FACTORISATIONS = [(d, P // d) for d in range(1, P + 1) if P % d == 0]
-
-
-def all_ranks_ok(problems):
-    everyone = COMM.allgather(problems)
-    assert not [f"rank {r}: {p}" for r, ps in enumerate(everyone) for p in ps]
 
 
 def errors_everywhere(fn):

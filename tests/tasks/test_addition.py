@@ -4,7 +4,7 @@ exact-match scoring and evaluate()."""
 import numpy as np
 import pytest
 
-from mpipar.tasks.addition import VOCAB, AdditionTask, decode, encode, batch_slice
+from mpipar.tasks.addition import VOCAB, AdditionTask, batch_slice, decode, encode
 
 TASK = AdditionTask(digits=3, seed=0, heldout=1000)
 

@@ -1,4 +1,5 @@
-"""The hand-written backward pass against finite differences, in float64.
+"""GPT.loss_and_grads, the hand-written backward pass, against finite differences in float64;
+the order it reports gradients in; AdamW and the global gradient norm.
 
 A central difference (L(p + e) - L(p - e)) / 2e errs by O(e^2 |L'''|) from
 truncation and by about n u L / e from rounding, n ~ 1e3 operations in the loss:
@@ -12,10 +13,10 @@ from mpi4py import MPI
 import numpy as np
 import pytest
 
-from mpipar.models.backward import loss_and_grads
-from mpipar.models.params import is_sharded, shard_params
 from mpipar.models import GPT, GPTConfig, init_params
 from mpipar.models.optim import AdamW, global_grad_norm
+from mpipar.models.params import is_sharded, shard_params
+from mpipar.parallel.data_parallel import ready_order
 
 CFG = GPTConfig(vocab_size=23, n_ctx=8, n_embd=12, n_head=3, n_layer=2, dtype="float64")
 RNG = np.random.default_rng(0)
@@ -26,7 +27,7 @@ WEIGHTS = RNG.random((2, 6))
 
 def loss_of(params, ways=None):
     model = GPT(CFG, params, MPI.COMM_SELF, ways=ways)
-    return loss_and_grads(model, TOKENS[:, :-1], TOKENS[:, 1:], WEIGHTS)
+    return model.loss_and_grads(TOKENS[:, :-1], TOKENS[:, 1:], WEIGHTS)
 
 
 def analytic(grads, name, index, ways):
@@ -68,9 +69,32 @@ def test_split_changes_nothing_but_rounding():
 def test_adamw_first_step_moves_each_weight_by_lr():
     # after one step m/(1-b1) = g and v/(1-b2) = g^2, so the step is lr * g / (|g| + eps)
     model = GPT(CFG, PARAMS, MPI.COMM_SELF)
-    _, _, grads = loss_and_grads(model, TOKENS[:, :-1], TOKENS[:, 1:], WEIGHTS)
+    _, _, grads = model.loss_and_grads(TOKENS[:, :-1], TOKENS[:, 1:], WEIGHTS)
     before = model.shards[0]["h.0.mlp.c_fc.bias"].copy()
     g = grads[0]["h.0.mlp.c_fc.bias"].copy()
     AdamW(model, lr=0.01, weight_decay=0.0).step(grads)
     step = before - model.shards[0]["h.0.mlp.c_fc.bias"]
     assert np.allclose(step, 0.01 * g / (np.abs(g) + 1e-8), rtol=1e-10, atol=1e-15)
+
+
+@pytest.mark.parametrize("ways", [1, 3])
+def test_gradients_are_reported_in_grad_order_once_final(ways):
+    """Data parallelism buckets gradients in ``grad_order()``: backward must report exactly
+    those groups, in that order, each gradient final (never written again) when reported."""
+    model = GPT(CFG, PARAMS, MPI.COMM_SELF, ways=ways)
+    reported = []
+
+    def on_layer_done(names, grads):
+        reported.append((list(names), {(k, n): g[n].copy() for n in names for k, g in enumerate(grads)
+                                       if n in g}))
+
+    _, _, grads = model.loss_and_grads(TOKENS[:, :-1], TOKENS[:, 1:], WEIGHTS, on_layer_done)
+    assert [names for names, _ in reported] == model.grad_order()
+    assert sorted(n for names, _ in reported for n in names) == sorted(PARAMS)
+    for _, copies in reported:
+        assert all(np.array_equal(grads[k][n], g) for (k, n), g in copies.items())
+    # every shard has its piece of each sharded gradient, replicated ones only shard 0
+    assert [key for key, _ in ready_order(model)] == [
+        f"{k}:{n}" for names in model.grad_order() for n in names for k in range(ways)
+        if k == 0 or is_sharded(n)]
+    assert all(set(g) == {n for n in PARAMS if is_sharded(n)} for g in grads[1:])

@@ -1,0 +1,93 @@
+"""Megatron-LM's tensor-parallel layers, each forward beside its backward (Shoeybi et al. 2019, sec. 3).
+
+    column_parallel   y_k = x W_k + b_k     W's columns split; f (copy_to_tp) before it
+    row_parallel      y = sum_k x_k W_k + b  W's rows split; g (reduce_from_tp) after it
+    vocab_parallel_embedding / lm_head   the token embedding's rows split by vocabulary
+
+A layer takes the TPGroup ``tp``, the shards this process computes (dicts of
+parameters, ``GPT.shards``) and a parameter's name (``name + ".weight"``); lists
+hold one array per shard. In backward f and g trade places: the input gradient of a
+column-parallel layer is all-reduced (``copy_to_tp_backward``) and a row-parallel
+layer's output gradient reaches every shard whole (``reduce_from_tp_backward``).
+Gradients go into ``grads`` (one dict per shard); those of replicated parameters --
+the bias of a row-parallel layer, added once after the sum -- into ``grads[0]`` only.
+"""
+import numpy as np
+
+
+def _flat(a):
+    """(..., n) -> (rows, n): the batch and time axes as one."""
+    return a.reshape(-1, a.shape[-1])
+
+
+def column_parallel(tp, shards, name, x):
+    """Each shard's block of output columns, x W_k + b_k, from the same input x."""
+    x = tp.copy_to_tp(x)
+    return [x @ s[name + ".weight"] + s[name + ".bias"] for s in shards]
+
+
+def column_parallel_backward(tp, shards, name, x, dys, grads):
+    """dW_k = x^T dy_k, db_k = sum dy_k; the input gradient sum_k dy_k W_k^T (f's backward)."""
+    parts = []
+    for k, (s, dy) in enumerate(zip(shards, dys)):
+        grads[k][name + ".weight"] = _flat(x).T @ _flat(dy)
+        grads[k][name + ".bias"] = _flat(dy).sum(0)
+        parts.append(dy @ s[name + ".weight"].T)
+    return tp.copy_to_tp_backward(parts)
+
+
+def row_parallel(tp, shards, name, xs):
+    """sum_k x_k W_k over the shards (g), then the bias once."""
+    partials = [x @ s[name + ".weight"] for s, x in zip(shards, xs)]
+    return tp.reduce_from_tp(partials) + shards[0][name + ".bias"]
+
+
+def row_parallel_backward(tp, shards, name, xs, dy, grads):
+    """dW_k = x_k^T dy, db = sum dy (replicated: grads[0]); each shard's input gradient dy W_k^T."""
+    dy = tp.reduce_from_tp_backward(dy)
+    grads[0][name + ".bias"] = _flat(dy).sum(0)
+    dxs = []
+    for k, (s, x) in enumerate(zip(shards, xs)):
+        grads[k][name + ".weight"] = _flat(x).T @ _flat(dy)
+        dxs.append(dy @ s[name + ".weight"].T)
+    return dxs
+
+
+def _mine(s, tokens):
+    """Which ``tokens`` fall in shard ``s``'s vocabulary slice."""
+    return (tokens >= s["vocab"].start) & (tokens < s["vocab"].stop)
+
+
+def vocab_parallel_embedding(tp, shards, name, tokens):
+    """Rows of the embedding ``name``: each shard looks up the tokens it owns (zeros for the
+    others) and g adds the shards' parts -- one all-reduce."""
+    parts = []
+    for s in shards:
+        mine = _mine(s, tokens)
+        rows = s[name][np.where(mine, tokens - s["vocab"].start, 0)]
+        parts.append(np.where(mine[..., None], rows, 0).astype(rows.dtype))
+    return tp.reduce_from_tp(parts)
+
+
+def vocab_parallel_embedding_backward(tp, shards, name, tokens, dx, grads):
+    """Each shard adds the rows of dx to the rows of the tokens it owns (g's backward: all of
+    dx on every shard), into ``grads[k][name]`` -- where the tied LM head's gradient already is."""
+    dx = tp.reduce_from_tp_backward(dx)
+    for k, s in enumerate(shards):
+        mine = _mine(s, tokens)
+        if name not in grads[k]:
+            grads[k][name] = np.zeros_like(s[name])
+        np.add.at(grads[k][name], tokens[mine] - s["vocab"].start, dx[mine])
+
+
+def lm_head(tp, shards, name, x):
+    """Each shard's slice of the logits, x @ its rows of the (tied) embedding ``name``, transposed."""
+    x = tp.copy_to_tp(x)
+    return [x @ s[name].T for s in shards]
+
+
+def lm_head_backward(tp, shards, name, x, dparts, grads):
+    """d emb_k = dz_k^T x, and the input gradient sum_k dz_k emb_k (f's backward)."""
+    for k, dz in enumerate(dparts):
+        grads[k][name] = _flat(dz).T @ _flat(x)
+    return tp.copy_to_tp_backward([dz @ s[name] for s, dz in zip(shards, dparts)])
