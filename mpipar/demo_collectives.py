@@ -57,9 +57,7 @@ def main(argv=None):
 
     print0(comm, f"mpipar demo: hand-written collectives on {p} rank(s) -- "
                  f"{MPI.Get_library_version().splitlines()[0].strip()}")
-    print0(comm, f"cost model: alpha = {cost_model.alpha * 1e6:.1f} us/message, beta = "
-                 f"{cost_model.beta * 1e9:.3f} ns/byte ({1e-9 / cost_model.beta:.2f} GB/s), gamma = "
-                 f"{cost_model.gamma * 1e9:.3f} ns/byte  [{cost_model.source}]\n")
+    print0(comm, f"cost model: {cost_model.describe()}\n")
 
     everyone = allgather(comm, x[None], algorithm="mpi")  # all p inputs, for the references
     serial = everyone[0].copy()

@@ -109,9 +109,7 @@ def header(p, library, dtype, cost_model, settings):
     """What was run and how it was measured, for the top of the output."""
     return "\n".join([
         f"mpipar bench collectives: {p} rank(s), {dtype}, {' '.join(library.split())}",
-        f"cost model [{cost_model.source}]: alpha = {format_seconds(cost_model.alpha)}/message, "
-        f"beta = {format_seconds(cost_model.beta)}/byte ({1e-9 / cost_model.beta:.2f} GB/s), "
-        f"gamma = {format_seconds(cost_model.gamma)}/byte",
+        f"cost model: {cost_model.describe()}",
         f"times are per call and the slowest rank's: median (min, max) of {settings['trials']} "
         f"trials, each >= {format_seconds(settings['target_trial_seconds'])} of calls (1 call for "
         f"big messages), after {settings['warmup']} warm-up call(s); check=False",

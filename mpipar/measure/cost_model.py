@@ -23,6 +23,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from .units import format_seconds
+
 
 class Algorithm(NamedTuple):
     """An entry of a collective's ``ALGORITHMS`` table: the function, and its cost formula."""
@@ -113,6 +115,12 @@ class CostModel:
 
     def to_dict(self):
         return asdict(self)
+
+    def describe(self):
+        """The three constants in words: 'alpha = 12.3 us/message, beta = 0.2 ns/byte (5 GB/s), ...'."""
+        return (f"alpha = {format_seconds(self.alpha)}/message, beta = {format_seconds(self.beta)}/byte "
+                f"({1e-9 / self.beta:.2f} GB/s), gamma = {format_seconds(self.gamma)}/byte "
+                f"[{self.source}]")
 
     @classmethod
     def calibrate(cls, comm, sizes=(8, 1 << 10, 1 << 13, 1 << 16, 1 << 18, 1 << 20), trials=5):

@@ -1,6 +1,6 @@
 """Comparing a parallel result with the serial one: bitwise, in ULPs, and against a bound.
 
-Vocabulary (see DESIGN.md):
+Vocabulary (ARCHITECTURE.md, "Numerics"; every report and lesson uses these words):
     bitwise equal   the raw bits are the same (NaNs compared as bits)
     max ULP         the largest distance in units in the last place
     normalised error  max |computed - reference| / (u * sum|terms|), u the unit roundoff
@@ -87,7 +87,7 @@ def normalized_error(computed, reference, abs_sum, dtype=None):
 
 
 def compare(computed, serial, reference=None, abs_sum=None):
-    """The numerics report of DESIGN.md: bitwise equality and max ULP against ``serial``,
+    """The numerics report (ARCHITECTURE.md, "Numerics"): bitwise equality and max ULP against ``serial``,
     and the normalised error against an exact ``reference`` when given."""
     report = {"bitwise_equal": bitwise_equal(computed, serial), "max_ulp": max_ulp(computed, serial)}
     if reference is not None:
