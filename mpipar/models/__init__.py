@@ -1,9 +1,12 @@
 """Language models written once for any tensor-parallel split: configuration (config), the
-parameter table (params), layers with their backward passes (layers, linear), the KV cache,
-GPT-2 (gpt2), loss, optimizer and checkpoints."""
+parameter table (params), layers with their backward passes (layers, linear, rotary), the KV
+cache, GPT-2 (gpt2), the Llama family (llama; from a GGUF file: llama_gguf), loss, optimizer
+and checkpoints."""
 from .checkpoint import load_state_dict
-from .config import PRESETS, GPTConfig
+from .config import PRESETS, GPTConfig, LlamaConfig
 from .gpt2 import GPT
+from .llama import Llama, load_gguf
 from .params import init_params
 
-__all__ = ["GPT", "GPTConfig", "PRESETS", "init_params", "load_state_dict"]
+__all__ = ["GPT", "GPTConfig", "Llama", "LlamaConfig", "PRESETS", "init_params", "load_gguf",
+           "load_state_dict"]

@@ -1,8 +1,10 @@
-"""The shape of a model: ``GPTConfig`` and the named shapes ``PRESETS``.
+"""The shape of a model: ``GPTConfig`` (GPT-2), ``LlamaConfig`` (the Llama family) and the
+named shapes ``PRESETS``.
 
-Besides its fields (Hugging Face's GPT-2 names), a config answers what the shared
-code asks of any architecture: ``head_dim``, ``n_kv_head`` (key/value heads; fewer
-than ``n_head`` under grouped-query attention) and ``n_inner`` (MLP hidden units).
+Both answer what the shared code asks of any architecture with the same names:
+``vocab_size``, ``n_ctx``, ``n_embd``, ``n_head``, ``n_layer``, ``dtype``, ``head_dim``,
+``n_kv_head`` (key/value heads; fewer than ``n_head`` under grouped-query attention)
+and ``n_inner`` (MLP hidden units).
 """
 from dataclasses import asdict, dataclass
 import json
@@ -67,6 +69,49 @@ class GPTConfig:
                       n_embd=hf["n_embd"], n_head=hf["n_head"], n_layer=hf["n_layer"],
                       layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5))
         return cls(**dict(fields, **overrides))
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    """The shape of a Llama-family model (Touvron et al. 2023): RMSNorm, rotary positions,
+    grouped-query attention, a SwiGLU MLP. The defaults are SmolLM2-135M's."""
+
+    vocab_size: int = 49152  #: number of token ids
+    n_ctx: int = 8192  #: longest sequence the rotary embedding was trained for
+    n_embd: int = 576  #: model width d
+    n_head: int = 9  #: query heads
+    n_kv_head: int = 3  #: key/value heads, each shared by n_head / n_kv_head query heads
+    n_layer: int = 30  #: transformer blocks
+    n_inner: int = 1536  #: hidden units of the SwiGLU MLP
+    rms_norm_eps: float = 1e-5  #: added to the mean square in RMSNorm
+    rope_theta: float = 10000.0  #: base of the rotary embedding's frequencies
+    tie_embeddings: bool = True  #: the LM head is the token embedding
+    dtype: str = "float32"  #: dtype of parameters and activations
+
+    @property
+    def head_dim(self):
+        """Columns per attention head: n_embd / n_head."""
+        return self.n_embd // self.n_head
+
+    def to_dict(self):
+        return asdict(self)
+
+    def problems(self):
+        """What makes this configuration unusable, or None."""
+        sizes = (self.vocab_size, self.n_ctx, self.n_embd, self.n_head, self.n_kv_head,
+                 self.n_layer, self.n_inner)
+        if not all(isinstance(n, (int, np.integer)) and n >= 1 for n in sizes):
+            return ("vocab_size, n_ctx, n_embd, n_head, n_kv_head, n_layer and n_inner must be "
+                    "whole numbers >= 1")
+        if self.n_embd % self.n_head or self.head_dim % 2:
+            return f"n_embd {self.n_embd} must split into {self.n_head} heads of an even width"
+        if self.n_head % self.n_kv_head:
+            return f"n_head {self.n_head} is not a multiple of n_kv_head {self.n_kv_head}"
+        if not (self.rms_norm_eps >= 0 and self.rope_theta > 0):
+            return "rms_norm_eps must be >= 0 and rope_theta > 0"
+        if self.dtype not in ("float32", "float64"):
+            return f"dtype {self.dtype!r}: use float32 or float64"
+        return None
 
 
 PRESETS = {

@@ -29,12 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..collectives import ALGORITHMS, lowp
-from ..parallel.tensor_parallel import TPGroup
 from . import layers, linear
-from .generate import Generation
+from .language_model import LanguageModel
 from .loss import vocab_parallel_cross_entropy
-from .params import BLOCK, check_params, shard_params
+from .params import BLOCK
 
 
 @dataclass
@@ -48,51 +46,16 @@ class BlockSaved:
     mlp: layers.MLPSaved
 
 
-def _problem(config, p, ways, algorithm, deterministic, comm_dtype, rounding):
-    """What makes this model unbuildable, or None -- decided before any message."""
-    problem = config.problems()
-    if algorithm not in (*ALGORITHMS["allreduce"], "mpi", "auto"):
-        problem = (f"unknown allreduce algorithm {algorithm!r}; choose from "
-                   f"{', '.join((*ALGORITHMS['allreduce'], 'mpi', 'auto'))}")
-    elif not isinstance(p, (int, np.integer)) or p < 1:
-        problem = f"ways must be a positive number of shards, not {ways!r}"
-    elif comm_dtype != "float32" or rounding not in ("per_hop", "none"):
-        problem = lowp.problems(comm_dtype, rounding, algorithm)
-        if problem is None and deterministic:
-            problem = "deterministic mode reduces in float32: drop the 16-bit comm dtype"
-    if problem is None and p > config.n_head:
-        problem = (f"cannot split {config.n_head} attention heads over {p} ranks: "
-                   f"use at most {config.n_head} ranks")
-    return problem
-
-
-class GPT(Generation):
+class GPT(LanguageModel):
     """GPT-2 whose weights are split over ``comm`` (or emulating a ``ways``-way split on one rank).
 
     ``algorithm`` is the allreduce algorithm of every row-parallel reduction;
     ``deterministic`` reduces partial sums in fixed rank order, so a serial run
     emulating the same split (``comm`` of size 1, ``ways`` = p) gives identical bits.
     ``comm_dtype`` float16 or bfloat16 sends every reduction and logit gather in
-    16 bits, rounded ``per_hop`` or ``once`` (see mpipar.collectives.lowp). ``generate``
-    comes from ``Generation``.
+    16 bits, rounded ``per_hop`` or ``once`` (see mpipar.collectives.lowp). Construction,
+    token checks and ``generate`` come from ``LanguageModel``.
     """
-
-    def __init__(self, config, params, comm=None, algorithm="auto", deterministic=False, ways=None,
-                 comm_dtype="float32", rounding="per_hop"):
-        if comm is None:
-            from mpi4py import MPI
-            comm = MPI.COMM_WORLD
-        p = comm.Get_size() if ways is None else ways
-        problem = _problem(config, p, ways, algorithm, deterministic, comm_dtype, rounding)
-        if problem:
-            raise ValueError(problem)  # the same verdict on every rank, before any message
-        check_params(config, params)
-        self.config = config
-        self.tp = TPGroup(comm, ways=p, algorithm=algorithm, deterministic=deterministic,
-                          comm_dtype=comm_dtype, rounding=rounding)
-        self.dtype = np.dtype(config.dtype)
-        #: one dict of parameters per shard this process computes (see params.shard_params)
-        self.shards = [shard_params(config, params, r, p) for r in self.tp.shard_ids]
 
     # --- forward ---------------------------------------------------------------------------
 
@@ -205,28 +168,3 @@ class GPT(Generation):
         linear.vocab_parallel_embedding_backward(self.tp, self.shards, "wte.weight", tokens, dx, grads)
         done(next(order), grads)
         return loss, losses, grads
-
-    # --- bookkeeping -----------------------------------------------------------------------
-
-    def check_tokens(self, tokens, extra=0):
-        """``tokens`` as a (batch, time) int64 array, or a ValueError saying what is wrong."""
-        tokens = np.asarray(tokens)
-        if tokens.ndim != 2 or tokens.dtype.kind not in "iu":
-            raise ValueError(f"tokens must be a (batch, time) integer array, got {tokens.dtype} "
-                             f"{tokens.shape}")
-        if tokens.shape[1] + extra > self.config.n_ctx or tokens.shape[1] < 1:
-            raise ValueError(f"{tokens.shape[1]} + {extra} positions do not fit the context of "
-                             f"{self.config.n_ctx}")
-        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size})")
-        return tokens.astype(np.int64)
-
-    def param_bytes(self):
-        """Bytes of parameters this process holds (replicated ones counted once)."""
-        seen, total = set(), 0
-        for s in self.shards:
-            for v in s.values():
-                if isinstance(v, np.ndarray) and id(v) not in seen:
-                    seen.add(id(v))
-                    total += v.nbytes
-        return total

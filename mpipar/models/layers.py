@@ -1,5 +1,10 @@
 """The layers of the models, each forward beside its backward, for any tensor-parallel split.
 
+GPT-2's: LayerNorm, GELU, attention over a fused c_attn, the GELU MLP. Llama's
+(forward only so far): RMSNorm, grouped-query attention with rotary positions, the
+SwiGLU MLP. Both attentions run ``attend``: causal attention of a shard's heads over
+its KV cache.
+
 A layer's forward returns its output and, where backward needs them, the
 activations it saved (a small record); its backward takes that record and the
 output gradient, writes the parameters' gradients into ``grads`` and returns the
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import rotary
 from .kv_cache import extend
 from .linear import column_parallel, column_parallel_backward, row_parallel, row_parallel_backward
 
@@ -43,6 +49,12 @@ def layer_norm_backward(x, weight, dy, eps):
     return dx, dweight, dbias
 
 
+def rms_norm(x, weight, eps):
+    """x / sqrt(mean(x^2) + eps) * weight over the last axis (Zhang & Sennrich 2019, "Root Mean Square
+    Layer Normalization"): LayerNorm without the centring and the bias."""
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * weight
+
+
 def gelu(x):
     """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) -- GPT-2's approximation (Hendrycks & Gimpel 2016)."""
     return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi).astype(x.dtype) * (x + 0.044715 * x ** 3)))
@@ -54,6 +66,12 @@ def gelu_backward(x, dy):
     c = np.sqrt(2.0 / np.pi).astype(x.dtype)
     t = np.tanh(c * (x + 0.044715 * x ** 3))
     return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x))
+
+
+def silu(x):
+    """x sigmoid(x) = x / (1 + exp(-x)) (Elfwing et al. 2018; Swish with beta 1)."""
+    with np.errstate(over="ignore"):  # exp(-x) = inf for x << 0 gives x / inf = -0, as it should
+        return x / (1 + np.exp(-x))
 
 
 def softmax(x):
@@ -86,6 +104,23 @@ def causal_attention_backward(q, k, v, probs, dy):
     return dscores @ k, dscores.transpose(0, 1, 3, 2) @ q, dv
 
 
+def attend(q, k, v, entry=None, pos0=0, kv_of_head=None):
+    """Causal attention of one shard's heads: q (B, heads, T, d_h) at positions pos0..; k, v
+    (B, kv heads, T, d_h) of the same positions, stored in the shard's KV cache ``entry`` when
+    given (earlier positions read from it). ``kv_of_head[j]``: the key/value head query head j
+    reads (grouped-query attention; None: head j reads head j). Returns the heads' outputs
+    side by side (B, T, heads d_h), the keys and values of positions 0.. and the probabilities.
+    """
+    if entry is not None:
+        k, v = extend(entry, k, v, pos0)
+    if kv_of_head is None:
+        heads, probs = causal_attention(q, k, v, pos0)
+    else:
+        heads, probs = causal_attention(q, k[:, kv_of_head], v[:, kv_of_head], pos0)
+    B, _, T, _ = q.shape
+    return heads.transpose(0, 2, 1, 3).reshape(B, T, -1), k, v, probs
+
+
 @dataclass
 class AttentionSaved:
     """What attention's backward needs; the lists hold one array per shard."""
@@ -112,12 +147,9 @@ def attention(tp, shards, prefix, x, cache=None, pos0=0):
     for k, (s, qkv) in enumerate(zip(shards, column_parallel(tp, shards, prefix + "c_attn", x))):
         nh = s["heads"].stop - s["heads"].start
         q, key, val = qkv.reshape(B, T, 3, nh, -1).transpose(2, 0, 3, 1, 4)
-        if cache is not None:
-            key, val = extend(cache[k], key, val, pos0)
-        heads, probs = causal_attention(q, key, val, pos0)
-        for field, value in zip((saved.q, saved.k, saved.v, saved.probs), (q, key, val, probs)):
+        y, key, val, probs = attend(q, key, val, None if cache is None else cache[k], pos0)
+        for field, value in zip((saved.q, saved.k, saved.v, saved.probs, saved.y), (q, key, val, probs, y)):
             field.append(value)
-        saved.y.append(heads.transpose(0, 2, 1, 3).reshape(B, T, -1))
     return row_parallel(tp, shards, prefix + "c_proj", saved.y), saved
 
 
@@ -154,3 +186,35 @@ def mlp_backward(tp, shards, prefix, saved, dy, grads):
     dact = row_parallel_backward(tp, shards, prefix + "c_proj", saved.act, dy, grads)
     dpre = [gelu_backward(z, d) for z, d in zip(saved.pre, dact)]
     return column_parallel_backward(tp, shards, prefix + "c_fc", saved.x, dpre, grads)
+
+
+def grouped_query_attention(tp, shards, prefix, x, group, rope, cache=None, pos0=0):
+    """Llama's causal self-attention, split by heads (Shoeybi et al. 2019, sec. 3; grouped-query
+    attention, Ainslie et al. 2023).
+
+    q_proj, k_proj and v_proj are column-parallel: each shard computes its own query
+    heads and the key/value heads they read -- query head h reads key/value head
+    h // ``group``, group = n_head / n_kv_head -- and turns q and k by the rotary
+    tables ``rope`` = (cos, sin) of positions pos0.. (see ``rotary``). o_proj is
+    row-parallel: one all-reduce. ``cache`` (this layer's per-shard (K, V)) keeps the
+    shard's own key/value heads, rotated. Forward only: returns the output.
+    """
+    (B, T, _), head_dim = x.shape, rope[0].shape[-1]
+    q, k, v = (column_parallel(tp, shards, prefix + name, x) for name in ("q_proj", "k_proj", "v_proj"))
+    ys = []
+    for i, (s, *qkv) in enumerate(zip(shards, q, k, v)):
+        qi, ki, vi = (t.reshape(B, T, -1, head_dim).transpose(0, 2, 1, 3) for t in qkv)
+        reads = np.arange(s["heads"].start, s["heads"].stop) // group - s["kv_heads"].start
+        y, *_ = attend(rotary.apply(qi, *rope), rotary.apply(ki, *rope), vi,
+                       None if cache is None else cache[i], pos0, reads)
+        ys.append(y)
+    return row_parallel(tp, shards, prefix + "o_proj", ys)
+
+
+def swiglu_mlp(tp, shards, prefix, x):
+    """Llama's MLP, down(silu(gate x) * up x) (Shazeer 2020, "GLU Variants Improve Transformer"):
+    gate_proj and up_proj column-parallel, the product on each shard's own hidden
+    units, down_proj row-parallel -- one all-reduce. Forward only: returns the output."""
+    gate = column_parallel(tp, shards, prefix + "gate_proj", x)
+    up = column_parallel(tp, shards, prefix + "up_proj", x)
+    return row_parallel(tp, shards, prefix + "down_proj", [silu(g) * u for g, u in zip(gate, up)])

@@ -11,6 +11,7 @@ column-parallel layer is all-reduced (``copy_to_tp_backward``) and a row-paralle
 layer's output gradient reaches every shard whole (``reduce_from_tp_backward``).
 Gradients go into ``grads`` (one dict per shard); those of replicated parameters --
 the bias of a row-parallel layer, added once after the sum -- into ``grads[0]`` only.
+A layer whose table has no ``name + ".bias"`` row (Llama's) is ``x W`` alone.
 """
 import numpy as np
 
@@ -20,10 +21,16 @@ def _flat(a):
     return a.reshape(-1, a.shape[-1])
 
 
+def _plus_bias(y, s, name):
+    """y + the bias of layer ``name`` in shard s, or y where the layer has none."""
+    bias = s.get(name + ".bias")
+    return y if bias is None else y + bias
+
+
 def column_parallel(tp, shards, name, x):
     """Each shard's block of output columns, x W_k + b_k, from the same input x."""
     x = tp.copy_to_tp(x)
-    return [x @ s[name + ".weight"] + s[name + ".bias"] for s in shards]
+    return [_plus_bias(x @ s[name + ".weight"], s, name) for s in shards]
 
 
 def column_parallel_backward(tp, shards, name, x, dys, grads):
@@ -31,7 +38,8 @@ def column_parallel_backward(tp, shards, name, x, dys, grads):
     parts = []
     for k, (s, dy) in enumerate(zip(shards, dys)):
         grads[k][name + ".weight"] = _flat(x).T @ _flat(dy)
-        grads[k][name + ".bias"] = _flat(dy).sum(0)
+        if name + ".bias" in s:
+            grads[k][name + ".bias"] = _flat(dy).sum(0)
         parts.append(dy @ s[name + ".weight"].T)
     return tp.copy_to_tp_backward(parts)
 
@@ -39,13 +47,14 @@ def column_parallel_backward(tp, shards, name, x, dys, grads):
 def row_parallel(tp, shards, name, xs):
     """sum_k x_k W_k over the shards (g), then the bias once."""
     partials = [x @ s[name + ".weight"] for s, x in zip(shards, xs)]
-    return tp.reduce_from_tp(partials) + shards[0][name + ".bias"]
+    return _plus_bias(tp.reduce_from_tp(partials), shards[0], name)
 
 
 def row_parallel_backward(tp, shards, name, xs, dy, grads):
     """dW_k = x_k^T dy, db = sum dy (replicated: grads[0]); each shard's input gradient dy W_k^T."""
     dy = tp.reduce_from_tp_backward(dy)
-    grads[0][name + ".bias"] = _flat(dy).sum(0)
+    if name + ".bias" in shards[0]:
+        grads[0][name + ".bias"] = _flat(dy).sum(0)
     dxs = []
     for k, (s, x) in enumerate(zip(shards, xs)):
         grads[k][name + ".weight"] = _flat(x).T @ _flat(dy)

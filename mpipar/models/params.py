@@ -1,9 +1,16 @@
-"""GPT-2's parameters in one table -- name -> shape, init, split -- and everything that reads it.
+"""The models' parameters in one table -- name -> shape, init, split -- and everything that reads it.
 
-Names and layouts are Hugging Face's GPT-2 ones (Radford et al. 2019, "Language
-Models are Unsupervised Multitask Learners"); its Conv1D stores weights as
+GPT-2 (Radford et al. 2019, "Language Models are Unsupervised Multitask
+Learners"): Hugging Face's names and layouts; its Conv1D stores weights as
 (in, out), so ``x @ W + b`` applies them. ``TOP`` holds the model-wide
 parameters and ``BLOCK`` those of every transformer block ``h.{i}.``.
+
+Llama (Touvron et al. 2023): Hugging Face's names without the ``model.`` prefix,
+``LLAMA_TOP`` and ``LLAMA_BLOCK`` (``layers.{i}.``); no biases. mpipar stores its
+linear weights as (in, out) as well, so the same ``x @ W`` applies them: a loader
+transposes Hugging Face's nn.Linear (out, in). ``embed_tokens`` is (vocab, d) in
+both. ``lm_head.weight`` exists only where the config does not tie it to the
+embedding. Which pair of tables a config reads: ``architecture(config)``.
 
 A ``Split`` records, once, how a tensor-parallel split cuts a parameter (the idea
 of Megatron-LM's ``set_tensor_model_parallel_attributes``): the axis, and the
@@ -14,12 +21,18 @@ p, r)`` of every unit (``np.array_split`` sizes; the key/value heads that its qu
 heads read). ``shard_params``, ``merge_shards``, ``is_sharded``, the checkpoint,
 the optimizer and data parallelism all read the table: adding a parameter is one
 line here.
+
+Shards are cut from a *source*: a dict of full arrays, or any object with
+``names()``, ``shape(name)`` and ``take(name, axis, index)`` (``ArraySource`` is the
+dict's) -- a file reader that returns only the indices asked for, so a rank never
+holds more than its own slices (``llama_gguf.GGUFSource``).
 """
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..collectives.blocks import split as block_of
+from .config import LlamaConfig
 
 
 @dataclass(frozen=True)
@@ -34,7 +47,7 @@ class Split:
 class Param:
     """One row of the table: the full shape, how ``init_params`` fills it, how a split cuts it."""
 
-    shape: tuple          #: in the dimensions of ``dims``: "d", "qkv", "hidden", "vocab", "ctx"
+    shape: tuple          #: in the dimensions of ``dims``: "d", "qkv", "q", "kv", "hidden", "vocab", "ctx"
     init: str             #: "normal" N(0, 0.02), "residual" N(0, 0.02 / sqrt(2 n_layer)), "zeros", "ones"
     split: Split = None   #: None: replicated on every shard
 
@@ -62,12 +75,49 @@ BLOCK = {
     "mlp.c_proj.bias": Param(("d",), "zeros"),
 }
 
+VOCAB_ROWS = Split(0, ("vocab",))
+LLAMA_TOP = {
+    "embed_tokens.weight": Param(("vocab", "d"), "normal", VOCAB_ROWS),  # the LM head too, if tied
+    "norm.weight": Param(("d",), "ones"),
+}
+LLAMA_HEAD = {"lm_head.weight": Param(("vocab", "d"), "normal", VOCAB_ROWS)}  # untied models only
+LLAMA_BLOCK = {
+    "input_layernorm.weight": Param(("d",), "ones"),
+    "self_attn.q_proj.weight": Param(("d", "q"), "normal", Split(1, ("heads",))),  # column-parallel
+    "self_attn.k_proj.weight": Param(("d", "kv"), "normal", Split(1, ("kv_heads",))),
+    "self_attn.v_proj.weight": Param(("d", "kv"), "normal", Split(1, ("kv_heads",))),
+    "self_attn.o_proj.weight": Param(("q", "d"), "normal", Split(0, ("heads",))),  # row-parallel
+    "post_attention_layernorm.weight": Param(("d",), "ones"),
+    "mlp.gate_proj.weight": Param(("d", "hidden"), "normal", Split(1, ("hidden",))),  # column-parallel
+    "mlp.up_proj.weight": Param(("d", "hidden"), "normal", Split(1, ("hidden",))),
+    "mlp.down_proj.weight": Param(("hidden", "d"), "normal", Split(0, ("hidden",))),  # row-parallel
+}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A model's rows: the model-wide ones, and those of every block ``{prefix}.{i}.``."""
+
+    top: dict
+    block: dict
+    prefix: str
+
+
+GPT2, LLAMA = Architecture(TOP, BLOCK, "h"), Architecture(LLAMA_TOP, LLAMA_BLOCK, "layers")
+_TOPS = {**TOP, **LLAMA_TOP, **LLAMA_HEAD}  # model-wide names never collide
+_BLOCKS = {arch.prefix: arch.block for arch in (GPT2, LLAMA)}
+
+
+def architecture(config):
+    """Which rows a config's model has: LLAMA for a LlamaConfig, else GPT-2's."""
+    return LLAMA if isinstance(config, LlamaConfig) else GPT2
+
 
 def dims(config):
     """The sizes the table's shapes are written in."""
-    qkv = (config.n_head + 2 * config.n_kv_head) * config.head_dim
-    return {"d": config.n_embd, "qkv": qkv, "hidden": config.n_inner, "vocab": config.vocab_size,
-            "ctx": config.n_ctx}
+    q, kv = config.n_head * config.head_dim, config.n_kv_head * config.head_dim
+    return {"d": config.n_embd, "qkv": q + 2 * kv, "q": q, "kv": kv, "hidden": config.n_inner,
+            "vocab": config.vocab_size, "ctx": config.n_ctx}
 
 
 def units(config):
@@ -78,9 +128,12 @@ def units(config):
 
 def param_table(config):
     """Every parameter's full name and table row, in checkpoint order (model-wide first)."""
-    table = dict(TOP)
+    arch = architecture(config)
+    table = dict(arch.top)
+    if not getattr(config, "tie_embeddings", True):
+        table.update(LLAMA_HEAD)
     for i in range(config.n_layer):
-        table.update({f"h.{i}.{name}": param for name, param in BLOCK.items()})
+        table.update({f"{arch.prefix}.{i}.{name}": param for name, param in arch.block.items()})
     return table
 
 
@@ -91,8 +144,10 @@ def param_shapes(config):
 
 
 def spec(name):
-    """The table's row of a parameter: ``h.3.mlp.c_fc.weight`` reads BLOCK["mlp.c_fc.weight"]."""
-    return BLOCK[name.split(".", 2)[2]] if name.startswith("h.") else TOP[name]
+    """The table's row of a parameter: ``h.3.mlp.c_fc.weight`` reads BLOCK["mlp.c_fc.weight"],
+    ``layers.3.mlp.up_proj.weight`` LLAMA_BLOCK["mlp.up_proj.weight"]."""
+    parts = name.split(".", 2)
+    return _BLOCKS[parts[0]][parts[2]] if parts[0] in _BLOCKS else _TOPS[name]
 
 
 def is_sharded(name):
@@ -101,8 +156,13 @@ def is_sharded(name):
 
 
 def init_params(config, seed=0):
-    """A deterministic random GPT-2: N(0, 0.02) weights, residual projections scaled by
-    1/sqrt(2 n_layer) (Radford et al. 2019, sec. 2.3), zero biases, unit LayerNorm gains."""
+    """Deterministic random parameters, in full. GPT-2: N(0, 0.02) weights, residual projections
+    scaled by 1/sqrt(2 n_layer) (Radford et al. 2019, sec. 2.3), zero biases, unit LayerNorm
+    gains. Llama: N(0, 0.02) weights (Hugging Face's initializer_range) and unit RMSNorm gains.
+
+    Every process draws the whole model and ``shard_params`` then slices it: simple and
+    reproducible, but not the memory of one shard (a pretrained model is read slice by slice).
+    """
     rng = np.random.default_rng(seed)
     std = {"normal": 0.02, "residual": 0.02 / np.sqrt(2 * config.n_layer)}
     params = {}
@@ -116,18 +176,43 @@ def init_params(config, seed=0):
     return params
 
 
+class ArraySource:
+    """The source of shards for a dict of full arrays: ``take`` slices them in memory."""
+
+    def __init__(self, params):
+        self.params = params
+
+    def names(self):
+        return list(self.params)
+
+    def shape(self, name):
+        return tuple(self.params[name].shape)
+
+    def take(self, name, axis=None, index=None):
+        """The indices ``index`` along ``axis`` of parameter ``name``; the whole array for axis None."""
+        value = self.params[name]
+        return value if axis is None else np.take(value, index, axis=axis)
+
+
+def as_source(params):
+    """``params`` itself if it is a source, else an ArraySource over the dict."""
+    return params if hasattr(params, "take") else ArraySource(params)
+
+
 def check_params(config, params):
-    """Raise ValueError naming the first missing, unexpected or misshapen tensor."""
-    shapes = param_shapes(config)
+    """Raise ValueError naming the first missing, unexpected or misshapen tensor of ``params``
+    (a dict of arrays, or a source: then the reader answers for dtypes)."""
+    shapes, source = param_shapes(config), as_source(params)
+    present = set(source.names())
     for name, shape in shapes.items():
-        if name not in params:
+        if name not in present:
             raise ValueError(f"parameter {name!r} is missing")
-        if np.asarray(params[name]).dtype.kind != "f":
+        if isinstance(params, dict) and np.asarray(params[name]).dtype.kind != "f":
             raise ValueError(f"parameter {name!r} has dtype {params[name].dtype}, not a float")
-        if tuple(params[name].shape) != shape:
-            raise ValueError(f"parameter {name!r} has shape {tuple(params[name].shape)}, "
+        if source.shape(name) != shape:
+            raise ValueError(f"parameter {name!r} has shape {source.shape(name)}, "
                              f"expected {shape} for {config}")
-    extra = sorted(set(params) - set(shapes))
+    extra = sorted(present - set(shapes))
     if extra:
         raise ValueError(f"unexpected parameter {extra[0]!r} (and {len(extra) - 1} more)"
                          if len(extra) > 1 else f"unexpected parameter {extra[0]!r}")
@@ -160,19 +245,20 @@ def shard_index(config, split, p, r):
 def shard_params(config, params, r, p):
     """The parameters shard r of a p-way tensor-parallel split owns, as contiguous copies.
 
-    Besides the arrays, the shard records the slice of every unit it owns (``heads``,
-    ``kv_heads``, ``hidden``, ``vocab``). Replicated parameters are not copied: every
-    shard this process holds shares them.
+    ``params``: a dict of full arrays or a source (see the module's docstring), asked
+    for this shard's indices only. Besides the arrays, the shard records the slice of
+    every unit it owns (``heads``, ``kv_heads``, ``hidden``, ``vocab``). Replicated
+    parameters of a dict are not copied: every shard this process holds shares them.
     """
-    dtype = np.dtype(config.dtype)
+    dtype, source = np.dtype(config.dtype), as_source(params)
     shard = {unit: owned(config, unit, p, r) for unit in units(config)}
-    for name, value in params.items():
+    for name in source.names():
         cut = spec(name).split
         if cut is None:
-            shard[name] = np.asarray(value, dtype)
+            shard[name] = np.asarray(source.take(name), dtype)
         else:
             index = shard_index(config, cut, p, r)
-            shard[name] = np.ascontiguousarray(np.take(value, index, axis=cut.axis), dtype)
+            shard[name] = np.ascontiguousarray(source.take(name, cut.axis, index), dtype)
     return shard
 
 

@@ -3,6 +3,7 @@ hand, the KV cache, safetensors loading, Hugging Face configs, bad inputs, split
 import json
 import pickle
 
+from helpers import generate_without_cache
 from mpi4py import MPI
 import numpy as np
 import pytest
@@ -76,20 +77,6 @@ def test_a_case_worked_by_hand():
 
 
 # --- (b) the KV cache --------------------------------------------------------------------------
-
-def generate_without_cache(model, prompt, n, temperature=0.0, seed=0):
-    """Re-run the whole sequence every step; greedy, or the same sampling rule as generate."""
-    seq, rng = np.asarray(prompt), np.random.default_rng(seed)
-    for _ in range(n):
-        last = model.forward(seq)[:, -1].astype(np.float64)
-        if temperature == 0:
-            nxt = last.argmax(-1)
-        else:
-            e = np.exp((last - last.max(-1, keepdims=True)) / temperature)
-            nxt = np.array([rng.choice(len(row), p=row) for row in e / e.sum(-1, keepdims=True)])
-        seq = np.concatenate([seq, nxt[:, None]], axis=1)
-    return seq
-
 
 @pytest.mark.parametrize("config,ways", [(TINY, 1), (ODD, 1), (TINY, 3), (ODD, 2)])
 @pytest.mark.parametrize("temperature", [0.0, 0.8])

@@ -8,7 +8,7 @@ order. The emulated split (COMM_SELF, ways=p) runs the very matmul shapes of the
 ranks, so it reproduces each rank's columns bit for bit; the unsplit serial model
 agrees only to within a rounding-error bound.
 """
-from helpers import first_ranks
+from helpers import NoMessages, first_ranks
 from mpi4py import MPI
 import numpy as np
 import pytest
@@ -99,16 +99,6 @@ def test_uneven_splits_emulated_at_any_world_size(config, ways):
     runs = [GPT(config, params, SELF, ways=ways, deterministic=True).forward(tok)
             for _ in range(2)]
     assert numerics.bitwise_equal(runs[0], runs[1])
-
-
-class NoMessages:
-    """A communicator that may only tell its size and rank: any other use would be a message."""
-
-    def __init__(self, comm):
-        self.Get_size, self.Get_rank = comm.Get_size, comm.Get_rank
-
-    def __getattr__(self, name):  # called only for names not set in __init__
-        raise AssertionError(f"GPT used comm.{name} before rejecting the split")
 
 
 @pytest.mark.mpi(min_size=3)

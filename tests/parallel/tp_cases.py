@@ -1,18 +1,20 @@
-"""What the tensor-parallel tests share: models, tokens and checks for GPT-2 on MPI.COMM_WORLD,
-and the adjoint check of Megatron's operators.
+"""What the tensor-parallel tests share: models, tokens and checks for GPT-2 and Llama on
+MPI.COMM_WORLD, and the adjoint check of Megatron's operators.
 
 Every rank builds identical parameters (init_params is seeded) and identical tokens, and
 every skip depends only on the world size, so all ranks take the same path.
 """
+from dataclasses import dataclass
 import functools
 
 from mpi4py import MPI
 import numpy as np
 import pytest
 import reference_gpt2 as ref
+import reference_llama as ref_llama
 
 from mpipar.measure import numerics
-from mpipar.models import GPT, PRESETS, GPTConfig, init_params
+from mpipar.models import GPT, PRESETS, GPTConfig, Llama, init_params
 
 COMM, SELF = MPI.COMM_WORLD, MPI.COMM_SELF
 P, RANK = COMM.Get_size(), COMM.Get_rank()
@@ -38,22 +40,44 @@ def fits(config, p=P):
         pytest.skip(f"{config.n_head} heads cannot be split over {p} ranks")
 
 
-def check_against_serial(comm, config, tok):
+@dataclass(frozen=True)
+class Family:
+    """A model class with its test parameters and its independent float64 oracle."""
+
+    model: type        #: GPT or Llama
+    params: object     #: config -> the test parameters
+    exact: object      #: (config, params, tokens) -> the exact logits
+    abs_sum: object    #: (config, params, tokens) -> sum |terms| of every logit's LM-head dot product
+    bound: object      #: config -> the allowed error relative to the largest exact logit
+
+
+def _llama_abs_sum(config, params, tok):
+    x, head = ref_llama.final_hidden(config, params, tok)
+    return np.abs(x) @ np.abs(head).T
+
+
+GPT2 = Family(GPT, params_of, lambda c, params, tok: ref.forward(params, tok, c.n_head),
+              lambda c, params, tok: ref.final_abs_sum(params, tok, c.n_head), ref.error_bound)
+LLAMA = Family(Llama, functools.cache(ref_llama.lively), ref_llama.forward, _llama_abs_sum,
+               ref_llama.error_bound)
+
+
+def check_against_serial(comm, config, tok, family=GPT2):
     """Default mode within the bound of the serial run; deterministic mode bitwise equal to
     the emulated split; replicated results identical on every rank. Returns the report."""
-    params, p = params_of(config), comm.Get_size()
-    par = GPT(config, params, comm).forward(tok)
-    serial = GPT(config, params, SELF).forward(tok)
-    exact = ref.forward(params, tok, config.n_head)
-    # ref.error_bound derives the float32 error of a whole forward pass; serial and
+    params, p, model = family.params(config), comm.Get_size(), family.model
+    par = model(config, params, comm).forward(tok)
+    serial = model(config, params, SELF).forward(tok)
+    exact = family.exact(config, params, tok)
+    # the error bound derives the float32 error of a whole forward pass; serial and
     # parallel both lie within it of the exact logits, hence within twice it of each other
-    scale = ref.error_bound(config) * np.abs(exact).max()
-    report = numerics.compare(par, serial, exact, ref.final_abs_sum(params, tok, config.n_head))
+    scale = family.bound(config) * np.abs(exact).max()
+    report = numerics.compare(par, serial, exact, family.abs_sum(config, params, tok))
     assert numerics.ranks_agree(comm, par)
     assert np.abs(par - exact).max() <= scale, report
     assert np.abs(par - serial).max() <= 2 * scale, report
-    det = GPT(config, params, comm, deterministic=True).forward(tok)
-    emulated = GPT(config, params, SELF, ways=p, deterministic=True).forward(tok)
+    det = model(config, params, comm, deterministic=True).forward(tok)
+    emulated = model(config, params, SELF, ways=p, deterministic=True).forward(tok)
     assert numerics.bitwise_equal(det, emulated)
     return report
 
@@ -83,3 +107,11 @@ def adjoint_gaps(tp, seed=0):
             zip(own, tp.gather_from_tp_backward(y))),
         "scatter_to_tp": over_shards(zip(own, own_y)) - dot(x, tp.scatter_to_tp_backward(own_y)),
     }
+
+
+def greedy_without_cache(model, prompt, n):
+    """Greedy tokens with no KV cache: the whole sequence runs through ``model`` again every step."""
+    seq = np.asarray(prompt)
+    for _ in range(n):
+        seq = np.concatenate([seq, model.forward(seq)[:, -1].argmax(-1)[:, None]], axis=1)
+    return seq

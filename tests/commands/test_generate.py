@@ -1,0 +1,61 @@
+"""python -m mpipar.generate as a user runs it: SmolLM2 over 2 ranks against Hugging Face's run
+of the same file (tests/data/smollm2_reference.json), its JSON and logits, and clear errors."""
+import json
+import os
+import subprocess
+import sys
+
+from jobs import assert_one_clear_error
+import numpy as np
+import pytest
+
+from mpipar import launch
+
+REFERENCE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "smollm2_reference.json")
+
+
+def run_generate(args, tmp_path, n=2):
+    """Run the command with exactly ``args`` plus --json; (its JSON, stdout)."""
+    out = tmp_path / "generate.json"
+    cmd = launch.mpiexec() + ["-n", str(n), sys.executable, "-m", "mpi4py", "-m", "mpipar.generate",
+                              *args, "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                          env=dict(os.environ, **launch.ONE_THREAD))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_chat_answer_equals_hugging_face_and_the_serial_run(tmp_path):
+    with open(REFERENCE, encoding="utf-8") as f:
+        chat = next(p for p in json.load(f)["model"]["prompts"] if p["name"] == "chat")
+    question = "What is the capital of France?"
+    data, stdout = run_generate(["--chat", question, "--max-new-tokens", "12", "--compare-serial",
+                                 "--save-logits", str(tmp_path / "logits.npy")], tmp_path)
+    assert data["prompt_ids"] == chat["ids"]  # the same chat template and tokenizer
+    end = chat["greedy"]["first_eos_index"]    # the answer stops at <|im_end|>, which it keeps
+    assert data["generated_ids"] == chat["greedy"]["ids"][:end + 1]
+    assert data["completion"] == "The capital of France is Paris." and data["completion"] in stdout
+    assert data["world_size"] == 2 and data["ranks_agree"] and data["serial"]["tokens_identical"]
+    assert data["peak_rss_bytes"] == max(data["peak_rss_per_rank"]) > 0
+    assert data["tokens_per_second"] > 0
+    logits = np.load(tmp_path / "logits.npy")
+    assert logits.shape == (len(chat["ids"]), 49152) and logits.dtype == np.float32
+    top = np.take_along_axis(logits, np.array(chat["top_ids"]), axis=1)
+    assert np.abs(top - np.array(chat["top_logits"])).max() < 1e-3  # float32 sums in another order
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt", ""], "--prompt is empty"),
+    (["--chat", "  "], "--chat is empty"),
+    (["--save-logits", "logits.txt"], "must end in .npy"),
+    (["--max-new-tokens", "-1"], "--max-new-tokens must be >= 0"),
+    (["--gguf", "/nonexistent/model.gguf"], "/nonexistent/model.gguf: no such file"),
+])
+def test_bad_input_is_one_clear_error(args, message):
+    assert_one_clear_error("mpipar.generate", 2, args, message)
+
+
+def test_a_file_that_is_not_gguf_is_one_clear_error(tmp_path):
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"not a model at all" * 100)
+    assert_one_clear_error("mpipar.generate", 2, ["--gguf", str(bad)], str(bad))
