@@ -26,6 +26,7 @@ from .collectives.lowp import ROUNDINGS, WIRE
 from .measure import numerics
 from .measure.cost_model import CostModel
 from .measure.ledger import CommLedger
+from .measure.memory import peak_rss_per_rank
 from .measure.units import format_bytes
 from .models import GPT, PRESETS
 from .models.checkpoint import load_model
@@ -112,6 +113,7 @@ def main(argv=None):
     accuracy = task_accuracy(model, task) if task is not None else None
     seconds = {"total": comm.allreduce(total, op=MPI.MAX), "comm": comm.allreduce(comm_s, op=MPI.MAX)}
     seconds["compute"] = seconds["total"] - seconds["comm"]
+    rss = peak_rss_per_rank(comm)  # before rank 0 builds the serial model for the comparison
 
     report = None
     if rank == 0:
@@ -128,6 +130,7 @@ def main(argv=None):
                   deterministic=args.deterministic, algorithm=algorithm,
                   comm_dtype=args.comm_dtype, rounding=args.rounding,
                   sharding=sharding, serial_param_bytes=serial_bytes,
+                  peak_rss_bytes=max(rss), peak_rss_per_rank=rss,
                   argmax_bytes=argmax_bytes, deterministic_cost=extra,
                   comm={"summary": {f"{op}/{alg}": g for (op, alg), g in led.totals().items()},
                         **led.to_dict()})
@@ -231,7 +234,8 @@ def print_report(r, led):
         print(f"  {s['rank']:>4}  {_span(s['heads']):>9}  {_span(s['mlp_columns']):>13}  "
               f"{_span(s['vocab_rows']):>13}  "
               f"{format_bytes(s['param_bytes']):>11}")
-    print(f"  serial model: {format_bytes(r['serial_param_bytes'])} of parameters")
+    print(f"  serial model: {format_bytes(r['serial_param_bytes'])} of parameters; peak memory of the "
+          f"largest rank {format_bytes(r['peak_rss_bytes'])}")
     n_new = len(r["tokens_parallel"]) - r["prompt_length"]
     print(f"\ntoken ids of the first sequence: a prompt of {r['prompt_length']}, "
           f"then {n_new} generated greedily")

@@ -15,6 +15,7 @@ import numpy as np
 from ..cli import json_path_problem, write_json
 from ..collectives import ALGORITHMS
 from ..measure.ledger import CommLedger
+from ..measure.memory import peak_rss_per_rank
 from ..measure.units import format_bytes, format_seconds
 from ..models import GPT, PRESETS, init_params
 from .timing import medians, time_call
@@ -72,7 +73,9 @@ def run(args, comm):
               "algorithm": args.algorithm, "deterministic": args.deterministic,
               "trials": args.trials, "seconds": t, "seconds_all": total, "comm_seconds": c,
               "compute_seconds": t - c, "payload_bytes_per_rank": int(nbytes),
-              "param_bytes_per_rank": int(model.param_bytes())}
+              "param_bytes_per_rank": int(model.param_bytes()),
+              "peak_rss_per_rank": peak_rss_per_rank(comm)}
+    result["peak_rss_bytes"] = max(result["peak_rss_per_rank"])
     if comm.Get_rank() == 0:
         print(f"{args.preset} forward, B={args.batch} T={args.seq}, {comm.Get_size()} rank(s), "
               f"{args.algorithm}{' deterministic' if args.deterministic else ''}: "

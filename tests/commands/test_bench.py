@@ -141,3 +141,5 @@ def test_forward_benchmark_splits_compute_and_communication():
     c = data["config"]
     expected = (2 * c["n_layer"] + 1) * 8 * c["n_embd"] * 4 + 8 * c["vocab_size"] * 4
     assert data["payload_bytes_per_rank"] == expected
+    assert len(data["peak_rss_per_rank"]) == 2 and data["peak_rss_bytes"] == max(data["peak_rss_per_rank"])
+    assert data["peak_rss_bytes"] > data["param_bytes_per_rank"]

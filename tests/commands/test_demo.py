@@ -33,6 +33,7 @@ def test_demo_default_mode_at_two_ranks():
     assert data["max_normalized_error"] < 50
     assert set(data["seconds"]) >= {"total", "compute", "comm"}
     assert data["seconds"]["comm"] > 0
+    assert data["peak_rss_bytes"] == max(data["peak_rss_per_rank"]) > 0
     ops = {r["op"] for r in data["comm"]["records"]}
     assert {"allreduce", "allgather"} <= ops
     # the distributed argmax moves fewer bytes than gathering all logits
