@@ -113,10 +113,11 @@ def main(argv=None):
     seconds = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
     stream.close()
     generated = out[0, len(ids):].tolist()
+    rss = peak_rss_per_rank(comm)
     report = dict(prompt_ids=ids, generated_ids=generated, completion=stream.text, world_size=p,
                   seconds=seconds, prefill_seconds=comm.allreduce(t_prefill, op=MPI.MAX),
                   tokens_per_second=len(generated) / seconds if seconds else None,
-                  peak_rss_bytes=max(peak_rss_per_rank(comm)), peak_rss_per_rank=peak_rss_per_rank(comm),
+                  peak_rss_bytes=max(rss), peak_rss_per_rank=rss,
                   param_bytes_per_rank=comm.allgather(model.param_bytes()),
                   ranks_agree=numerics.ranks_agree(comm, logits) and numerics.ranks_agree(comm, out),
                   config=c.to_dict(), algorithm=args.algorithm, deterministic=args.deterministic)
