@@ -26,12 +26,13 @@ from .cli import Parser, json_path_problem, print0, run_main, write_json
 from .collectives import ALGORITHMS
 from .collectives.channel import quiet_wait
 from .measure import numerics
+from .measure.ledger import CommLedger
 from .measure.memory import peak_rss_per_rank
 from .models.gguf import GGUFFile, smollm2_path
 from .models.llama import load_gguf
 from .models.tokenizer import Tokenizer
 
-DEFAULT_CHAT = "What is MPI, in one sentence?"
+DEFAULT_CHAT = "What is parallel computing, in one sentence?"
 
 
 def build_parser():
@@ -105,10 +106,15 @@ def main(argv=None):
 
     stream = Stream(comm, tokenizer, stop_id=tokenizer.eos_id if chat else None)
     comm.Barrier()
-    stream.t0 = time.perf_counter()
-    out = model.generate(prompt, args.max_new_tokens, temperature=args.temperature, seed=args.seed,
-                         on_token=stream.token)
-    seconds = comm.allreduce(time.perf_counter() - stream.t0, op=MPI.MAX)
+    with CommLedger() as led:
+        stream.t0 = time.perf_counter()
+        out = model.generate(prompt, args.max_new_tokens, temperature=args.temperature,
+                             seed=args.seed, on_token=stream.token)
+        mine = time.perf_counter() - stream.t0
+    seconds = comm.allreduce(mine, op=MPI.MAX)
+    # the rank with the least time outside communication sets the compute time of the job
+    comm_seconds = sum(r["seconds"] for r in led.records)
+    compute_seconds = comm.allreduce(mine - comm_seconds, op=MPI.MAX)
     stream.close()
     # the prompt's full logits, outside the timing, only where an option asks for them
     logits = model.forward(prompt) if args.save_logits or args.compare_serial else None
@@ -117,6 +123,9 @@ def main(argv=None):
     report = dict(prompt_ids=ids, generated_ids=generated, completion=stream.text, world_size=p,
                   seconds=seconds, prefill_seconds=comm.allreduce(stream.first_token_seconds, op=MPI.MAX),
                   tokens_per_second=len(generated) / seconds if seconds else None,
+                  compute_seconds=compute_seconds, communication_seconds=seconds - compute_seconds,
+                  messages_per_rank=comm.allreduce(sum(r["messages"] or 0 for r in led.records),
+                                                   op=MPI.MAX),
                   peak_rss_bytes=max(rss), peak_rss_per_rank=rss,
                   param_bytes_per_rank=comm.allgather(model.param_bytes()),
                   ranks_agree=numerics.ranks_agree(comm, out)
@@ -182,7 +191,8 @@ def print_summary(r):
     """The figures after the text, on stderr (stdout holds the completion only)."""
     n = len(r["generated_ids"])
     lines = [f"{n} tokens in {r['seconds']:.2f} s ({r['tokens_per_second'] or 0:.1f} tokens/s; prefill "
-             f"{r['prefill_seconds'] * 1e3:.0f} ms); peak memory of the largest rank "
+             f"{r['prefill_seconds'] * 1e3:.0f} ms) = compute {r['compute_seconds']:.2f} s + "
+             f"communication {r['communication_seconds']:.2f} s; peak memory of the largest rank "
              f"{r['peak_rss_bytes'] / 2**20:.0f} MiB; ranks agree: {'yes' if r['ranks_agree'] else 'NO'}"]
     s = r.get("serial")
     if s:

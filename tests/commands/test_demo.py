@@ -1,19 +1,21 @@
 """python -m mpipar.demo as a user runs it: JSON contents, deterministic mode, clear errors."""
+from argparse import Namespace
 import json
 import subprocess
 import sys
 
 from jobs import assert_one_clear_error
+import pytest
 
-from mpipar import launch
+from mpipar import demo_models, launch
 
 KEYS = {"world_size", "config", "tokens_parallel", "tokens_serial", "tokens_identical",
         "bitwise_equal", "max_ulp", "max_normalized_error", "ranks_agree", "comm", "seconds"}
 
 
 def test_demo_shipped_addition_model_at_three_ranks():
-    data = launch.run("mpipar.demo", n=3, args=[]).data
-    assert KEYS <= set(data)
+    data = launch.run("mpipar.demo", n=3, args=["--model", "addition"]).data
+    assert KEYS <= set(data) and data["model"] == "addition"
     task = data["task"]
     assert task["name"] == "addition" and task["n"] >= 200
     assert task["accuracy_parallel"] >= 0.99 and task["accuracy_serial"] >= 0.99
@@ -80,3 +82,51 @@ def test_weights_with_hugging_face_config(tmp_path):
     data = launch.run("mpipar.demo", n=3, args=["--weights", str(tmp_path / "model.safetensors"),
                                                  "--tokens", "2"]).data
     assert data["config"]["vocab_size"] == 50 and data["tokens_identical"]
+
+
+def test_demo_default_is_smollm2_split_over_four_ranks_bitwise_in_deterministic_mode():
+    data = launch.run("mpipar.demo", n=4, args=["--tokens", "5", "--deterministic"]).data
+    assert KEYS <= set(data) and data["model"] == "smollm2"
+    assert data["config"]["n_head"] == 9 and data["config"]["n_kv_head"] == 3
+    # 9 query heads over 4 ranks: 3, 2, 2, 2; each rank keeps the key/value heads they read
+    assert [s["heads"] for s in data["sharding"]] == [[0, 3], [3, 5], [5, 7], [7, 9]]
+    assert [s["kv_heads"] for s in data["sharding"]] == [[0, 1], [1, 2], [1, 3], [2, 3]]
+    assert sum(s["param_bytes"] for s in data["sharding"]) > data["serial_param_bytes"]
+    assert max(s["param_bytes"] for s in data["sharding"]) < data["serial_param_bytes"] / 3
+    assert data["bitwise_equal"] and data["tokens_identical"] and data["ranks_agree"]
+    assert len(data["layers"]) == 30 and all(layer["bitwise_equal"] for layer in data["layers"])
+    chat = data["chat"]
+    assert chat["message"] == demo_models.DEFAULT_CHAT
+    assert chat["answer_parallel"] == chat["answer_serial"] and chat["answer_parallel"].strip()
+    assert len(data["tokens_parallel"]) <= data["prompt_length"] + 5
+
+
+def _options(**given):
+    base = dict(model=None, preset=None, weights=None, gguf=None)
+    return Namespace(**{**base, **given})
+
+
+def test_the_default_model_is_smollm2_when_installed_else_the_adder(monkeypatch):
+    assert demo_models.choose(_options()) == "smollm2"
+    assert demo_models.choose(_options(preset="tiny")) == "gpt2"
+    assert demo_models.choose(_options(model="addition")) == "addition"
+    monkeypatch.setattr(demo_models, "smollm2_installed", lambda: False)
+    assert demo_models.choose(_options()) == "addition"
+    assert demo_models.choose(_options(gguf="x.gguf")) == "smollm2"
+    with pytest.raises(ValueError, match="--preset"):
+        demo_models.choose(_options(model="smollm2", preset="tiny"))
+    with pytest.raises(ValueError, match="--gguf"):
+        demo_models.choose(_options(model="addition", gguf="x.gguf"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "addition", "--chat", "hi"], "--chat is a message for SmolLM2"),
+    (["--model", "smollm2", "--preset", "tiny"], "exclude each other"),
+    (["--chat", "  "], "--chat is empty"),
+])
+def test_conflicting_options_are_one_clear_error(args, message):
+    assert_one_clear_error("mpipar.demo", 2, args, message)
+
+
+def test_missing_gguf_file_is_one_clear_error(tmp_path):
+    assert_one_clear_error("mpipar.demo", 2, ["--gguf", str(tmp_path / "nope.gguf")], "no such file")

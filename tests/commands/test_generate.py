@@ -37,7 +37,9 @@ def test_chat_answer_equals_hugging_face_and_the_serial_run(tmp_path):
     assert data["completion"] == "The capital of France is Paris." and data["completion"] in stdout
     assert data["world_size"] == 2 and data["ranks_agree"] and data["serial"]["tokens_identical"]
     assert data["peak_rss_bytes"] == max(data["peak_rss_per_rank"]) > 0
-    assert data["tokens_per_second"] > 0
+    assert data["tokens_per_second"] > 0 and 0 < data["prefill_seconds"] < data["seconds"]
+    assert data["communication_seconds"] > 0 and data["messages_per_rank"] > 0
+    assert data["compute_seconds"] + data["communication_seconds"] == pytest.approx(data["seconds"])
     logits = np.load(tmp_path / "logits.npy")
     assert logits.shape == (len(chat["ids"]), 49152) and logits.dtype == np.float32
     top = np.take_along_axis(logits, np.array(chat["top_ids"]), axis=1)
@@ -50,6 +52,7 @@ def test_chat_answer_equals_hugging_face_and_the_serial_run(tmp_path):
     (["--save-logits", "logits.txt"], "must end in .npy"),
     (["--max-new-tokens", "-1"], "--max-new-tokens must be >= 0"),
     (["--gguf", "/nonexistent/model.gguf"], "/nonexistent/model.gguf: no such file"),
+    (["--max-new-tokens", "9000"], "do not fit the context of 8192"),
 ])
 def test_bad_input_is_one_clear_error(args, message):
     assert_one_clear_error("mpipar.generate", 2, args, message)
