@@ -16,7 +16,9 @@ SETTING_COLUMNS = [Column("wire", align="<"), Column("rounding", align="<"),
                    Column("bytes", format_bytes), Column("÷f32", "{:.2f}".format),
                    Column("forward", format_seconds), Column("err/u32", "{:.3g}".format),
                    Column("err/uwire", "{:.3g}".format), Column("max ULP", "{:.3g}".format),
-                   Column("top-1", percent(2)), Column("task", percent(1))]
+                   Column("top-1", percent(2))]
+TASK_COLUMNS = [Column("task", percent(1))]
+TEXT_COLUMNS = [Column("ppl", "{:.4f}".format), Column("Δppl", "{:+.2e}".format)]
 
 ORDER_COLUMNS = [Column("algorithm", align="<"), Column("bitwise", percent(2)),
                  Column("max ULP", "{:.0f}".format),
@@ -26,14 +28,29 @@ ORDER_COLUMNS = [Column("algorithm", align="<"), Column("bitwise", percent(2)),
 
 
 def settings_table(r):
-    """One row per wire setting: bytes, time and the accuracy columns."""
+    """One row per wire setting: bytes, time and the accuracy columns; then the task's
+    exact-match accuracy, or the perplexity on the text and its difference from float32's."""
     base = next(row["bytes"] for row in r["rows"] if row["comm_dtype"] == "float32")
+    text = r["evaluation"].get("text") is not None
     rows = [[row["comm_dtype"], row["rounding"], row["algorithm"], row["deterministic"],
              row["bytes"], row["bytes"] / base if base else 1.0, row["seconds"],
              row["max_normalized_error"], row["max_normalized_error_wire"], row["max_ulp"],
-             row["top1_agreement"], "-" if row["task_accuracy"] is None else row["task_accuracy"]]
+             row["top1_agreement"]]
+            + ([row["perplexity"], row["perplexity_difference"]] if text else
+               ["-" if row["task_accuracy"] is None else row["task_accuracy"]])
             for row in r["rows"]]
-    return format_table(SETTING_COLUMNS, rows, rule="-")
+    return format_table(SETTING_COLUMNS + (TEXT_COLUMNS if text else TASK_COLUMNS), rows, rule="-")
+
+
+def describe(r):
+    """The first line: the model, its shape, the ranks, what one forward reads."""
+    c, ev = r["model"]["config"], r["evaluation"]
+    heads = (f"{c['n_head']} query / {c['n_kv_head']} key-value heads" if "n_kv_head" in c
+             else f"{c['n_head']} heads")
+    what = f" of {ev['text']}" if ev.get("text") else ""
+    return (f"tradeoff: {r['model']['name']} ({c['n_layer']} layers, d={c['n_embd']}, {heads}, "
+            f"vocab {c['vocab_size']}) on {r['world_size']} rank(s); one forward of {ev['batch']} x "
+            f"{ev['seq']} tokens{what}; reference: float32 on one process")
 
 
 def order_table(r):
@@ -46,10 +63,8 @@ def order_table(r):
 
 def print_tables(r):
     """The two tables, each with what its columns mean."""
-    c, ev, p = r["model"]["config"], r["evaluation"], r["world_size"]
-    print(f"tradeoff: {r['model']['name']} ({c['n_layer']} layers, d={c['n_embd']}, {c['n_head']} "
-          f"heads, vocab {c['vocab_size']}) on {p} rank(s); one forward of {ev['batch']} x "
-          f"{ev['seq']} tokens; reference: float32 on one process")
+    ev, p = r["evaluation"], r["world_size"]
+    print(describe(r))
     print(settings_table(r))
     acc = r["model"]["task_accuracy_serial"]
     print(f"err: max |parallel - serial| of the logits in units of u * sum_k |h_k w_k| (last matmul); "
@@ -58,6 +73,11 @@ def print_tables(r):
         worst = min(row["top1_agreement_answers"] for row in r["rows"])
         print(f"task: exact match on {r['model']['task']['heldout']} held-out sums (serial: "
               f"{100 * acc:.1f}%); top-1 at the answer positions alone: at least {100 * worst:.2f}%")
+    ppl = r["model"].get("perplexity_serial")
+    if ppl is not None:
+        print(f"ppl: exp(mean cross-entropy of the next token) over {ev['perplexity_positions']} "
+              f"positions of {ev['text']}, in float64 from the gathered logits (serial float32: "
+              f"{ppl:.4f}); Δppl: ppl minus the serial's")
     det = [row for row in r["rows"] if row["deterministic"]]
     if det:
         print(f"deterministic mode equals the emulated {p}-way split bit for bit: "
