@@ -18,7 +18,7 @@ from mpi4py import MPI
 import numpy as np
 
 from .cli import Parser, Progress, json_path_problem, print0, run_main, write_json
-from .models import GPT, GPTConfig, checkpoint, init_params
+from .models import GPT, GPTConfig, RandomSource, checkpoint
 from .models.optim import AdamW, learning_rate
 from .parallel.data_parallel import DataParallel
 from .parallel.mesh import Mesh
@@ -89,7 +89,8 @@ def main(argv=None):
     config = GPTConfig(vocab_size=task.vocab_size, n_ctx=task.seq_len, n_embd=s["n_embd"],
                        n_head=s["n_head"], n_layer=s["n_layer"])
     with Mesh.build(world, dp=s["dp"], tp=s["tp"]) as mesh:
-        model = GPT(config, init_params(config, s["seed"]), mesh.tp_comm, algorithm="ring")
+        # every tensor-parallel rank generates only its own slices of the seed's random model
+        model = GPT(config, RandomSource(config, s["seed"]), mesh.tp_comm, algorithm="ring")
         trainer = DataParallel(model, mesh.dp_comm, AdamW(model, lr=s["lr"]),
                                bucket_bytes=s["bucket_bytes"], overlap=s["overlap"],
                                deterministic=s["deterministic"])

@@ -2,7 +2,8 @@
 
     mpirun -n 4 python -m mpi4py -m mpipar.bench forward --preset gpt2-small --seq 256
 
-Random weights of the preset's shape (only the shape matters for time). After
+Random weights of the preset's shape (only the shape matters for time), each rank
+generating only its own slices (mpipar.models.random_init). After
 --warmup forwards, --trials forwards are timed: barrier, forward, the slowest
 rank's time (MPI.MAX). A CommLedger splits each into communication (the
 row-parallel allreduces and the logit allgather) and compute (the rest).
@@ -17,7 +18,8 @@ from ..collectives import ALGORITHMS
 from ..measure.ledger import CommLedger
 from ..measure.memory import peak_rss_per_rank
 from ..measure.units import format_bytes, format_seconds
-from ..models import GPT, PRESETS, init_params
+from ..models import GPT, PRESETS
+from ..models.checkpoint import load_model
 from .timing import medians, time_call
 
 
@@ -50,8 +52,8 @@ def check(args, comm):
 
 
 def run(args, comm):
-    config = PRESETS[args.preset]
-    model = GPT(config, init_params(config, seed=0), comm, algorithm=args.algorithm,
+    config, source, _ = load_model(preset=args.preset, seed=0, sliced=True)
+    model = GPT(config, source, comm, algorithm=args.algorithm,
                 deterministic=args.deterministic)
     tokens = np.random.default_rng(0).integers(0, config.vocab_size, (args.batch, args.seq))
     ledgers = []  # one per forward, the last one's bytes are reported

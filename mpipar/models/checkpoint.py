@@ -4,7 +4,8 @@ and `load_model`, which picks what an entry point runs (random, a checkpoint, or
 ``model.safetensors`` holds the full parameters under GPT-2's names (safetensors:
 no pickle, nothing executes on load) and ``config.json`` beside it holds the
 shape in Hugging Face's keys, so ``python -m mpipar.demo --weights`` and
-``load_state_dict`` read it back. Saving reassembles every sharded parameter by
+``load_state_dict`` read it back in full; ``safetensors_source.SafetensorsSource``
+reads only the slices of one shard. Saving reassembles every sharded parameter by
 gathering it over the tensor-parallel group along the axis ``params`` records.
 """
 import json
@@ -17,12 +18,8 @@ from ..collectives import allgather
 from ..tasks.addition import AdditionTask
 from .config import PRESETS, GPTConfig
 from .params import check_params, init_params, merge_shards, param_table
-
-
-def _ignored(name):
-    """The tied ``lm_head.weight`` and the causal-mask buffers ``h.{i}.attn.bias|masked_bias``."""
-    parts = name.split(".")
-    return name == "lm_head.weight" or parts[-2:] in (["attn", "bias"], ["attn", "masked_bias"])
+from .random_init import RandomSource
+from .safetensors_source import SafetensorsSource, param_name
 
 
 def load_state_dict(path_or_dict, config=None):
@@ -39,8 +36,8 @@ def load_state_dict(path_or_dict, config=None):
         raw = dict(path_or_dict)
     params = {}
     for key, value in raw.items():
-        name = key[len("transformer."):] if key.startswith("transformer.") else key
-        if _ignored(name):
+        name = param_name(key)
+        if name is None:
             continue
         params[name] = np.asarray(value)
     if config is not None:
@@ -92,7 +89,7 @@ def save(model, folder, metadata=None):
 SHIPPED = Path(__file__).resolve().parents[1] / "data" / "addition" / "model.safetensors"
 
 
-def load_model(preset=None, weights=None, seed=0):
+def load_model(preset=None, weights=None, seed=0, sliced=False):
     """(config, params, task) of the model an entry point runs.
 
     ``preset``: random weights of that shape (``init_params(PRESETS[preset], seed)``);
@@ -100,12 +97,17 @@ def load_model(preset=None, weights=None, seed=0):
     neither: the addition model shipped in ``mpipar/data/addition``. ``task`` is the
     AdditionTask a checkpoint of ``python -m mpipar.train`` records in its config.json,
     else None. Bad input is a ValueError naming the option or file.
+
+    ``sliced=True``: ``params`` is a source instead of full arrays -- a
+    ``random_init.RandomSource`` for a preset (the same bits as ``init_params``), a
+    ``safetensors_source.SafetensorsSource`` for a file, its header checked -- from which
+    a model built over a tensor-parallel group generates or reads only its own slices.
     """
     if preset is not None and weights is not None:
         raise ValueError("give --preset (random weights) or --weights, not both")
     if preset is not None:
         config = PRESETS[preset]
-        return config, init_params(config, seed), None
+        return config, RandomSource(config, seed) if sliced else init_params(config, seed), None
     weights = os.fspath(weights or SHIPPED)
     config_json = os.path.join(os.path.dirname(os.path.abspath(weights)), "config.json")
     if not os.path.isfile(weights):
@@ -119,4 +121,5 @@ def load_model(preset=None, weights=None, seed=0):
     if meta.get("task") == "addition":
         task = AdditionTask(digits=int(meta["digits"]), seed=int(meta["seed"]),
                             heldout=int(meta["heldout"]))
-    return config, load_state_dict(weights, config), task
+    params = SafetensorsSource(weights, config) if sliced else load_state_dict(weights, config)
+    return config, params, task

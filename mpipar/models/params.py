@@ -24,8 +24,10 @@ line here.
 
 Shards are cut from a *source*: a dict of full arrays, or any object with
 ``names()``, ``shape(name)`` and ``take(name, axis, index)`` (``ArraySource`` is the
-dict's) -- a file reader that returns only the indices asked for, so a rank never
-holds more than its own slices (``llama_gguf.GGUFSource``).
+dict's) -- a reader that returns only the indices asked for, so a rank never holds
+more than its own slices: a GGUF file (``llama_gguf.GGUFSource``), a safetensors
+checkpoint (``safetensors_source.SafetensorsSource``), the random model
+(``random_init.RandomSource``).
 """
 from dataclasses import dataclass
 
@@ -160,20 +162,12 @@ def init_params(config, seed=0):
     scaled by 1/sqrt(2 n_layer) (Radford et al. 2019, sec. 2.3), zero biases, unit LayerNorm
     gains. Llama: N(0, 0.02) weights (Hugging Face's initializer_range) and unit RMSNorm gains.
 
-    Every process draws the whole model and ``shard_params`` then slices it: simple and
-    reproducible, but not the memory of one shard (a pretrained model is read slice by slice).
+    The model is ``random_init``'s, defined block by block: a rank that needs only its shard asks
+    ``random_init.RandomSource(config, seed)`` instead and gets the same bits as
+    ``shard_params(config, init_params(config, seed), r, p)`` while generating its slices only.
     """
-    rng = np.random.default_rng(seed)
-    std = {"normal": 0.02, "residual": 0.02 / np.sqrt(2 * config.n_layer)}
-    params = {}
-    for name, shape in param_shapes(config).items():
-        init = spec(name).init
-        if init in std:
-            value = rng.normal(0.0, std[init], shape)
-        else:
-            value = np.ones(shape) if init == "ones" else np.zeros(shape)
-        params[name] = value.astype(config.dtype)
-    return params
+    from .random_init import random_params  # random_init reads this table
+    return random_params(config, seed)
 
 
 class ArraySource:
@@ -248,7 +242,8 @@ def shard_params(config, params, r, p):
     ``params``: a dict of full arrays or a source (see the module's docstring), asked
     for this shard's indices only. Besides the arrays, the shard records the slice of
     every unit it owns (``heads``, ``kv_heads``, ``hidden``, ``vocab``). Replicated
-    parameters of a dict are not copied: every shard this process holds shares them.
+    parameters of a dict are not copied: every shard this process holds shares them
+    (``RandomSource`` and ``SafetensorsSource`` hand every shard the same array too).
     """
     dtype, source = np.dtype(config.dtype), as_source(params)
     shard = {unit: owned(config, unit, p, r) for unit in units(config)}
