@@ -152,19 +152,35 @@ class GPT(LanguageModel):
         for i in range(self.config.n_layer):
             x, block = self.block(i, x)
             saved.append(block)
-        xf = self._norm("ln_f.", x)
-        parts = self.logit_parts(xf)
-        loss, losses, dparts = vocab_parallel_cross_entropy(
-            self.tp, parts, [s["vocab"] for s in self.shards], np.asarray(targets), weights)
+        loss, losses, head = self.head_loss(x, targets, weights)
         grads = [{} for _ in self.shards]
-        dxf = linear.lm_head_backward(self.tp, self.shards, "wte.weight", xf, dparts, grads)
-        dx = self._norm_backward("ln_f.", x, dxf, grads)
+        dx = self.head_backward(head, grads)
         done(next(order), grads)
         for i in reversed(range(self.config.n_layer)):
             dx = self.block_backward(i, saved[i], dx, grads)
             done(next(order), grads)
+        self.embed_backward(tokens, dx, grads)
+        done(next(order), grads)
+        return loss, losses, grads
+
+    def head_loss(self, x, targets, weights):
+        """ln_f, the LM head and the vocab-parallel cross-entropy on the last block's output x:
+        (loss, per-position losses, what ``head_backward`` needs)."""
+        xf = self._norm("ln_f.", x)
+        loss, losses, dparts = vocab_parallel_cross_entropy(
+            self.tp, self.logit_parts(xf), [s["vocab"] for s in self.shards], np.asarray(targets),
+            weights)
+        return loss, losses, (x, xf, dparts)
+
+    def head_backward(self, head, grads):
+        """The gradient of the last block's output; the LM head's and ln_f's into ``grads``."""
+        x, xf, dparts = head
+        dxf = linear.lm_head_backward(self.tp, self.shards, "wte.weight", xf, dparts, grads)
+        return self._norm_backward("ln_f.", x, dxf, grads)
+
+    def embed_backward(self, tokens, dx, grads):
+        """The embeddings' gradients from the first block's input gradient dx, into ``grads``
+        (wte's added to the LM head's where it is already there: the weights are tied)."""
         grads[0]["wpe.weight"] = np.zeros_like(self.shards[0]["wpe.weight"])
         grads[0]["wpe.weight"][:tokens.shape[1]] = dx.sum(0)
         linear.vocab_parallel_embedding_backward(self.tp, self.shards, "wte.weight", tokens, dx, grads)
-        done(next(order), grads)
-        return loss, losses, grads

@@ -15,7 +15,23 @@ from ..collectives import ALGORITHMS, lowp
 from ..parallel.tensor_parallel import TPGroup
 from . import kv_cache
 from .layers import softmax
-from .params import check_params, shard_params
+from .params import as_source, check_params, shard_params
+
+
+class Subset:
+    """A source of shards that names only some parameters of another (``params.as_source``)."""
+
+    def __init__(self, source, names):
+        self.source, self.kept = source, set(names)
+
+    def names(self):
+        return [name for name in self.source.names() if name in self.kept]
+
+    def shape(self, name):
+        return self.source.shape(name)
+
+    def take(self, name, axis=None, index=None):
+        return self.source.take(name, axis, index)
 
 
 def _problem(config, p, ways, algorithm, deterministic, comm_dtype, rounding):
@@ -45,11 +61,12 @@ class LanguageModel:
     same split (``comm`` of size 1, ``ways`` = p) gives identical bits; ``comm_dtype`` float16
     or bfloat16 sends every reduction and logit gather in 16 bits, rounded ``per_hop`` or
     ``once`` (mpipar.collectives.lowp). ``params``: a dict of full arrays, or a source that
-    hands out only the slices a shard owns (``params.ArraySource``).
+    hands out only the slices a shard owns (``params.ArraySource``). ``names``: keep only
+    these parameters (a pipeline stage's layers; see mpipar.parallel.pipeline_stage).
     """
 
     def __init__(self, config, params, comm=None, algorithm="auto", deterministic=False, ways=None,
-                 comm_dtype="float32", rounding="per_hop"):
+                 comm_dtype="float32", rounding="per_hop", names=None):
         if comm is None:
             from mpi4py import MPI
             comm = MPI.COMM_WORLD
@@ -62,6 +79,8 @@ class LanguageModel:
         self.tp = TPGroup(comm, ways=p, algorithm=algorithm, deterministic=deterministic,
                           comm_dtype=comm_dtype, rounding=rounding)
         self.dtype = np.dtype(config.dtype)
+        if names is not None:
+            params = Subset(as_source(params), names)
         #: one dict of parameters per shard this process computes (see params.shard_params)
         self.shards = [shard_params(config, params, r, p) for r in self.tp.shard_ids]
 

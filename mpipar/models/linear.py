@@ -21,6 +21,37 @@ def _flat(a):
     return a.reshape(-1, a.shape[-1])
 
 
+class DeferredGrads(list):
+    """Gradient dicts (one per shard) whose weight gradients wait: a backward pass into them
+    computes every input gradient and the cheap bias and norm gradients at once, but only
+    records each matrix's x^T dy; ``finish()`` computes them later. This is the split of
+    backward into B (input gradients) and W (weight gradients) that zero-bubble pipeline
+    schedules move into the bubble (Qi et al. 2024, "Zero Bubble Pipeline Parallelism",
+    sec. 2). The numbers are the same bits as an undeferred backward's."""
+
+    def __init__(self, n_shards):
+        super().__init__({} for _ in range(n_shards))
+        self.waiting = []  #: (shard, key, x, dy) of every weight gradient not yet computed
+
+    def finish(self):
+        """Compute every waiting weight gradient; returns self."""
+        for k, key, x, dy in self.waiting:
+            if key in self[k]:  # a tied weight's second use must go into a dict of its own
+                raise RuntimeError(f"the gradient of {key} was already computed")
+            self[k][key] = _flat(x).T @ _flat(dy)
+        self.waiting.clear()
+        return self
+
+
+def weight_grad(grads, k, key, x, dy):
+    """grads[k][key] = x^T dy over the flattened batch and time axes: now, or at
+    ``grads.finish()`` if ``grads`` is a DeferredGrads."""
+    if isinstance(grads, DeferredGrads):
+        grads.waiting.append((k, key, x, dy))
+    else:
+        grads[k][key] = _flat(x).T @ _flat(dy)
+
+
 def _plus_bias(y, s, name):
     """y + the bias of layer ``name`` in shard s, or y where the layer has none."""
     bias = s.get(name + ".bias")
@@ -37,7 +68,7 @@ def column_parallel_backward(tp, shards, name, x, dys, grads):
     """dW_k = x^T dy_k, db_k = sum dy_k; the input gradient sum_k dy_k W_k^T (f's backward)."""
     parts = []
     for k, (s, dy) in enumerate(zip(shards, dys)):
-        grads[k][name + ".weight"] = _flat(x).T @ _flat(dy)
+        weight_grad(grads, k, name + ".weight", x, dy)
         if name + ".bias" in s:
             grads[k][name + ".bias"] = _flat(dy).sum(0)
         parts.append(dy @ s[name + ".weight"].T)
@@ -57,7 +88,7 @@ def row_parallel_backward(tp, shards, name, xs, dy, grads):
         grads[0][name + ".bias"] = _flat(dy).sum(0)
     dxs = []
     for k, (s, x) in enumerate(zip(shards, xs)):
-        grads[k][name + ".weight"] = _flat(x).T @ _flat(dy)
+        weight_grad(grads, k, name + ".weight", x, dy)
         dxs.append(dy @ s[name + ".weight"].T)
     return dxs
 
@@ -98,5 +129,5 @@ def lm_head(tp, shards, name, x):
 def lm_head_backward(tp, shards, name, x, dparts, grads):
     """d emb_k = dz_k^T x, and the input gradient sum_k dz_k emb_k (f's backward)."""
     for k, dz in enumerate(dparts):
-        grads[k][name] = _flat(dz).T @ _flat(x)
+        weight_grad(grads, k, name, dz, x)
     return tp.copy_to_tp_backward([dz @ s[name] for s, dz in zip(shards, dparts)])

@@ -39,10 +39,11 @@ class Llama(LanguageModel):
     """
 
     def __init__(self, config, params, comm=None, algorithm="auto", deterministic=False, ways=None,
-                 comm_dtype="float32", rounding="per_hop"):
+                 comm_dtype="float32", rounding="per_hop", names=None):
         if not isinstance(config, LlamaConfig):
             raise ValueError(f"Llama needs a LlamaConfig, not {type(config).__name__}")
-        super().__init__(config, params, comm, algorithm, deterministic, ways, comm_dtype, rounding)
+        super().__init__(config, params, comm, algorithm, deterministic, ways, comm_dtype, rounding,
+                         names)
         self.head = "embed_tokens.weight" if config.tie_embeddings else "lm_head.weight"
 
     def embed(self, tokens):
