@@ -109,7 +109,8 @@ def _smollm2(args, comm, options):
 
 
 def _gpt2(args, comm, options):
-    config, params, task = load_model(args.preset, args.weights, args.seed)
+    # a source: each rank generates or reads only its own slices
+    config, params, task = load_model(args.preset, args.weights, args.seed, sliced=True)
     model = GPT(config, params, comm, **options)
     what = (f"random weights, preset {args.preset}" if args.preset else
             f"weights {args.weights}" if args.weights else
@@ -125,8 +126,7 @@ def _gpt2(args, comm, options):
                                                            (1, args.prompt_length))
 
     def serial(deterministic, ways):
-        _, full, _ = load_model(args.preset, args.weights, args.seed)
-        return GPT(config, full, MPI.COMM_SELF, deterministic=deterministic, ways=ways)
+        return GPT(config, params, MPI.COMM_SELF, deterministic=deterministic, ways=ways)
 
     return Subject("addition" if task is not None else "gpt2", title, model, prompt, tokens, serial,
                    task=task)

@@ -16,7 +16,7 @@ import numpy as np
 from ..cli import json_path_problem, write_json
 from ..collectives import ALGORITHMS
 from ..measure.ledger import CommLedger
-from ..measure.memory import peak_rss_per_rank
+from ..measure.memory import peak_rss_bytes, peak_rss_per_rank
 from ..measure.units import format_bytes, format_seconds
 from ..models import GPT, PRESETS
 from ..models.checkpoint import load_model
@@ -52,9 +52,11 @@ def check(args, comm):
 
 
 def run(args, comm):
+    at_start = peak_rss_bytes()  # the interpreter, NumPy and MPI
     config, source, _ = load_model(preset=args.preset, seed=0, sliced=True)
     model = GPT(config, source, comm, algorithm=args.algorithm,
                 deterministic=args.deterministic)
+    built = peak_rss_bytes()
     tokens = np.random.default_rng(0).integers(0, config.vocab_size, (args.batch, args.seq))
     ledgers = []  # one per forward, the last one's bytes are reported
 
@@ -76,7 +78,11 @@ def run(args, comm):
               "trials": args.trials, "seconds": t, "seconds_all": total, "comm_seconds": c,
               "compute_seconds": t - c, "payload_bytes_per_rank": int(nbytes),
               "param_bytes_per_rank": int(model.param_bytes()),
-              "peak_rss_per_rank": peak_rss_per_rank(comm)}
+              "param_bytes_all_ranks": comm.allgather(int(model.param_bytes())),
+              "peak_rss_per_rank": peak_rss_per_rank(comm),
+              # the high-water mark at start, after building the model, after the forwards
+              "peak_rss_stages_per_rank": comm.allgather(
+                  {"start": at_start, "model_built": built, "forward": peak_rss_bytes()})}
     result["peak_rss_bytes"] = max(result["peak_rss_per_rank"])
     if comm.Get_rank() == 0:
         print(f"{args.preset} forward, B={args.batch} T={args.seq}, {comm.Get_size()} rank(s), "
@@ -84,5 +90,11 @@ def run(args, comm):
               f"{format_seconds(t)} (median of {args.trials}) = compute {format_seconds(t - c)} "
               f"+ communication {format_seconds(c)}; {format_bytes(nbytes)} reduced or gathered "
               f"per rank", flush=True)
+        worst = int(np.argmax(result["peak_rss_per_rank"]))
+        st = result["peak_rss_stages_per_rank"][worst]
+        print(f"peak memory of the largest rank ({worst}): {format_bytes(st['forward'])} = start "
+              f"{format_bytes(st['start'])} + model built {format_bytes(st['model_built'] - st['start'])}"
+              f" (its parameters {format_bytes(result['param_bytes_all_ranks'][worst])}) + forward "
+              f"{format_bytes(st['forward'] - st['model_built'])}", flush=True)
     write_json(comm, args.json, result)
     return 0

@@ -29,10 +29,8 @@ import numpy as np
 
 from ..models import GPT
 from ..models.checkpoint import load_model
-from ..models.gguf import GGUFFile, smollm2_path
 from ..models.llama import load_gguf
 from ..models.loss import vocab_parallel_cross_entropy
-from ..models.tokenizer import Tokenizer
 from ..parallel.tensor_parallel import TPGroup
 
 #: the English text the Llama models are evaluated on (mpipar's own overview)
@@ -145,6 +143,8 @@ def llama_subject(args, p):
     if args.seq is not None and args.seq < 2:
         raise ValueError("--seq must be at least 2: perplexity predicts each token from the ones "
                          "before it")
+    from ..models.gguf import GGUFFile, smollm2_path  # the gguf and tokenizers packages, only here
+    from ..models.tokenizer import Tokenizer
     reader = GGUFFile(args.gguf or smollm2_path())  # the metadata only, no tensor yet
     config = reader.llama_config()
     problem = config.problems()
