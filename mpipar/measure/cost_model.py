@@ -15,7 +15,10 @@ floating-point number, so ``best`` (``algorithm="auto"``) settles such ties alik
 on every rank and in every run.
 
 n is the payload: the input of allreduce, broadcast and reduce_scatter, the
-whole gathered result of allgather.
+whole gathered result of allgather, the message of a point-to-point ``"send"`` or
+``"recv"`` (``mpipar.parallel.p2p``, algorithm ``"p2p"``): one message, the model's
+own unit, alpha + n*beta (Hockney 1994) whatever the communicator's size, since
+a rank sending to itself still sends a message.
 """
 from dataclasses import asdict, dataclass
 import time
@@ -53,23 +56,38 @@ def share(p):
     return (p - 1) / p
 
 
+MESSAGE_OPS = ("send", "recv")  #: point-to-point operations: priced per message, not per collective
+
+
+def message(p, n, alpha, beta, gamma):
+    """One point-to-point message of n bytes: alpha + n*beta (p plays no part)."""
+    return alpha + n * beta
+
+
 def bandwidth_factor(op, p):
     """The share of the payload that must leave the busiest rank in any algorithm:
-    2(p-1)/p for allreduce, (p-1)/p for allgather and reduce_scatter, 1 for broadcast.
+    2(p-1)/p for allreduce, (p-1)/p for allgather and reduce_scatter, 1 for broadcast,
+    and 1 for a send or a recv (the whole message leaves one rank and reaches another).
 
     Times beta it is the bandwidth lower bound; times the algorithm bandwidth S/t it is
     the bus bandwidth of the nccl-tests convention (doc/PERFORMANCE.md there).
     """
     return {"allreduce": 2 * (p - 1) / p, "allgather": (p - 1) / p,
-            "reduce_scatter": (p - 1) / p, "broadcast": 1.0}[op]
+            "reduce_scatter": (p - 1) / p, "broadcast": 1.0, "send": 1.0, "recv": 1.0}[op]
 
 
 def _table(op):
-    """The algorithm table of ``op``: name -> Algorithm."""
-    from ..collectives import ALGORITHMS  # not at the top: mpipar.collectives imports this module
-    if op not in ALGORITHMS:
-        raise ValueError(f"no cost formulas for {op!r}; choose from {', '.join(ALGORITHMS)}")
-    return ALGORITHMS[op]
+    """The algorithm table of ``op``: name -> Algorithm (a collective's, or p2p's for send/recv)."""
+    # not at the top: mpipar.collectives and mpipar.parallel.p2p import this module
+    if op in MESSAGE_OPS:
+        from ..parallel.p2p import ALGORITHMS as tables
+    else:
+        from ..collectives import ALGORITHMS as tables
+    if op not in tables:
+        from ..collectives import ALGORITHMS
+        raise ValueError(f"no cost formulas for {op!r}; choose from "
+                         f"{', '.join([*ALGORITHMS, *MESSAGE_OPS])}")
+    return tables[op]
 
 
 @dataclass(frozen=True)
@@ -89,9 +107,10 @@ class CostModel:
 
         The formula is the algorithm's entry in its collective's table. ``"mpi"`` is
         predicted as the best hand-written algorithm: what a library that picks well
-        would achieve under this model.
+        would achieve under this model. A collective on one rank costs nothing; a
+        point-to-point message (``"send"``, ``"recv"``) costs alpha + n*beta on any p.
         """
-        if p <= 1:
+        if p <= 1 and op not in MESSAGE_OPS:
             return 0.0
         table = _table(op)
         if algorithm == "mpi":
@@ -101,8 +120,9 @@ class CostModel:
         return self._seconds(table[algorithm], p, n)
 
     def lower_bound(self, op, p, n):
-        """Bandwidth lower bound: bytes that must leave the busiest rank, times beta."""
-        if p <= 1:
+        """Bandwidth lower bound: bytes that must leave the busiest rank, times beta
+        (n*beta for a send or a recv, on any p: the latency alpha is not in the bound)."""
+        if p <= 1 and op not in MESSAGE_OPS:
             return 0.0
         return bandwidth_factor(op, p) * n * self.beta
 

@@ -1,4 +1,4 @@
-"""CommLedger: what every collective cost on this rank, next to what the model predicted.
+"""CommLedger: what every collective and message cost on this rank, next to what the model predicted.
 
     with CommLedger() as led:
         y = allreduce(comm, x, algorithm="ring")
@@ -10,11 +10,18 @@ predicts with its own :class:`CostModel` (the default constants unless you pass
 ``CostModel.calibrate(comm)``). Recording costs one clock read around the call
 and one dict per call, cheap enough to leave on. Every record is built by
 ``record_call`` (the blocking collectives, the 16-bit wires, the non-blocking
-ring), so every record has the same keys.
+ring, the point-to-point messages of ``mpipar.parallel.p2p``), so every record has
+the same keys.
+
+Point-to-point records have op ``"send"`` or ``"recv"``: a send's bytes are its
+bytes_sent, a receive's are its ``bytes_received`` (its bytes_sent is 0), so the
+"sent" column counts every byte once, on the rank that sent it. Their seconds are
+the time spent posting and waiting, not the time in flight (see ``p2p``); the
+summary lists them per peer ("p2p to rank 1", "p2p from rank 0").
 """
 import time
 
-from .cost_model import CostModel
+from .cost_model import MESSAGE_OPS, CostModel
 from .units import format_bytes
 
 __all__ = ["CommLedger", "CostModel"]
@@ -44,14 +51,16 @@ def record(entry):
 
 def record_call(ch, op, algorithm, dtype, count, nbytes, seconds, *, requested=None,
                 library=False, **extra):
-    """Record one collective call that ran on Channel ``ch`` in every open ledger.
+    """Record one collective call (or one point-to-point message) that ran on Channel
+    ``ch`` in every open ledger.
 
     ``dtype``, ``count``: the caller's array; ``nbytes``: the payload the cost model
     prices (allgather: the whole gathered result). The traffic -- bytes_sent,
     messages, steps, trace -- is the channel's, or None for ``library=True`` (the
     MPI library's own collective does not tell what it sent). ``requested``: what the
     caller asked for (``"auto"``), the algorithm itself if not given. ``extra`` keys
-    (``comm_dtype``, ``nonblocking``, ...) are added to the record as they are.
+    (``comm_dtype``, ``nonblocking``; for a message ``peer``, ``tag``,
+    ``bytes_received``, ``in_flight_seconds``) are added to the record as they are.
     """
     if not _OPEN:
         return
@@ -119,18 +128,25 @@ class CommLedger:
                 "wall_seconds": self.wall_seconds}
 
     def totals(self):
-        """Per (op, algorithm): calls, nbytes, bytes_sent, messages, seconds, predicted."""
+        """Per (op, algorithm): calls, nbytes, bytes_sent, messages, seconds, predicted,
+        and bytes_received (None for collectives, which count only what they send).
+
+        Messages are grouped per peer: (``"send"``, ``"p2p to rank 1"``)."""
         groups = {}
         for r in self.records:
             # a non-blocking call's seconds include the work done while it was in flight
             alg = r["algorithm"] + (" (non-blocking)" if r.get("nonblocking") else "")
             if r.get("comm_dtype", "float32") != "float32":  # e.g. "ring bfloat16/per_hop"
                 alg += f" {r['comm_dtype']}/{r['rounding']}"
+            if r["op"] in MESSAGE_OPS and "peer" in r:
+                alg += f" {'to' if r['op'] == 'send' else 'from'} rank {r['peer']}"
             g = groups.setdefault((r["op"], alg), dict(
-                calls=0, nbytes=0, bytes_sent=0, messages=0, seconds=0.0, predicted_seconds=0.0))
+                calls=0, nbytes=0, bytes_sent=0, messages=0, seconds=0.0, predicted_seconds=0.0,
+                bytes_received=0))
             g["calls"] += 1
-            for key in ("nbytes", "bytes_sent", "messages", "seconds", "predicted_seconds"):
-                if r[key] is None or g[key] is None:
+            for key in ("nbytes", "bytes_sent", "messages", "seconds", "predicted_seconds",
+                        "bytes_received"):
+                if r.get(key) is None or g[key] is None:
                     g[key] = None  # the MPI library does not tell what its own calls sent
                 else:
                     g[key] += r[key]
@@ -151,6 +167,9 @@ class CommLedger:
                 total[key] += g[key] or 0
         lines.append("-" * len(head))
         lines.append(_row("total", "", total, comm_s))
+        if any(op in MESSAGE_OPS for op, _ in groups):
+            lines.append("send/recv: payload is the message, counted as sent by the sender only;\n"
+                         "  their seconds are the time spent posting and waiting, not in flight")
         if wall > 0:
             lines.append(f"communication took {comm_s:.4g} s of the {wall:.4g} s the ledger was "
                          f"open ({100 * comm_s / wall:.1f}%); predictions: {self.cost_model.source} model")

@@ -65,3 +65,21 @@ def test_one_rank_costs_nothing_and_mpi_is_the_best_hand_written():
 def test_unknown_algorithm_is_a_clear_error():
     with pytest.raises(ValueError, match="no cost formula"):
         model.predict("allreduce", "bruck", 4, 100)
+
+
+@pytest.mark.parametrize("p", [1, 2, 3, 8])
+@pytest.mark.parametrize("op", ["send", "recv"])
+def test_a_message_costs_alpha_plus_n_beta_on_any_p(op, p):
+    for n in (0, 8, 1 << 20):
+        assert model.predict(op, "p2p", p, n) == A + n * B  # even p = 1: a self-message is sent
+        assert model.predict(op, "mpi", p, n) == A + n * B
+        assert model.lower_bound(op, p, n) == n * B
+        assert model.predict(op, "p2p", p, n) >= model.lower_bound(op, p, n)
+    assert model.best(op, p, 1000) == "p2p"
+
+
+def test_unknown_operation_or_message_algorithm_is_a_clear_error():
+    with pytest.raises(ValueError, match="no cost formula for send algorithm 'ring'"):
+        model.predict("send", "ring", 2, 100)
+    with pytest.raises(ValueError, match=r"no cost formulas for 'gather'.*broadcast, send, recv"):
+        model.predict("gather", "ring", 2, 100)

@@ -103,3 +103,32 @@ def test_one_builder_makes_every_record():
     assert (ring["world_size"], ring["rank"], ring["seconds"]) == (comm.Get_size(), comm.Get_rank(), 0.5)
     assert (lib["requested"], lib["dtype"]) == ("auto", "int64")
     assert lib["bytes_sent"] is lib["messages"] is lib["steps"] is None
+
+
+@pytest.mark.mpi
+def test_messages_beside_collectives_every_byte_once():
+    """p2p records: the sender's bytes in bytes_sent, the receiver's in bytes_received; grouped
+    per peer; collectives keep bytes_received None (they count only what they send)."""
+    from mpipar.parallel import p2p
+    comm = MPI.COMM_WORLD
+    p, rank = comm.Get_size(), comm.Get_rank()
+    x, y = np.arange(100, dtype=np.float64), np.empty(100, np.float64)
+    with CommLedger(trace=True) as led:
+        allreduce(comm, np.ones(8, np.float32), algorithm="ring")
+        p2p.waitall([p2p.irecv(comm, y, (rank - 1) % p, tag=3), p2p.isend(comm, x, (rank + 1) % p, tag=3)])
+    recs = {r["op"]: r for r in led.records}
+    assert recs["send"]["trace"] == [(1, rank, (rank + 1) % p, 800)]
+    assert recs["recv"]["trace"] == []
+    totals = led.totals()
+    assert totals[("allreduce", "ring")]["bytes_received"] is None
+    send = totals[("send", f"p2p to rank {(rank + 1) % p}")]
+    recv = totals[("recv", f"p2p from rank {(rank - 1) % p}")]
+    assert (send["bytes_sent"], send["bytes_received"], send["messages"]) == (800, 0, 1)
+    assert (recv["bytes_sent"], recv["bytes_received"], recv["messages"]) == (0, 800, 0)
+    assert recv["predicted_seconds"] == CostModel().predict("recv", "p2p", p, 800)
+    on_wire = comm.allreduce(sum(r["bytes_sent"] for r in led.records))
+    ring = comm.allreduce(led.records[0]["bytes_sent"])
+    assert on_wire == ring + 800 * p == ring + comm.allreduce(recv["bytes_received"])
+    lines = led.summary().splitlines()
+    assert any(line.startswith("recv") and "p2p from rank" in line for line in lines)
+    assert any(line.startswith("send") and "p2p to rank" in line for line in lines)
