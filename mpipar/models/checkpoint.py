@@ -47,9 +47,12 @@ def load_state_dict(path_or_dict, config=None):
 
 
 def full_params(model):
-    """Every parameter in full, on every rank of the model's tensor-parallel group."""
+    """Every parameter the model holds (a pipeline stage: its own), in full, on every rank of
+    the model's tensor-parallel group."""
     tp, out = model.tp, {}
     for name, param in param_table(model.config).items():
+        if name not in model.shards[0]:
+            continue
         value = model.shards[0][name]
         if param.split is None:
             out[name] = value.copy()

@@ -1,0 +1,120 @@
+"""Pipeline parallelism: a GPT-2's layers on different ranks, micro-batches flowing through
+them in the order a schedule says (GPipe, 1F1B, interleaved 1F1B, ZB-H1: ``schedules``).
+
+    pipe = Pipeline(config, params, pp_comm, tp_comm, make_schedule("1f1b", p, m))
+    result = pipe.run(micro_batches)   # every rank calls it with the same micro-batches
+
+The executor is the schedule's data run literally: rank r walks ``schedule.steps[r]``; a
+step first receives what ``schedule_comm.transfers`` says it needs (a point-to-point
+``Irecv`` of a preallocated array, waited for at once: the wait is the rank's bubble),
+computes (forward, backward, or the weight gradients of a split backward), then posts the
+``Isend`` of its result and goes on without waiting for it; the sends are completed at the
+end of the step. Sends never block, and the simulator (``schedule_sim``) has proved that no
+rank waits for a message that is never sent, so the executor cannot deadlock.
+
+Every message is an activation or a gradient of one micro-batch, (b, T, d) in the model's
+dtype: the receiver knows its shape from the micro-batch, so nothing but the array travels,
+and ``p2p`` records each one in the ledger. Rank r's chunk c is model stage c * p + r
+(Narayanan et al. 2021, sec. 2.2); where consecutive stages live on one rank (p = 1) the
+array is handed over in memory.
+"""
+import time
+
+import numpy as np
+
+from . import p2p
+from .pipeline_stage import PipelineStage, stage_problem
+from .schedule_comm import transfers
+from .schedules import stage_of
+
+TAG_BASE = 1 << 12  # pipeline messages' tags start here, clear of the collectives' own
+
+
+class Pipeline:
+    """This rank's chunks of a pipeline-parallel GPT-2 (``schedule.v`` of them, model stages
+    rank, rank + p, ...), each tensor-parallel over ``tp_comm``, and the schedule that runs
+    them over ``pp_comm`` (the pipeline's ranks in stage order)."""
+
+    def __init__(self, config, params, pp_comm, tp_comm, schedule, **model_options):
+        p = pp_comm.Get_size()
+        if schedule.p != p:
+            raise ValueError(f"the schedule is for {schedule.p} pipeline ranks, the pipeline "
+                             f"communicator has {p}")
+        problem = stage_problem(config.n_layer, schedule.n_stages)
+        if problem:
+            raise ValueError(problem)
+        self.config, self.comm, self.schedule = config, pp_comm, schedule
+        self.rank = pp_comm.Get_rank()
+        self.chunks = [PipelineStage(config, params, stage_of(p, self.rank, c), schedule.n_stages,
+                                     tp_comm, split=schedule.split_backward, **model_options)
+                       for c in range(schedule.v)]
+        self.dtype = self.chunks[0].model.dtype
+
+    def _shape(self, micro_batches, micro):
+        inputs = micro_batches[micro][0]
+        return (inputs.shape[0], inputs.shape[1], self.config.n_embd)
+
+    def run(self, micro_batches):
+        """One training step's forward and backward over ``micro_batches``, a list of
+        (inputs, targets, weights), the same on every rank. Returns the step's record:
+        ``loss`` (the last stage's sum, else None), ``timeline`` (one dict per step: kind,
+        micro, chunk, start, compute_start, end, seconds since the run began), ``wait_seconds``,
+        ``compute_seconds``, ``peak_in_flight`` and ``peak_activation_bytes``. The gradients
+        are each chunk's ``grads`` (and ``embedding_grads`` on the first stage)."""
+        if len(micro_batches) != self.schedule.m:
+            raise ValueError(f"the schedule has {self.schedule.m} micro-batches, got "
+                             f"{len(micro_batches)}")
+        for chunk in self.chunks:
+            chunk.reset()
+        local, sends, timeline = {}, [], []
+        peak_in_flight = peak_bytes = 0
+        t_run = time.perf_counter()
+        for step in self.schedule.steps[self.rank]:
+            chunk = self.chunks[step.chunk]
+            receives, planned = transfers(self.schedule, self.rank, step)
+            t0 = time.perf_counter()
+            given = self._receive(receives, micro_batches, step, chunk, local)
+            t1 = time.perf_counter()
+            inputs, targets, weights = micro_batches[step.micro]
+            if step.kind == "F":
+                out = chunk.forward(step.micro, inputs if chunk.first else given, targets, weights)
+                peak_in_flight = max(peak_in_flight, sum(c.in_flight() for c in self.chunks))
+                peak_bytes = max(peak_bytes, sum(c.activation_bytes() for c in self.chunks))
+                if not chunk.last:
+                    sends += self._send(planned, step, out, "activation", chunk.stage + 1, local)
+            elif step.kind == "B":
+                out = chunk.backward(step.micro, None if chunk.last else given)
+                if not chunk.first:
+                    sends += self._send(planned, step, out, "gradient", chunk.stage - 1, local)
+            else:
+                chunk.weights(step.micro)
+            t2 = time.perf_counter()
+            timeline.append(dict(kind=step.kind, micro=step.micro, chunk=step.chunk,
+                                 start=t0 - t_run, compute_start=t1 - t_run, end=t2 - t_run))
+        p2p.waitall(sends)
+        last = [c for c in self.chunks if c.last]
+        wait = sum(t["compute_start"] - t["start"] for t in timeline)
+        return dict(loss=last[0].loss if last else None, timeline=timeline,
+                    seconds=time.perf_counter() - t_run, wait_seconds=wait,
+                    compute_seconds=sum(t["end"] - t["compute_start"] for t in timeline),
+                    peak_in_flight=peak_in_flight, peak_activation_bytes=peak_bytes)
+
+    def _receive(self, receives, micro_batches, step, chunk, local):
+        """The array ``step`` needs from another stage: received, or handed over in memory."""
+        if step.kind == "W" or (step.kind == "F" and chunk.first) or (step.kind == "B" and chunk.last):
+            return None
+        what = "activation" if step.kind == "F" else "gradient"
+        if not receives:  # the neighbouring stage is on this rank
+            return local.pop((what, chunk.stage, step.micro))
+        (transfer,) = receives
+        buffer = np.empty(self._shape(micro_batches, step.micro), self.dtype)
+        p2p.wait(p2p.irecv(self.comm, buffer, transfer.src, TAG_BASE + transfer.tag))
+        return buffer
+
+    def _send(self, sends, step, array, what, to_stage, local):
+        """Post ``step``'s planned ``sends`` of ``array`` (or keep it for a stage on this rank)."""
+        if not sends:
+            local[(what, to_stage, step.micro)] = array
+            return []
+        array = np.ascontiguousarray(array, self.dtype)
+        return [p2p.isend(self.comm, array, t.dst, TAG_BASE + t.tag) for t in sends]
