@@ -1,7 +1,9 @@
-"""python -m mpipar.train -- train a small GPT to add, data- (and tensor-) parallel.
+"""python -m mpipar.train -- train a small GPT to add: data-, tensor- and pipeline-parallel.
 
     mpirun -n 2 python -m mpi4py -m mpipar.train                  # ~1500 steps, >= 99% held-out
     mpirun -n 4 python -m mpi4py -m mpipar.train --dp 2 --tp 2    # a 2 x 2 mesh
+    mpirun -n 4 python -m mpi4py -m mpipar.train --pp 4           # 4 stages, 1F1B, 8 micro-batches
+    python -m mpipar.train --pp 4 --schedule zb-h1 --show-schedule   # the schedule, drawn
     python -m mpipar.train --preset tiny --steps 20               # seconds, for tests
 
 The task is multi-digit addition written as text ("347+589=" -> the digits of
@@ -10,6 +12,12 @@ global batch that depends only on the seed and the step, split over the
 data-parallel ranks, whose gradients are summed (overlapped with backward in
 buckets) before every replica applies the same AdamW update. Accuracy is exact
 match of the generated answer on held-out sums that training never sees.
+
+With --pp the blocks are cut into stages on different ranks and every replica's
+batch into --micro-batches, run in the order of --schedule (gpipe, 1f1b,
+interleaved with --virtual-stages chunks per rank, zb-h1); see
+mpipar.parallel.pipeline_train. Pipelines need layers: without --n-layer the model
+gets one block per stage if the recipe has fewer.
 """
 import argparse
 import time
@@ -18,10 +26,16 @@ from mpi4py import MPI
 import numpy as np
 
 from .cli import Parser, Progress, json_path_problem, print0, run_main, write_json
+from .measure.ledger import CommLedger
 from .models import GPT, GPTConfig, RandomSource, checkpoint
 from .models.optim import AdamW, learning_rate
 from .parallel.data_parallel import DataParallel
 from .parallel.mesh import Mesh
+from .parallel.pipeline_report import describe, pipeline_entry
+from .parallel.pipeline_stage import stage_problem
+from .parallel.pipeline_train import PipelineTraining, micro_batch_problem
+from .parallel.schedule_chart import chart, summary
+from .parallel.schedules import SCHEDULE_NAMES, make_schedule
 from .tasks.addition import RECIPES, AdditionTask, batch_slice
 
 
@@ -35,6 +49,17 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data and held-out set")
     p.add_argument("--dp", type=int, help="data-parallel ranks (default: all ranks / tp)")
     p.add_argument("--tp", type=int, help="tensor-parallel ranks per replica (default 1)")
+    p.add_argument("--pp", type=int, help="pipeline stages per replica (default 1: no pipeline)")
+    p.add_argument("--micro-batches", type=int, metavar="M", help="micro-batches per replica and "
+                   "step in the pipeline (default 2 x pp)")
+    p.add_argument("--schedule", choices=SCHEDULE_NAMES, help="the pipeline's order of forward "
+                   "and backward steps (default 1f1b)")
+    p.add_argument("--virtual-stages", type=int, metavar="V", help="model chunks per rank of the "
+                   "interleaved schedule (default 2)")
+    p.add_argument("--n-layer", type=int, help="transformer blocks (default: the recipe's, at "
+                   "least one per pipeline stage)")
+    p.add_argument("--show-schedule", action="store_true", help="print the pipeline schedule "
+                   "as a table and a timeline chart, with its bubble, and exit")
     p.add_argument("--global-batch", type=int, help="examples per step, all ranks together")
     p.add_argument("--lr", type=float, help="peak learning rate (warm-up, then cosine decay)")
     p.add_argument("--bucket-kb", type=float, default=64,
@@ -56,14 +81,32 @@ def settings_from(args, world):
     for key in ("steps", "global_batch", "lr"):
         if getattr(args, key) is not None:
             s[key] = getattr(args, key)
-    tp = args.tp or 1
-    dp = args.dp or max(1, world // tp)
+    pipeline = any(x is not None for x in (args.pp, args.micro_batches, args.schedule,
+                                           args.virtual_stages)) or args.show_schedule
+    tp, pp = args.tp or 1, args.pp or 1
+    dp = args.dp or max(1, world // (tp * pp))
     if s["steps"] < 1 or s["global_batch"] < dp or s["lr"] <= 0 or args.bucket_kb <= 0:
         raise ValueError("--steps must be >= 1, --global-batch >= dp, --lr and --bucket-kb > 0")
     if tp > s["n_head"]:
         raise ValueError(f"--tp {tp}: the model has {s['n_head']} heads, so at most {s['n_head']}")
-    s.update(dp=dp, tp=tp, seed=args.seed, preset=args.preset, overlap=not args.no_overlap,
-             deterministic=args.deterministic, bucket_bytes=int(args.bucket_kb * 1024))
+    s.update(dp=dp, tp=tp, pp=pp, seed=args.seed, preset=args.preset, overlap=not args.no_overlap,
+             deterministic=args.deterministic, bucket_bytes=int(args.bucket_kb * 1024),
+             pipeline=pipeline, schedule=None)
+    if pipeline:
+        name = args.schedule or "1f1b"
+        v = args.virtual_stages or (2 if name == "interleaved" else 1)
+        m = args.micro_batches or 2 * pp
+        schedule = make_schedule(name, pp, m, v)  # a ValueError naming the option
+        s["n_layer"] = args.n_layer or max(s["n_layer"], schedule.n_stages)
+        problem = stage_problem(s["n_layer"], schedule.n_stages) or (
+            None if args.show_schedule else micro_batch_problem(s["global_batch"], dp, m))
+        if problem:
+            raise ValueError(problem)
+        s.update(schedule=name, micro_batches=m, virtual_stages=v, stages=schedule.n_stages)
+    elif args.n_layer is not None:
+        s["n_layer"] = args.n_layer
+    if s["n_layer"] < 1:
+        raise ValueError("--n-layer must be at least 1")
     return s
 
 
@@ -78,64 +121,100 @@ def evaluate(model, task, dp_comm, n=None):
     return dp_comm.allreduce(correct) / len(pairs)
 
 
+def show_schedule(s):
+    """--show-schedule: the schedule as data, its simulated timeline and its bubble."""
+    schedule = make_schedule(s["schedule"], s["pp"], s["micro_batches"], s["virtual_stages"])
+    print(chart(schedule))
+    print()
+    print(summary(schedule))
+    return 0
+
+
+def build_trainer(s, config, mesh):
+    """(the step's trainer, a function giving the model to evaluate) for the settings."""
+    # every tensor-parallel rank generates only its own slices of the seed's random model
+    source = RandomSource(config, s["seed"])
+    if s["pipeline"]:
+        schedule = make_schedule(s["schedule"], s["pp"], s["micro_batches"], s["virtual_stages"])
+        training = PipelineTraining(config, source, mesh, schedule, deterministic=s["deterministic"],
+                                    optimizer=dict(lr=s["lr"]), algorithm="ring")
+        return training, lambda: training.whole_model(algorithm="ring")
+    model = GPT(config, source, mesh.tp_comm, algorithm="ring")
+    trainer = DataParallel(model, mesh.dp_comm, AdamW(model, lr=s["lr"]),
+                           bucket_bytes=s["bucket_bytes"], overlap=s["overlap"],
+                           deterministic=s["deterministic"])
+    return trainer, lambda: model
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     world = MPI.COMM_WORLD
     s = settings_from(args, world.Get_size())
+    if args.show_schedule:
+        return show_schedule(s) if world.Get_rank() == 0 else 0
     problem = json_path_problem(world, args.json)  # before minutes of training, not after
     if problem:
         raise ValueError(problem)
     task = AdditionTask(digits=s["digits"], seed=s["seed"], heldout=s["heldout"])
     config = GPTConfig(vocab_size=task.vocab_size, n_ctx=task.seq_len, n_embd=s["n_embd"],
                        n_head=s["n_head"], n_layer=s["n_layer"])
-    with Mesh.build(world, dp=s["dp"], tp=s["tp"]) as mesh:
-        # every tensor-parallel rank generates only its own slices of the seed's random model
-        model = GPT(config, RandomSource(config, s["seed"]), mesh.tp_comm, algorithm="ring")
-        trainer = DataParallel(model, mesh.dp_comm, AdamW(model, lr=s["lr"]),
-                               bucket_bytes=s["bucket_bytes"], overlap=s["overlap"],
-                               deterministic=s["deterministic"])
+    with Mesh(world, s["dp"], s["tp"], pp=s["pp"]) as mesh:
+        trainer, trained = build_trainer(s, config, mesh)
+        pipe = (f" x pp={s['pp']} ({s['schedule']}, {s['micro_batches']} micro-batches"
+                + (f", {s['virtual_stages']} chunks per rank" if s["virtual_stages"] > 1 else "")
+                + ")") if s["pipeline"] else ""
         print0(world, f"training {config.n_layer}-layer GPT (d={config.n_embd}, "
                       f"{config.n_head} heads) on {s['digits']}-digit addition: {s['steps']} steps "
-                      f"of {s['global_batch']} sums, dp={s['dp']} x tp={s['tp']}")
+                      f"of {s['global_batch']} sums, dp={s['dp']}{pipe} x tp={s['tp']}")
         history, evals, steps = [], [], []
         bar = Progress(world, s["steps"], quiet=args.quiet)
         mask = task.loss_mask()
         t_start = time.perf_counter()
         for step in range(s["steps"]):
-            out = trainer.step(task.batch(step, s["global_batch"]), mask,
-                               learning_rate(step, s["steps"], s["lr"]))
+            with CommLedger() as led:  # the last step's is kept: its bytes between stages
+                out = trainer.step(task.batch(step, s["global_batch"]), mask,
+                                   learning_rate(step, s["steps"], s["lr"]))
             history.append(out["loss"])
             steps.append(out)
             tokens_per_second = s["global_batch"] * (task.seq_len - 1) / out["seconds"]
             bar.update(loss=f"{out['loss']:.4f}", tok_s=f"{tokens_per_second:.0f}")
             if (step + 1) % args.eval_every == 0 and step + 1 < s["steps"]:
-                evals.append(dict(step=step + 1, accuracy=evaluate(model, task, mesh.dp_comm)))
+                evals.append(dict(step=step + 1, accuracy=evaluate(trained(), task, mesh.dp_comm)))
         train_seconds = time.perf_counter() - t_start
         bar.close()
+        model = trained()
         accuracy = evaluate(model, task, mesh.dp_comm)
         evals.append(dict(step=s["steps"], accuracy=accuracy))
         examples = task.evaluate(model.generate, n=5)["examples"]
         saved = None
-        if args.out and mesh.dp_rank == 0:
+        if args.out and mesh.dp_rank == 0 and mesh.pp_rank == 0:
             saved = checkpoint.save(model, args.out, metadata=dict(
                 task="addition", digits=s["digits"], seed=s["seed"], heldout=s["heldout"],
                 steps=s["steps"], accuracy=accuracy))
+        pipeline = None
+        if s["pipeline"]:
+            pipeline = pipeline_entry(mesh, trainer.schedule, steps, led)
+            for out in steps:
+                out["timeline"] = []  # the pipeline's timelines are in its entry
         timelines = world.gather(steps[-1]["timeline"], root=0)
     print0(world, f"held-out exact match: {100 * accuracy:.1f}% of {s['heldout']} sums; "
                   f"trained in {train_seconds:.1f} s")
     for text, got, want in examples:
         print0(world, f"  {text} = {got}  ({'ok' if got == want else 'want ' + want})")
+    if pipeline:
+        print0(world, describe(pipeline))
     if saved:
         print(f"saved {saved}")
     if world.Get_rank() == 0:
-        med = lambda key: float(np.median([o[key] for o in steps]))  # noqa: E731
+        def med(key):  # a pipeline step has no backward or bucket wait of its own
+            return float(np.median([o[key] for o in steps])) if key in steps[0] else None
         write_json(world, args.json, dict(
             loss=history, grad_norm=[o["grad_norm"] for o in steps], accuracy=accuracy,
             eval=evals, examples=examples, settings=s, world_size=world.Get_size(), dp=s["dp"],
-            tp=s["tp"], seconds=dict(total=train_seconds, step_median=med("seconds"),
-                                     backward_median=med("backward_seconds"),
-                                     sync_wait_median=med("sync_wait_seconds")),
-            timeline=timelines, checkpoint=saved))
+            tp=s["tp"], pp=s["pp"], seconds=dict(total=train_seconds, step_median=med("seconds"),
+                                                 backward_median=med("backward_seconds"),
+                                                 sync_wait_median=med("sync_wait_seconds")),
+            timeline=timelines, pipeline=pipeline, checkpoint=saved))
     return 0
 
 

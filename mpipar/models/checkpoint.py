@@ -71,12 +71,18 @@ def full_params(model):
 def save(model, folder, metadata=None):
     """Write ``folder``/model.safetensors and config.json (call on every rank of the
     tensor-parallel group; the group's rank 0 writes)."""
-    from safetensors.numpy import save_file
     params = full_params(model)
     if model.tp.comm.Get_rank() != 0:
         return None
+    return save_params(model.config, params, folder, metadata)
+
+
+def save_params(config, params, folder, metadata=None):
+    """Write the full ``params`` of a GPT-2 of ``config`` as ``folder``/model.safetensors
+    and its config.json (one process); returns the weights' path."""
+    from safetensors.numpy import save_file
     os.makedirs(folder, exist_ok=True)
-    c = model.config
+    c = config
     meta = {k: str(v) for k, v in (metadata or {}).items()}
     save_file({k: np.ascontiguousarray(v) for k, v in params.items()},
               os.path.join(folder, "model.safetensors"), metadata=meta)

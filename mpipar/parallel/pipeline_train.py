@@ -150,17 +150,28 @@ class PipelineTraining:
                         g *= scale
         return norm
 
-    def full_params(self):
-        """Every parameter in full on pp rank 0 of each replica (None elsewhere): each stage's
-        tensor-parallel pieces gathered, then the stages' dicts gathered over ``pp_comm``."""
+    def full_params(self, everywhere=False):
+        """Every parameter in full on pp rank 0 of each replica (None elsewhere; on every
+        rank with ``everywhere``): each stage's tensor-parallel pieces gathered, then the
+        stages' dicts gathered over ``pp_comm`` (control data: a checkpoint, not a step)."""
         from ..models.checkpoint import full_params
         mine = {}
         for chunk in self.chunks:
             mine.update(full_params(chunk.model))
-        every = self.mesh.pp_comm.gather(mine, root=0)
-        if self.mesh.pp_rank != 0:
-            return None
+        if everywhere:
+            every = self.mesh.pp_comm.allgather(mine)
+        else:
+            every = self.mesh.pp_comm.gather(mine, root=0)
+            if self.mesh.pp_rank != 0:
+                return None
         out = {}
         for part in every:
             out.update(part)
         return {name: out[name] for name in param_table(self.config)}
+
+    def whole_model(self, **model_options):
+        """The trained model, whole on every stage, tensor-parallel over ``tp_comm`` as
+        before: for evaluation and generation (which this pipeline does not split)."""
+        from ..models import GPT
+        return GPT(self.config, self.full_params(everywhere=True), self.mesh.tp_comm,
+                   **model_options)

@@ -44,3 +44,43 @@ def test_checkpoint_is_read_back_by_the_demo(tmp_path):
 
 def test_impossible_layout_is_one_clear_error():
     assert_one_clear_error("mpipar.train", 3, TINY + ["--tp", "3"], "at most 2")
+
+
+PIPE = TINY + ["--n-layer", "3", "--micro-batches", "4", "--deterministic"]
+
+
+def test_pipeline_losses_are_bitwise_one_process_and_the_json_reports_the_bubble():
+    one = launch.run("mpipar.train", n=1, args=PIPE + ["--pp", "1"]).data
+    for n, schedule in ((2, "zb-h1"), (3, "gpipe")):
+        data = launch.run("mpipar.train", n=n, args=PIPE + ["--pp", str(n), "--schedule",
+                                                             schedule]).data
+        assert data["loss"] == one["loss"]  # deterministic: the same bits (3 layers on n stages)
+        pipe = data["pipeline"]
+        assert (pipe["schedule"], pipe["pp"], pipe["micro_batches"]) == (schedule, n, 4)
+        assert pipe["bubble_predicted"] == {"zb-h1": 1 / 13, "gpipe": 2 / 6}[schedule]
+        assert len(pipe["bubble_measured"]) == n and all(0 <= b < 1 for b in pipe["bubble_measured"])
+        # every activation forward and gradient backward: 2 (n - 1) x m messages of b x T x d
+        assert sum(r["p2p_messages"] for r in pipe["ranks"]) == 2 * (n - 1) * 4
+        assert pipe["p2p_bytes"] > 0 and all(b > 0 for b in pipe["peak_activation_bytes"])
+    assert one["loss"][-1] < one["loss"][0]
+
+
+def test_show_schedule_prints_the_chart_and_its_bubble():
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "mpipar.train", "--pp", "4", "--schedule", "1f1b",
+                           "--show-schedule"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "rank 3 .  .  .  F0 B0 -- F1" in proc.stdout
+    assert "bubble 0.273 of the step" in proc.stdout
+
+
+def test_bad_pipeline_options_are_one_clear_error():
+    assert_one_clear_error("mpipar.train", 2, TINY + ["--pp", "2", "--n-layer", "1"],
+                           "2 pipeline stages need at least 2 layers")
+    assert_one_clear_error("mpipar.train", 2, TINY + ["--pp", "2", "--micro-batches", "40"],
+                           "--micro-batches 40 exceeds the 32 examples")
+    assert_one_clear_error("mpipar.train", 2, TINY + ["--pp", "2", "--schedule", "interleaved",
+                                                      "--micro-batches", "3"],
+                           "must be a multiple of --pp")
+    assert_one_clear_error("mpipar.train", 3, TINY + ["--pp", "2"], "Mesh:")
