@@ -134,6 +134,7 @@ class GGUFFile:
                                  f"mpipar reads 1-D and 2-D tensors")
             if t.data.nbytes != t.n_bytes or t.data_offset + t.n_bytes > size:
                 raise ValueError(f"{self.path}: truncated: tensor {t.name} lacks data")
+        self._fd = os.open(self.path, os.O_RDONLY)  # tensors are read with pread, see _bytes
 
     def tensor_names(self):
         """The names of the tensors, in the file's order."""
@@ -196,13 +197,12 @@ class GGUFFile:
         if len(t.shape) == 1:
             if cols is not None:
                 raise ValueError(f"{self.path}: {name} is a vector: select elements with rows")
-            raw = t.data.reshape(1, -1).view(np.uint8)
-            return self._decode(raw, t, None, self._index(name, "rows", rows, int(t.shape[0])))[0]
+            return self._decode(t, None, self._index(name, "rows", rows, int(t.shape[0])))[0]
         n_out, n_in = self.shape(name)
         want = self._index(name, "rows", rows, n_out)
         if PERMUTED.fullmatch(name):
             want = self._gguf_rows(name, slice(None) if want is None else want, n_out)
-        return self._decode(t.data.view(np.uint8), t, want, self._index(name, "cols", cols, n_in))
+        return self._decode(t, want, self._index(name, "cols", cols, n_in))
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -238,26 +238,56 @@ class GGUFFile:
         head, r = np.divmod(want, hd)
         return head * hd + 2 * (r % half) + r // half
 
-    def _decode(self, raw, t, rows, cols):
-        """Dequantize, a few rows at a time, the blocks of byte rows ``raw[rows]`` that cover
-        ``cols`` (None, a slice or indices along a row), into one float32 array of the kept
-        columns: the memory is the answer plus one chunk."""
+    def _decode(self, t, rows, cols):
+        """Dequantize, a few rows at a time, the blocks of the file's rows ``rows`` (None, a
+        slice or indices) that cover ``cols`` (None, a slice or indices along a row), into one
+        float32 array of the kept columns: the memory is the answer plus one chunk."""
         block, nbytes = SUPPORTED[t.tensor_type.name]
-        n_in = raw.shape[1] // nbytes * block
-        if rows is None or isinstance(rows, slice):
-            raw, rows = raw[rows or slice(None)], None  # a view of the mapped file
+        n_rows = int(np.prod(t.shape[1:])) if len(t.shape) > 1 else 1
+        row_bytes = t.n_bytes // n_rows
+        n_in = row_bytes // nbytes * block
+        ids = (range(n_rows) if rows is None else range(*rows.indices(n_rows))
+               if isinstance(rows, slice) else rows)
         keep = cols if isinstance(cols, np.ndarray) else np.arange(*(cols or slice(None)).indices(n_in))
         first, last = (int(keep.min()) // block, int(keep.max()) // block + 1) if keep.size else (0, 0)
-        raw, keep, width = raw[:, first * nbytes:last * nbytes], keep - first * block, keep.size
+        keep, width = keep - first * block, keep.size
         if width and np.array_equal(keep, np.arange(keep[0], keep[0] + width)):
             keep = slice(int(keep[0]), int(keep[0]) + width)  # a plain cut, no gather
-        n_rows = raw.shape[0] if rows is None else rows.size
-        out = np.empty((n_rows, width), np.float32)
-        step = max(1, CHUNK_BYTES // max(raw.shape[1], 1))
-        for r in range(0, n_rows if out.size else 0, step):
-            part = raw[r:r + step] if rows is None else raw[rows[r:r + step]]
-            out[r:r + step] = quants.dequantize(np.ascontiguousarray(part), t.tensor_type)[:, keep]
+        out = np.empty((len(ids), width), np.float32)
+        lo, hi = first * nbytes, last * nbytes
+        step = max(1, CHUNK_BYTES // max(hi - lo, 1))
+        for r in range(0, len(ids) if out.size else 0, step):
+            part = self._bytes(t, ids[r:r + step], row_bytes, lo, hi)
+            out[r:r + step] = quants.dequantize(part, t.tensor_type)[:, keep]
         return out
+
+    def _bytes(self, t, ids, row_bytes, lo, hi):
+        """Bytes lo:hi of the rows ``ids`` (a range or indices) of tensor ``t``, read from the
+        file with pread(2) rather than through the reader's memory map: a mapped page a rank
+        touches counts in its resident memory until the map is closed, so reading through the
+        map would charge every rank the whole of each tensor it cuts by columns."""
+        out = np.empty((len(ids), hi - lo), np.uint8)
+        if isinstance(ids, range) and ids.step == 1 and (lo, hi) == (0, row_bytes):
+            spans = [(0, t.data_offset + ids.start * row_bytes, len(ids) * row_bytes)]
+        else:
+            spans = [(j * (hi - lo), t.data_offset + int(i) * row_bytes + lo, hi - lo)
+                     for j, i in enumerate(ids)]
+        flat = out.reshape(-1)
+        for at, offset, size in spans:
+            data = os.pread(self._fd, size, offset)
+            if len(data) != size:
+                raise ValueError(f"{self.path}: truncated: tensor {t.name} lacks data")
+            flat[at:at + size] = np.frombuffer(data, np.uint8)
+        return out
+
+    def close(self):
+        """Close the file (the metadata stays readable while the reader's map lives)."""
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self):
+        self.close()
 
     def __repr__(self):
         return f"GGUFFile({self.path!r})"
