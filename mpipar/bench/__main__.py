@@ -8,7 +8,8 @@ every algorithm of every collective), ledger (what recording in a CommLedger
 costs), forward (the tensor-parallel GPT-2's forward time), dp (a data-parallel
 training step with and without overlapping the gradient all-reduce), tradeoff
 (accuracy against bytes and time of float16/bfloat16 wires, rounding and
-deterministic mode). Without mpirun it runs as one rank.
+deterministic mode), pp (pipeline step time and bubble of every schedule as the
+number of micro-batches grows, beside the formulas). Without mpirun it runs as one rank.
 
 This file only builds the parser from the subcommand modules, validates and
 dispatches. Each module has ``add_parser(commands)``, which sets two defaults:
@@ -19,9 +20,9 @@ returns the exit status.
 from mpi4py import MPI
 
 from ..cli import Parser, run_main
-from . import collectives, dp, forward, ledger, tradeoff
+from . import collectives, dp, forward, ledger, pp, tradeoff
 
-SUBCOMMANDS = (collectives, ledger, forward, dp, tradeoff)
+SUBCOMMANDS = (collectives, ledger, forward, dp, pp, tradeoff)
 
 
 def build_parser():
