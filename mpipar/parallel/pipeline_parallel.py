@@ -6,10 +6,17 @@ them in the order a schedule says (GPipe, 1F1B, interleaved 1F1B, ZB-H1: ``sched
 
 The executor is the schedule's data run literally: rank r walks ``schedule.steps[r]``; a
 step first receives what ``schedule_comm.transfers`` says it needs (a point-to-point
-``Irecv`` of a preallocated array, waited for at once: the wait is the rank's bubble),
-computes (forward, backward, or the weight gradients of a split backward), then posts the
-``Isend`` of its result and goes on without waiting for it; the sends are completed at the
-end of the step. Sends never block, and the simulator (``schedule_sim``) has proved that no
+``Irecv`` of a preallocated array, waited for: the wait is the rank's bubble), computes
+(forward, backward, or the weight gradients of a split backward), then posts the ``Isend`` of
+its result and goes on without waiting for it; the sends are completed at the end of the step.
+
+Two things keep messages moving, as an MPI library moves them only while a rank is inside
+MPI: the receives of the next ``receives_ahead`` receiving steps are posted early (a message
+that arrives finds its buffer), and the sends in flight are tested before every step. Measured
+with Open MPI on 16 cores (``bench pp``, p = 4, m = 16): 1F1B's bubble 0.25 with neither,
+0.51 with tests alone, 0.17 with both (the formula: 0.16); GPipe's 0.60, 0.39, 0.29.
+
+Sends never block, and the simulator (``schedule_sim``) has proved that no
 rank waits for a message that is never sent, so the executor cannot deadlock.
 
 Every message is an activation or a gradient of one micro-batch, (b, T, d) in the model's
@@ -28,6 +35,8 @@ from .schedule_comm import transfers
 from .schedules import stage_of
 
 TAG_BASE = 1 << 12  # pipeline messages' tags start here, clear of the collectives' own
+#: receives posted before they are needed (each into its own buffer of one micro-batch)
+RECEIVES_AHEAD = 8
 
 
 class Pipeline:
@@ -35,7 +44,8 @@ class Pipeline:
     rank, rank + p, ...), each tensor-parallel over ``tp_comm``, and the schedule that runs
     them over ``pp_comm`` (the pipeline's ranks in stage order)."""
 
-    def __init__(self, config, params, pp_comm, tp_comm, schedule, **model_options):
+    def __init__(self, config, params, pp_comm, tp_comm, schedule, receives_ahead=RECEIVES_AHEAD,
+                 **model_options):
         p = pp_comm.Get_size()
         if schedule.p != p:
             raise ValueError(f"the schedule is for {schedule.p} pipeline ranks, the pipeline "
@@ -49,6 +59,7 @@ class Pipeline:
                                      tp_comm, split=schedule.split_backward, **model_options)
                        for c in range(schedule.v)]
         self.dtype = self.chunks[0].model.dtype
+        self.receives_ahead = receives_ahead
 
     def _shape(self, micro_batches, micro):
         inputs = micro_batches[micro][0]
@@ -68,12 +79,22 @@ class Pipeline:
             chunk.reset()
         local, sends, timeline = {}, [], []
         peak_in_flight = peak_bytes = 0
+        steps = self.schedule.steps[self.rank]
+        plans = [transfers(self.schedule, self.rank, step) for step in steps]
+        receiving = [k for k, (receives, _) in enumerate(plans) if receives]
+        posted = {}
         t_run = time.perf_counter()
-        for step in self.schedule.steps[self.rank]:
+        for k, step in enumerate(steps):
+            # a large message moves only while its sender is inside MPI (rendezvous): testing
+            # the sends in flight between steps lets the receivers' handshakes through
+            sends = [msg for msg in sends if not p2p.test(msg)]
+            for j in [j for j in receiving if j >= k][:1 + self.receives_ahead]:
+                if j not in posted:
+                    posted[j] = self._post_receive(plans[j][0], micro_batches, steps[j])
             chunk = self.chunks[step.chunk]
-            receives, planned = transfers(self.schedule, self.rank, step)
+            receives, planned = plans[k]
             t0 = time.perf_counter()
-            given = self._receive(receives, micro_batches, step, chunk, local)
+            given = self._receive(posted.pop(k, None), step, chunk, local)
             t1 = time.perf_counter()
             inputs, targets, weights = micro_batches[step.micro]
             if step.kind == "F":
@@ -99,17 +120,21 @@ class Pipeline:
                     compute_seconds=sum(t["end"] - t["compute_start"] for t in timeline),
                     peak_in_flight=peak_in_flight, peak_activation_bytes=peak_bytes)
 
-    def _receive(self, receives, micro_batches, step, chunk, local):
-        """The array ``step`` needs from another stage: received, or handed over in memory."""
-        if step.kind == "W" or (step.kind == "F" and chunk.first) or (step.kind == "B" and chunk.last):
-            return None
-        what = "activation" if step.kind == "F" else "gradient"
-        if not receives:  # the neighbouring stage is on this rank
-            return local.pop((what, chunk.stage, step.micro))
+    def _post_receive(self, receives, micro_batches, step):
+        """Post the Irecv of ``step``'s one message into a new buffer of its micro-batch's shape."""
         (transfer,) = receives
         buffer = np.empty(self._shape(micro_batches, step.micro), self.dtype)
-        p2p.wait(p2p.irecv(self.comm, buffer, transfer.src, TAG_BASE + transfer.tag))
-        return buffer
+        return p2p.irecv(self.comm, buffer, transfer.src, TAG_BASE + transfer.tag)
+
+    def _receive(self, message, step, chunk, local):
+        """The array ``step`` needs from another stage: its posted receive waited for, or the
+        array handed over in memory by a stage on this rank."""
+        if step.kind == "W" or (step.kind == "F" and chunk.first) or (step.kind == "B" and chunk.last):
+            return None
+        if message is None:  # the neighbouring stage is on this rank
+            what = "activation" if step.kind == "F" else "gradient"
+            return local.pop((what, chunk.stage, step.micro))
+        return p2p.wait(message)
 
     def _send(self, sends, step, array, what, to_stage, local):
         """Post ``step``'s planned ``sends`` of ``array`` (or keep it for a stage on this rank)."""
