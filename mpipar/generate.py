@@ -13,6 +13,15 @@ they use, its MLP hidden units, its vocabulary rows. Generation is greedy by def
 --compare-serial also runs the same code on one process and reports whether the
 tokens are identical, and how close the prompt's logits are (bitwise? max ULP,
 error in units of u * sum|h_k w_k| of the LM head).
+
+--pp P cuts the 30 layers into P pipeline stages (dp = 1 x pp = P x tp = ranks / P):
+each stage reads only its own layers from the file and keeps their KV cache; the prompt
+goes through the stages as micro-batches, then every generated token of every sequence
+visits every stage. --copies N generates N sequences of the same prompt (a batch; with
+--pp, in --micro-batches groups that are in the pipeline together, default N): one
+sequence keeps one stage busy at a time, N >= P sequences can keep them all busy.
+
+    mpirun -n 2 python -m mpi4py -m mpipar.generate --pp 2 --copies 4
 """
 import argparse
 import os
@@ -31,8 +40,13 @@ from .measure.memory import peak_rss_per_rank
 from .models.gguf import GGUFFile, smollm2_path
 from .models.llama import load_gguf
 from .models.tokenizer import Tokenizer
+from .parallel import pipeline_inference_report
+from .parallel.mesh import Mesh
+from .parallel.pipeline_inference import PipelineInference, micro_batch_problem, oversubscribed
+from .parallel.pipeline_inference_stage import InferenceStage, stages_problem
 
 DEFAULT_CHAT = "What is parallel computing, in one sentence?"
+POLL = 1e-4  #: seconds a pipeline stage sleeps between tests of its next message (--pipeline-wait)
 
 
 def build_parser():
@@ -56,6 +70,15 @@ def build_parser():
                         "with --compare-serial the serial run emulates the same split (bitwise equal)")
     parser.add_argument("--compare-serial", action="store_true",
                         help="also run the same code on one process and compare")
+    parser.add_argument("--pp", type=int, default=1, metavar="P", help="pipeline stages (default 1: "
+                        "no pipeline); each holds a contiguous range of layers, tp = ranks / P")
+    parser.add_argument("--copies", type=int, default=1, metavar="N",
+                        help="generate N sequences of the same prompt, as one batch (default 1)")
+    parser.add_argument("--micro-batches", type=int, metavar="M", help="with --pp: the N sequences "
+                        "in M micro-batches that flow through the stages together (default N)")
+    parser.add_argument("--pipeline-wait", choices=("spin", "sleep", "auto"), help="with --pp: a stage "
+                        "waits for its input in MPI's wait (spins) or tests and sleeps 0.1 ms (leaves its "
+                        "core to working stages); default auto: sleep where a node has more ranks than cores")
     parser.add_argument("--json", metavar="PATH", help="rank 0 writes the results as JSON here")
     parser.add_argument("--save-logits", metavar="PATH.npy",
                         help="rank 0 writes the prompt's logits, (T, vocab) float32, as .npy")
@@ -74,6 +97,19 @@ def check(args, comm):
         return "--chat is empty: give a message"
     if args.save_logits and not args.save_logits.endswith(".npy"):
         return f"--save-logits {args.save_logits!r}: the file name must end in .npy"
+    if args.pp < 1 or comm.Get_size() % args.pp:
+        return (f"--pp {args.pp} must be a whole number >= 1 that divides the {comm.Get_size()} "
+                f"ranks (tp = ranks / pp)")
+    if args.copies < 1:
+        return f"--copies must be >= 1, not {args.copies}"
+    if args.pipeline_wait is not None and args.pp == 1:
+        return "--pipeline-wait needs --pp > 1"
+    if args.micro_batches is not None:
+        if args.pp == 1:
+            return "--micro-batches needs --pp > 1 (without a pipeline the copies are one batch)"
+        problem = micro_batch_problem(args.copies, args.micro_batches)
+        if problem:
+            return f"--micro-batches {args.micro_batches}: {problem} (--copies)"
     return json_path_problem(comm, args.json) or json_path_problem(comm, args.save_logits)
 
 
@@ -96,43 +132,40 @@ def main(argv=None):
     gguf = GGUFFile(args.gguf or smollm2_path())
     tokenizer = Tokenizer.from_gguf(gguf)
     ids, chat = prompt_ids(args, tokenizer)
-    model = load_gguf(gguf, comm, algorithm=args.algorithm, deterministic=args.deterministic)
-    prompt = np.array([ids], np.int64)
-    model.check_tokens(prompt, extra=args.max_new_tokens)
-    c = model.config
-    print0(comm, f"mpipar generate: {os.path.basename(gguf.path)} ({c.n_layer} layers, d={c.n_embd}, "
-                 f"{c.n_head} query / {c.n_kv_head} key-value heads, vocab {c.vocab_size}) over {p} "
-                 f"rank(s); prompt of {len(ids)} tokens", file=sys.stderr)
-
+    prompt = np.array([ids] * args.copies, np.int64)
     stream = Stream(comm, tokenizer, stop_id=tokenizer.eos_id if chat else None)
-    comm.Barrier()
-    with CommLedger() as led:
-        stream.t0 = time.perf_counter()
-        out = model.generate(prompt, args.max_new_tokens, temperature=args.temperature,
-                             seed=args.seed, on_token=stream.token)
-        mine = time.perf_counter() - stream.t0
+    if args.pp == 1:
+        run = generate_serially(args, comm, gguf, prompt, stream)
+    else:
+        run = generate_pipelined(args, comm, gguf, prompt, stream)
+    model, out, mine, led, logits, pipeline = run
     seconds = comm.allreduce(mine, op=MPI.MAX)
     # the rank with the least time outside communication sets the compute time of the job
     comm_seconds = sum(r["seconds"] for r in led.records)
     compute_seconds = comm.allreduce(mine - comm_seconds, op=MPI.MAX)
     stream.close()
-    # the prompt's full logits, outside the timing, only where an option asks for them
-    logits = model.forward(prompt) if args.save_logits or args.compare_serial else None
-    generated = out[0, len(ids):].tolist()
+    sequences = answers(out, len(ids), stream.stop_id)
+    generated, total = sequences[0], sum(len(a) for a in sequences)
     rss = peak_rss_per_rank(comm)
+    agree = numerics.ranks_agree(comm, out)
+    if pipeline is None:  # every rank holds the logits
+        agree = agree and (logits is None or numerics.ranks_agree(comm, logits))
     report = dict(prompt_ids=ids, generated_ids=generated, completion=stream.text, world_size=p,
                   seconds=seconds, prefill_seconds=comm.allreduce(stream.first_token_seconds, op=MPI.MAX),
-                  tokens_per_second=len(generated) / seconds if seconds else None,
+                  tokens_per_second=total / seconds if seconds else None,
                   compute_seconds=compute_seconds, communication_seconds=seconds - compute_seconds,
                   messages_per_rank=comm.allreduce(sum(r["messages"] or 0 for r in led.records),
                                                    op=MPI.MAX),
                   peak_rss_bytes=max(rss), peak_rss_per_rank=rss,
-                  param_bytes_per_rank=comm.allgather(model.param_bytes()),
-                  ranks_agree=numerics.ranks_agree(comm, out)
-                  and (logits is None or numerics.ranks_agree(comm, logits)),
-                  config=c.to_dict(), algorithm=args.algorithm, deterministic=args.deterministic)
+                  param_bytes_per_rank=comm.allgather(model.param_bytes()), ranks_agree=agree,
+                  config=model.config.to_dict(), algorithm=args.algorithm,
+                  deterministic=args.deterministic)
+    if args.copies > 1:
+        report.update(sequences=args.copies, tokens_generated=total)
+    if pipeline is not None:
+        report["pipeline"] = pipeline
     if args.compare_serial:
-        report["serial"] = compare_serial(comm, args, gguf, prompt, logits, out)
+        report["serial"] = compare_serial(comm, args, gguf, prompt, logits, out, stream.stop_id)
     if rank == 0:
         if args.save_logits:
             np.save(args.save_logits, logits[0].astype(np.float32))
@@ -140,6 +173,74 @@ def main(argv=None):
     if write_json(comm, args.json, report):
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
+
+
+def header(comm, gguf, config, ids, split):
+    c = config
+    print0(comm, f"mpipar generate: {os.path.basename(gguf.path)} ({c.n_layer} layers, d={c.n_embd}, "
+                 f"{c.n_head} query / {c.n_kv_head} key-value heads, vocab {c.vocab_size}) over {split}; "
+                 f"prompt of {len(ids)} tokens", file=sys.stderr)
+
+
+def generate_serially(args, comm, gguf, prompt, stream):
+    """The model split over every rank (tensor parallelism only): (model, tokens, this rank's
+    seconds, the ledger, the prompt's logits if an option asks for them, None)."""
+    model = load_gguf(gguf, comm, algorithm=args.algorithm, deterministic=args.deterministic)
+    model.check_tokens(prompt, extra=args.max_new_tokens)
+    header(comm, gguf, model.config, prompt[0], f"{comm.Get_size()} rank(s)")
+    comm.Barrier()
+    with CommLedger() as led:
+        stream.t0 = time.perf_counter()
+        out = model.generate(prompt, args.max_new_tokens, temperature=args.temperature,
+                             seed=args.seed, on_token=stream.token)
+        mine = time.perf_counter() - stream.t0
+    # the prompt's full logits, outside the timing, only where an option asks for them
+    logits = model.forward(prompt) if args.save_logits or args.compare_serial else None
+    return model, out, mine, led, logits, None
+
+
+def generate_pipelined(args, comm, gguf, prompt, stream):
+    """The same over a dp = 1 x pp x tp mesh (mpipar.parallel.pipeline_inference); the logits,
+    if asked for, on rank 0 only; the last item is the JSON's ``pipeline`` entry."""
+    config, pp = gguf.llama_config(), args.pp
+    problem = stages_problem(config.n_layer, pp)
+    if problem:  # decided from the file's metadata, before any message
+        raise ValueError(f"--pp {pp}: {problem}")
+    with Mesh(comm, 1, comm.Get_size() // pp, pp=pp) as mesh:
+        stage = InferenceStage.from_gguf(gguf, mesh.pp_rank, pp, mesh.tp_comm, algorithm=args.algorithm,
+                                         deterministic=args.deterministic)
+        sleep = args.pipeline_wait == "sleep" or (args.pipeline_wait != "spin" and oversubscribed(comm))
+        pipe = PipelineInference(stage, mesh.pp_comm, poll=POLL if sleep else None)
+        stage.model.check_tokens(prompt, extra=args.max_new_tokens)
+        header(comm, gguf, config, prompt[0], f"{comm.Get_size()} rank(s) = {pp} pipeline stages x "
+                                              f"tp {mesh.tp}")
+        stopped = []  # sequence 0's stop token came: print no more
+
+        def on_tokens(t, rows, new):
+            if rows.start == 0 and not stopped and stream.token(new):
+                stopped.append(t)
+
+        comm.Barrier()
+        with CommLedger() as led:
+            stream.t0 = time.perf_counter()
+            out = pipe.generate(prompt, args.max_new_tokens, micro_batches=args.micro_batches or args.copies,
+                                temperature=args.temperature, seed=args.seed, stop_id=stream.stop_id,
+                                on_tokens=on_tokens)
+            mine = time.perf_counter() - stream.t0
+        report = dict(pipeline_inference_report.gather(comm, mesh, pipe),
+                      waiting="sleep" if pipe.poll else "spin")
+        logits = pipe.logits_on_first(prompt) if args.save_logits or args.compare_serial else None
+    return stage.model, out, mine, led, logits, report
+
+
+def answers(out, prompt_length, stop_id):
+    """Each sequence's generated ids, up to and including its first ``stop_id``."""
+    result = []
+    for row in out[:, prompt_length:].tolist():
+        if stop_id in row:
+            row = row[:row.index(stop_id) + 1]
+        result.append(row)
+    return result
 
 
 class Stream:
@@ -170,16 +271,17 @@ class Stream:
             print(flush=True)
 
 
-def compare_serial(comm, args, gguf, prompt, logits, out):
+def compare_serial(comm, args, gguf, prompt, logits, out, stop_id):
     """Rank 0 runs the same code on one process (the emulated split in deterministic mode)."""
     report = None
     if comm.Get_rank() == 0:
-        ways = comm.Get_size() if args.deterministic else None
+        ways = comm.Get_size() // args.pp if args.deterministic else None
         serial = load_gguf(gguf, MPI.COMM_SELF, deterministic=args.deterministic, ways=ways)
         s_logits = serial.forward(prompt)
         s_out = serial.generate(prompt, out.shape[1] - prompt.shape[1], temperature=args.temperature,
                                 seed=args.seed)
-        report = dict(tokens_identical=bool(np.array_equal(out, s_out)),
+        T = prompt.shape[1]
+        report = dict(tokens_identical=answers(out, T, stop_id) == answers(s_out, T, stop_id),
                       bitwise_equal=numerics.bitwise_equal(logits, s_logits),
                       max_ulp=numerics.max_ulp(logits, s_logits),
                       max_abs_difference=float(np.abs(logits - s_logits).max()))
@@ -189,7 +291,7 @@ def compare_serial(comm, args, gguf, prompt, logits, out):
 
 def print_summary(r):
     """The figures after the text, on stderr (stdout holds the completion only)."""
-    n = len(r["generated_ids"])
+    n = r.get("tokens_generated", len(r["generated_ids"]))
     lines = [f"{n} tokens in {r['seconds']:.2f} s ({r['tokens_per_second'] or 0:.1f} tokens/s; prefill "
              f"{r['prefill_seconds'] * 1e3:.0f} ms) = compute {r['compute_seconds']:.2f} s + "
              f"communication {r['communication_seconds']:.2f} s; peak memory of the largest rank "
@@ -199,6 +301,8 @@ def print_summary(r):
         lines.append(f"serial: tokens identical {'yes' if s['tokens_identical'] else 'NO'}, logits bitwise "
                      f"equal {'yes' if s['bitwise_equal'] else 'no'}, max ULP {s['max_ulp']:.0f}, "
                      f"max |difference| {s['max_abs_difference']:.3g}")
+    if "pipeline" in r:
+        lines.append(pipeline_inference_report.summary(r["pipeline"]))
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 

@@ -2,8 +2,9 @@
 and the simulator, the activations each stage held, the bytes that crossed between stages.
 
 The bubble is measured as a rank's idle share of the pipeline's part of the step: 1 minus
-(time inside its steps' computation) / (time from the first step's start to the last
-step's end, the sends completed) -- the "of the step" definition, (p - 1) / (m + p - 1)
+(time inside its steps' computation) / (the pipeline's part of the step, as long as the
+slowest rank of the job took for it) -- the "of the step" definition, one common length for
+every rank as in the simulator, (p - 1) / (m + p - 1)
 for GPipe and 1F1B with equal stages (``schedule_formulas``). Two predictions stand beside
 it: the formula with unit costs (F = 1, B = 2, or B = W = 1 for ZB-H1), and the simulator
 run with the F, B and W times this run measured (medians over ranks and steps, every stage
@@ -15,6 +16,11 @@ import numpy as np
 
 from .schedule_formulas import predicted_bubble, predicted_bubble_of_ideal
 from .schedule_sim import simulate
+
+
+def _max():
+    from mpi4py import MPI
+    return MPI.MAX
 
 
 def measured_costs(timelines, v):
@@ -31,7 +37,11 @@ def rank_figures(mesh, steps, led):
     """This rank's figures over ``steps`` (the step records after the first, if there are
     more than one); ``led``: a ledger open over the last step (for the p2p bytes)."""
     later = steps[1:] if len(steps) > 1 else steps
-    bubble = [1 - s["compute_seconds"] / s["pipeline_seconds"] for s in later]
+    # each step's pipeline part as long as the slowest rank's (control data, one float a step)
+    mine = np.array([s["pipeline_seconds"] for s in later], np.float64)
+    longest = np.empty_like(mine)
+    mesh.world.Allreduce(mine, longest, op=_max())
+    bubble = [1 - s["compute_seconds"] / t for s, t in zip(later, longest)]
     p2p = [r for r in led.records if r["op"] in ("send", "recv")]
     return dict(rank=mesh.world.Get_rank(), dp=mesh.dp_rank, pp=mesh.pp_rank, tp=mesh.tp_rank,
                 bubble_measured=float(np.median(bubble)),
