@@ -43,10 +43,10 @@ test-mpi: install
 	  echo "== MPI tests on $$n rank(s)"; \
 	  timeout $(MPI_TIMEOUT) $(MPIEXEC) -n $$n $(PY) $(PYTEST_MPI) tests || exit 1; \
 	done
-	@echo "== MPI tests on 5 ranks: uneven splits (12 heads on 5 ranks), odd p"
+	@echo "== MPI tests on 5 ranks: uneven splits (12 heads on 5 ranks, 6 layers on 5 stages), odd p"
 	timeout $(MPI_TIMEOUT) $(MPIEXEC) -n 5 $(PY) $(PYTEST_MPI) \
 	  tests/parallel/test_tensor_parallel*_mpi.py tests/parallel/test_llama*_mpi.py \
-	  tests/collectives/test_results_mpi.py
+	  tests/parallel/test_pipeline*_mpi.py tests/collectives/test_results_mpi.py
 	@echo "== MPI tests on 9 ranks: SmolLM2's 9 query heads, one per rank; 3 key/value heads, each on 3"
 	timeout $(MPI_TIMEOUT) $(MPIEXEC) -n 9 $(PY) $(PYTEST_MPI) tests/parallel/test_llama*_mpi.py
 
