@@ -3,7 +3,7 @@
 Every rank parses the same argv and validates the same inputs, so every rank
 reaches the same verdict without sending a message. Only rank 0 speaks.
 
-Here: :class:`Parser`, :func:`run_main`, :func:`print0`, the option types
+Here: :class:`Parser`, :func:`parse_checked`, :func:`run_main`, :func:`print0`, the option types
 (:func:`parse_size`, :func:`comma_list`), :func:`json_path_problem` (ask before any
 work) with :func:`write_json` (atomic, rank 0), and the one progress bar, :class:`Progress`.
 """
@@ -162,6 +162,17 @@ class Progress:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def parse_checked(parser, argv, check):
+    """(args, MPI.COMM_WORLD): ``argv`` parsed, then ``check(args, comm)`` -- a problem or
+    None, the same on every rank -- turned into the parser's usage error before any work."""
+    args = parser.parse_args(argv)
+    comm = world()
+    problem = check(args, comm)
+    if problem:
+        parser.error(problem)
+    return args, comm
 
 
 def run_main(main, argv=None, grace_seconds=20.0):

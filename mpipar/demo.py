@@ -26,7 +26,7 @@ from mpi4py import MPI
 import numpy as np
 
 from . import demo_models
-from .cli import Parser, json_path_problem, print0, run_main, write_json
+from .cli import Parser, json_path_problem, parse_checked, print0, run_main, write_json
 from .collectives import ALGORITHMS
 from .collectives.channel import quiet_wait
 from .collectives.lowp import ROUNDINGS, WIRE
@@ -93,13 +93,8 @@ def check(args, comm):
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    comm = MPI.COMM_WORLD
+    args, comm = parse_checked(build_parser(), argv, check)
     p, rank = comm.Get_size(), comm.Get_rank()
-    problem = check(args, comm)
-    if problem:
-        parser.error(problem)
     algorithm = args.algorithm
     if args.comm_dtype != "float32" and algorithm == "auto":
         algorithm = "ring"  # the 16-bit wires exist for ring and recursive doubling

@@ -24,16 +24,16 @@ sequence keeps one stage busy at a time, N >= P sequences can keep them all busy
     mpirun -n 2 python -m mpi4py -m mpipar.generate --pp 2 --copies 4
 """
 import argparse
-import os
 import sys
 import time
 
 from mpi4py import MPI
 import numpy as np
 
-from .cli import Parser, json_path_problem, print0, run_main, write_json
+from .cli import Parser, json_path_problem, parse_checked, run_main, write_json
 from .collectives import ALGORITHMS
 from .collectives.channel import quiet_wait
+from .generate_output import Stream, answers, header, print_summary
 from .measure import numerics
 from .measure.ledger import CommLedger
 from .measure.memory import peak_rss_per_rank
@@ -43,7 +43,8 @@ from .models.tokenizer import Tokenizer
 from .parallel import pipeline_inference_report
 from .parallel.mesh import Mesh
 from .parallel.pipeline_inference import PipelineInference, micro_batch_problem, oversubscribed
-from .parallel.pipeline_inference_stage import InferenceStage, stages_problem
+from .parallel.pipeline_inference_stage import InferenceStage
+from .parallel.pipeline_stage import stage_problem
 
 DEFAULT_CHAT = "What is parallel computing, in one sentence?"
 POLL = 1e-4  #: seconds a pipeline stage sleeps between tests of its next message (--pipeline-wait)
@@ -122,13 +123,8 @@ def prompt_ids(args, tokenizer):
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    comm = MPI.COMM_WORLD
+    args, comm = parse_checked(build_parser(), argv, check)
     p, rank = comm.Get_size(), comm.Get_rank()
-    problem = check(args, comm)
-    if problem:
-        parser.error(problem)
     gguf = GGUFFile(args.gguf or smollm2_path())
     tokenizer = Tokenizer.from_gguf(gguf)
     ids, chat = prompt_ids(args, tokenizer)
@@ -175,13 +171,6 @@ def main(argv=None):
     return 0
 
 
-def header(comm, gguf, config, ids, split):
-    c = config
-    print0(comm, f"mpipar generate: {os.path.basename(gguf.path)} ({c.n_layer} layers, d={c.n_embd}, "
-                 f"{c.n_head} query / {c.n_kv_head} key-value heads, vocab {c.vocab_size}) over {split}; "
-                 f"prompt of {len(ids)} tokens", file=sys.stderr)
-
-
 def generate_serially(args, comm, gguf, prompt, stream):
     """The model split over every rank (tensor parallelism only): (model, tokens, this rank's
     seconds, the ledger, the prompt's logits if an option asks for them, None)."""
@@ -203,7 +192,7 @@ def generate_pipelined(args, comm, gguf, prompt, stream):
     """The same over a dp = 1 x pp x tp mesh (mpipar.parallel.pipeline_inference); the logits,
     if asked for, on rank 0 only; the last item is the JSON's ``pipeline`` entry."""
     config, pp = gguf.llama_config(), args.pp
-    problem = stages_problem(config.n_layer, pp)
+    problem = stage_problem(config.n_layer, pp)
     if problem:  # decided from the file's metadata, before any message
         raise ValueError(f"--pp {pp}: {problem}")
     with Mesh(comm, 1, comm.Get_size() // pp, pp=pp) as mesh:
@@ -233,44 +222,6 @@ def generate_pipelined(args, comm, gguf, prompt, stream):
     return stage.model, out, mine, led, logits, report
 
 
-def answers(out, prompt_length, stop_id):
-    """Each sequence's generated ids, up to and including its first ``stop_id``."""
-    result = []
-    for row in out[:, prompt_length:].tolist():
-        if stop_id in row:
-            row = row[:row.index(stop_id) + 1]
-        result.append(row)
-    return result
-
-
-class Stream:
-    """Rank 0 prints the completion as it is generated; every rank stops at ``stop_id``."""
-
-    def __init__(self, comm, tokenizer, stop_id=None):
-        self.rank0, self.tokenizer, self.stop_id = comm.Get_rank() == 0, tokenizer, stop_id
-        self.ids, self.text = [], ""
-        self.t0, self.first_token_seconds = None, 0.0  #: prefill: the prompt, then its first token
-
-    def token(self, new):
-        """Called with the (B,) new token ids of each step; True stops generation."""
-        token = int(new[0])
-        if not self.first_token_seconds:
-            self.first_token_seconds = time.perf_counter() - self.t0
-        if token == self.stop_id:
-            return True
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
-        if self.rank0 and not text.endswith("\ufffd"):  # wait for a whole UTF-8 character
-            print(text[len(self.text):], end="", flush=True)
-            self.text = text
-        return False
-
-    def close(self):
-        self.text = self.tokenizer.decode(self.ids)
-        if self.rank0:
-            print(flush=True)
-
-
 def compare_serial(comm, args, gguf, prompt, logits, out, stop_id):
     """Rank 0 runs the same code on one process (the emulated split in deterministic mode)."""
     report = None
@@ -287,23 +238,6 @@ def compare_serial(comm, args, gguf, prompt, logits, out, stop_id):
                       max_abs_difference=float(np.abs(logits - s_logits).max()))
     quiet_wait(comm.Ibarrier())  # the other ranks sleep while rank 0 runs the serial model
     return report
-
-
-def print_summary(r):
-    """The figures after the text, on stderr (stdout holds the completion only)."""
-    n = r.get("tokens_generated", len(r["generated_ids"]))
-    lines = [f"{n} tokens in {r['seconds']:.2f} s ({r['tokens_per_second'] or 0:.1f} tokens/s; prefill "
-             f"{r['prefill_seconds'] * 1e3:.0f} ms) = compute {r['compute_seconds']:.2f} s + "
-             f"communication {r['communication_seconds']:.2f} s; peak memory of the largest rank "
-             f"{r['peak_rss_bytes'] / 2**20:.0f} MiB; ranks agree: {'yes' if r['ranks_agree'] else 'NO'}"]
-    s = r.get("serial")
-    if s:
-        lines.append(f"serial: tokens identical {'yes' if s['tokens_identical'] else 'NO'}, logits bitwise "
-                     f"equal {'yes' if s['bitwise_equal'] else 'no'}, max ULP {s['max_ulp']:.0f}, "
-                     f"max |difference| {s['max_abs_difference']:.3g}")
-    if "pipeline" in r:
-        lines.append(pipeline_inference_report.summary(r["pipeline"]))
-    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

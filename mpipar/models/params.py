@@ -170,6 +170,22 @@ def init_params(config, seed=0):
     return random_params(config, seed)
 
 
+class SlicedSource:
+    """What a source that makes or reads slices on request shares: ``take`` of a replicated
+    parameter produces it once and hands the same array to every shard asking (as
+    ``shard_params`` shares a dict's); anything else is ``_slice(name, axis, index)``, which a
+    subclass defines (``random_init.RandomSource``, ``safetensors_source.SafetensorsSource``)."""
+
+    def take(self, name, axis=None, index=None):
+        """The indices ``index`` along ``axis`` of parameter ``name``; all of it for axis None."""
+        if axis is None and spec(name).split is None:
+            cache = self.__dict__.setdefault("_replicated", {})
+            if name not in cache:
+                cache[name] = self._slice(name, None, None)
+            return cache[name]
+        return self._slice(name, axis, index)
+
+
 class ArraySource:
     """The source of shards for a dict of full arrays: ``take`` slices them in memory."""
 

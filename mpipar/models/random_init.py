@@ -31,7 +31,7 @@ import zlib
 
 import numpy as np
 
-from .params import param_shapes, spec, units
+from .params import SlicedSource, param_shapes, spec, units
 
 #: indices of the block axis per generator
 BLOCK = 64
@@ -56,7 +56,7 @@ def block_layout(config, name, shape):
     return cut.axis, tuple(sizes[unit][0] * sizes[unit][1] for unit in cut.parts)
 
 
-class RandomSource:
+class RandomSource(SlicedSource):
     """The random parameters of ``config`` for ``seed``, generated on request, slice by slice.
 
     A replicated parameter is generated once and the same array handed to every shard of this
@@ -74,7 +74,6 @@ class RandomSource:
             raise ValueError("two parameter names share a crc32: their random values would coincide")
         self.std = {"normal": 0.02, "residual": 0.02 / np.sqrt(2 * config.n_layer)}
         self.blocks = 0  #: blocks drawn so far (what generation cost)
-        self._replicated = {}
 
     def names(self):
         return list(self.shapes)
@@ -82,16 +81,9 @@ class RandomSource:
     def shape(self, name):
         return self.shapes[name]
 
-    def take(self, name, axis=None, index=None):
-        """The indices ``index`` along ``axis`` of parameter ``name`` (all of it for axis None),
-        drawing only the blocks that cover them."""
-        if axis is None and spec(name).split is None:
-            if name not in self._replicated:
-                self._replicated[name] = self._take(name, None, None)
-            return self._replicated[name]
-        return self._take(name, axis, index)
-
-    def _take(self, name, axis, index):
+    def _slice(self, name, axis, index):
+        """The indices ``index`` along ``axis`` of ``name`` (all of it for axis None), drawing
+        only the blocks that cover them."""
         shape, init = self.shapes[name], spec(name).init
         block_axis, parts = block_layout(self.config, name, shape)
         if axis is None:
@@ -103,7 +95,7 @@ class RandomSource:
         if init in ("zeros", "ones"):
             return np.full(out_shape, 1 if init == "ones" else 0, self.dtype)
         if axis != block_axis:  # not how shards are cut: the whole parameter, then the indices
-            return np.take(self._take(name, None, None), index, axis=axis)
+            return np.take(self._slice(name, None, None), index, axis=axis)
         out = np.empty(out_shape, self.dtype)
         offsets = np.cumsum((0,) + parts)
         part = np.searchsorted(offsets, index, side="right") - 1

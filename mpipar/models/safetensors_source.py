@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from .params import check_params, spec
+from .params import SlicedSource, check_params
 
 #: safetensors' dtypes that numpy reads as floats
 FLOATS = ("F16", "F32", "F64")
@@ -41,7 +41,7 @@ def ranges(index):
     return [(int(index[a]), int(index[b - 1]) + 1) for a, b in zip(starts, stops)]
 
 
-class SafetensorsSource:
+class SafetensorsSource(SlicedSource):
     """The parameters of ``config``'s GPT-2 in the safetensors file ``path``, read slice by slice.
 
     Opening checks the header against ``config``: a missing, unexpected, misshapen or non-float
@@ -55,7 +55,6 @@ class SafetensorsSource:
         self.path, self.config = os.fspath(path), config
         self.dtype = np.dtype(config.dtype)
         self.reads = []  #: (file's key, axis, (start, stop) runs, shape read): what was read
-        self._replicated = {}
         try:
             with safe_open(self.path, framework="numpy") as f:
                 self.keys, self.file_shapes, dtypes = {}, {}, {}
@@ -88,16 +87,9 @@ class SafetensorsSource:
         """The file's shape of ``name``."""
         return self.file_shapes[name]
 
-    def take(self, name, axis=None, index=None):
+    def _slice(self, name, axis, index):
         """The indices ``index`` along ``axis`` of ``name`` (all of it for axis None), in
         config.dtype, reading each contiguous run of them and nothing else."""
-        if axis is None and spec(name).split is None:
-            if name not in self._replicated:
-                self._replicated[name] = self._read(name, None, None)
-            return self._replicated[name]
-        return self._read(name, axis, index)
-
-    def _read(self, name, axis, index):
         from safetensors import safe_open
         key, shape = self.keys[name], self.file_shapes[name]
         runs = [(0, shape[0])] if axis is None else ranges(index)

@@ -48,7 +48,7 @@ import numpy as np
 
 from ..collectives.blocks import split as block_range
 from ..models.layers import softmax
-from . import p2p
+from . import p2p, schedule_formulas
 
 __all__ = ["PipelineInference", "micro_batch_problem", "oversubscribed", "predicted_bubble",
            "MAX_MICRO_BATCHES"]
@@ -79,8 +79,9 @@ def micro_batch_problem(batch, m):
 
 def predicted_bubble(n_stages, m):
     """The idle fraction of a stage with equal stages and free messages: the prefill's
-    (S-1)/(m+S-1) (GPipe's forward), and generation's steady state (S-m)/S for m < S, else 0."""
-    return dict(prefill=(n_stages - 1) / (m + n_stages - 1),
+    (S-1)/(m+S-1) (GPipe's forward: the schedule formula), and generation's steady state
+    (S-m)/S for m < S, else 0."""
+    return dict(prefill=float(schedule_formulas.predicted_bubble("gpipe", n_stages, m)),
                 decode=max(0, n_stages - m) / n_stages)
 
 

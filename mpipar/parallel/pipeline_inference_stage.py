@@ -21,18 +21,9 @@ from ..collectives.blocks import split as block_range
 from ..models import GPT, Llama, LlamaConfig, kv_cache
 from ..models.params import LLAMA_BLOCK
 from .pipeline_stage import stage_names as gpt2_stage_names
+from .pipeline_stage import stage_problem
 
-__all__ = ["InferenceStage", "layers_per_stage", "stage_names", "stages_problem"]
-
-
-def stages_problem(n_layer, n_stages):
-    """Why ``n_layer`` blocks cannot be cut into ``n_stages`` stages, or None (no message)."""
-    if not isinstance(n_stages, int) or isinstance(n_stages, bool) or n_stages < 1:
-        return f"the number of pipeline stages must be a whole number >= 1, not {n_stages!r}"
-    if n_stages > n_layer:
-        return (f"{n_stages} pipeline stages need at least {n_stages} layers; the model has "
-                f"{n_layer}: use at most {n_layer} stages")
-    return None
+__all__ = ["InferenceStage", "layers_per_stage", "stage_names"]
 
 
 def layers_per_stage(n_layer, n_stages):
@@ -59,7 +50,7 @@ class InferenceStage:
     ``names``, tensor-parallel over its own communicator)."""
 
     def __init__(self, model, stage, n_stages):
-        problem = stages_problem(model.config.n_layer, n_stages)
+        problem = stage_problem(model.config.n_layer, n_stages)
         if problem is None and not 0 <= stage < n_stages:
             problem = f"stage {stage!r} is not one of the {n_stages} stages"
         if problem:
@@ -73,7 +64,7 @@ class InferenceStage:
     def build(cls, config, params, stage, n_stages, tp_comm, **model_options):
         """The stage of a GPT-2 (GPTConfig) or a Llama (LlamaConfig) from full arrays or a source;
         ``model_options``: the model's (algorithm, deterministic, ways, ...)."""
-        problem = stages_problem(config.n_layer, n_stages)
+        problem = stage_problem(config.n_layer, n_stages)
         if problem:
             raise ValueError(problem)
         model_class = Llama if isinstance(config, LlamaConfig) else GPT

@@ -29,10 +29,12 @@ LAST = ("ln_f.weight", "ln_f.bias", "wte.weight")     #: the last stage's (wte: 
 
 
 def stage_problem(n_layer, n_stages):
-    """Why ``n_layer`` blocks cannot be cut into ``n_stages`` stages, or None."""
+    """Why ``n_layer`` blocks cannot be cut into ``n_stages`` stages, or None (no message)."""
+    if not isinstance(n_stages, int) or isinstance(n_stages, bool) or n_stages < 1:
+        return f"the number of pipeline stages must be a whole number >= 1, not {n_stages!r}"
     if n_stages > n_layer:
         return (f"{n_stages} pipeline stages need at least {n_stages} layers; the model has "
-                f"{n_layer} (give --n-layer, or fewer stages)")
+                f"{n_layer}: use at most {n_layer} stages")
     return None
 
 

@@ -25,8 +25,8 @@ from mpipar.parallel.pipeline_inference_stage import (
     InferenceStage,
     layers_per_stage,
     stage_names,
-    stages_problem,
 )
+from mpipar.parallel.pipeline_stage import stage_problem
 
 COMM, SELF = MPI.COMM_WORLD, MPI.COMM_SELF
 P, RANK = COMM.Get_size(), COMM.Get_rank()
@@ -65,7 +65,7 @@ def test_stages_hold_contiguous_blocks_and_only_their_parameters():
     untied = replace(cfg, tie_embeddings=False)
     assert "lm_head.weight" in stage_names(untied, 1, 2)
     assert "lm_head.weight" not in stage_names(untied, 0, 2)
-    assert "at most 30 stages" in stages_problem(30, 31) and stages_problem(30, 30) is None
+    assert "at most 30 stages" in stage_problem(30, 31) and stage_problem(30, 30) is None
 
 
 def test_bad_splits_are_refused_before_any_message():
