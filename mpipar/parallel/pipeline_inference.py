@@ -77,12 +77,19 @@ def micro_batch_problem(batch, m):
     return None
 
 
-def predicted_bubble(n_stages, m):
-    """The idle fraction of a stage with equal stages and free messages: the prefill's
-    (S-1)/(m+S-1) (GPipe's forward: the schedule formula), and generation's steady state
-    (S-m)/S for m < S, else 0."""
+def predicted_bubble(n_stages, m, work=None):
+    """The idle fraction of a stage with free messages: the prefill's (S-1)/(m+S-1) (GPipe's
+    forward: the schedule formula, equal stages), and generation's steady state per stage.
+
+    In generation the m micro-batches circle the S stages; one step of all of them takes
+    P = max(m * max_k w_k, sum_k w_k) (the busiest stage's m visits, or one micro-batch's trip
+    round the ring), so stage k idles 1 - m * w_k / P. ``work``: the stages' w_k (any unit;
+    default equal), which gives (S-m)/S for m < S and 0 for m >= S."""
+    work = [1.0] * n_stages if work is None else [float(w) for w in work]
+    period = max(m * max(work), sum(work))
     return dict(prefill=float(schedule_formulas.predicted_bubble("gpipe", n_stages, m)),
-                decode=max(0, n_stages - m) / n_stages)
+                decode=max(0, n_stages - m) / n_stages,
+                decode_per_stage=[1 - m * w / period for w in work])
 
 
 class _Clock:

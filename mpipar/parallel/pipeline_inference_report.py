@@ -18,8 +18,10 @@ def gather(world, mesh, pipe):
     f = pipe.figures
     mine = dict(rank=world.Get_rank(), stage=mesh.pp_rank, tp_rank=mesh.tp_rank,
                 prefill=f["prefill"], decode=f["decode"], seconds=f["seconds"],
-                p2p_messages_sent=f["messages_sent"], p2p_bytes_sent=f["bytes_sent"])
+                p2p_messages_sent=f["messages_sent"], p2p_bytes_sent=f["bytes_sent"],
+                weights_per_token=pipe.stage.weights_per_token())
     rows = world.allgather(mine)
+    work = [sum(r["weights_per_token"] for r in rows if r["stage"] == k) for k in range(mesh.pp)]
     sequences = sum(f["micro_batch_sizes"])
     decode_seconds = max(r["decode"]["seconds"] for r in rows)
     prefill_seconds = max(r["prefill"]["seconds"] for r in rows)
@@ -30,7 +32,8 @@ def gather(world, mesh, pipe):
                 sequences=sequences, steps=f["steps"], prefill_seconds=prefill_seconds,
                 decode_seconds=decode_seconds,
                 decode_tokens_per_second=decode_tokens / decode_seconds if decode_seconds else None,
-                predicted_bubble=predicted_bubble(mesh.pp, f["micro_batches"]),
+                predicted_bubble=predicted_bubble(mesh.pp, f["micro_batches"], work),
+                weights_per_token_per_stage=work,
                 p2p_bytes_sent=sum(r["p2p_bytes_sent"] for r in rows), per_rank=rows)
 
 
@@ -43,9 +46,13 @@ def summary(report):
              f"sequence(s) in {r['micro_batches']} micro-batch(es); prefill {r['prefill_seconds'] * 1e3:.0f} "
              f"ms, generation {rate or 0:.1f} tokens/s; {r['p2p_bytes_sent'] / 1e3:.1f} kB point to point",
              f"bubble (time blocked on the pipeline's messages), ideal for equal stages: prefill "
-             f"{r['predicted_bubble']['prefill']:.0%}, generation {r['predicted_bubble']['decode']:.0%}"]
+             f"{r['predicted_bubble']['prefill']:.0%}, generation {r['predicted_bubble']['decode']:.0%}",
+             "  generation's prediction weighs each stage by its matrix products per token (the last "
+             "also runs the LM head)"]
     for row in r["per_rank"]:
+        predicted = r["predicted_bubble"]["decode_per_stage"][row["stage"]]
         lines.append(f"  rank {row['rank']} (stage {row['stage']}, tp {row['tp_rank']}): prefill "
                      f"{row['prefill']['bubble']:.0%} of {row['prefill']['seconds'] * 1e3:.0f} ms, "
-                     f"generation {row['decode']['bubble']:.0%} of {row['decode']['seconds']:.2f} s")
+                     f"generation {row['decode']['bubble']:.0%} of {row['decode']['seconds']:.2f} s "
+                     f"(predicted {predicted:.0%})")
     return "\n".join(lines)

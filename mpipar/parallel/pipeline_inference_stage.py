@@ -89,6 +89,21 @@ class InferenceStage:
     def n_blocks(self):
         return self.blocks_range.stop - self.blocks_range.start
 
+    def weights_per_token(self):
+        """Multiply-adds per token of this rank's matrix products: the elements of its blocks'
+        weight matrices, plus the LM head's on the last stage (an embedding is a lookup, not a
+        product). Attention's scores and the norms are left out: at short contexts they are a
+        small part. It weighs the stages' work for the bubble's prediction."""
+        head = getattr(self.model, "head", "wte.weight")
+        total = 0
+        for shard in self.model.shards:
+            for name, a in shard.items():
+                if getattr(a, "ndim", 0) == 2 and name.startswith(("layers.", "h.")):
+                    total += a.size
+            if self.last:
+                total += shard[head].size
+        return int(total)
+
     def new_cache(self, batch, length):
         """(K, V) buffers of this stage's layers only, per layer and shard."""
         heads = [s["kv_heads"].stop - s["kv_heads"].start for s in self.model.shards]

@@ -130,3 +130,45 @@ def test_conflicting_options_are_one_clear_error(args, message):
 
 def test_missing_gguf_file_is_one_clear_error(tmp_path):
     assert_one_clear_error("mpipar.demo", 2, ["--gguf", str(tmp_path / "nope.gguf")], "no such file")
+
+
+def test_demo_pipeline_of_smollm2_over_two_stages_is_bitwise_equal_to_serial():
+    """--pp 2 on 2 ranks: 15 layers each, tp = 1 per stage, so no sum is reordered."""
+    data = launch.run("mpipar.demo", n=2, args=["--pp", "2", "--tokens", "6"]).data
+    assert data["model"] == "smollm2" and (data["pp"], data["tp"]) == (2, 1)
+    assert [s["layers"] for s in data["stages"]] == [[0, 15], [15, 30]]
+    assert [(s["embedding"], s["head"]) for s in data["stages"]] == [(True, False), (False, True)]
+    assert data["bitwise_equal"] and data["max_ulp"] == 0 and data["tokens_identical"]
+    assert data["ranks_agree"] and data["sequences"] == 2  # one copy of the prompt per stage
+    chat = data["chat"]
+    assert chat["answer_parallel"] == chat["answer_serial"] and chat["answer_parallel"].strip()
+    pipe = data["pipeline"]
+    assert pipe["stages"] == 2 and pipe["micro_batches"] == 2 and pipe["p2p_bytes_sent"] > 0
+    work = pipe["weights_per_token_per_stage"]
+    assert work[1] > work[0]  # the last stage also runs the LM head
+    assert pipe["predicted_bubble"]["decode_per_stage"][1] == 0.0
+    assert {r["op"] for r in data["comm"]["records"]} == {"send", "recv"}
+
+
+def test_demo_pipeline_times_tensor_parallel_is_bitwise_in_deterministic_mode():
+    """dp 1 x pp 2 x tp 2 on 4 ranks: the serial run emulates the tp split of every stage."""
+    data = launch.run("mpipar.demo", n=4, args=["--preset", "tiny", "--pp", "2", "--copies", "3",
+                                                 "--micro-batches", "2", "--tokens", "3",
+                                                 "--deterministic"]).data
+    assert (data["pp"], data["tp"], data["sequences"]) == (2, 2, 3)
+    assert [(s["stage"], s["tp_rank"]) for s in data["stages"]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert data["bitwise_equal"] and data["tokens_identical"] and data["ranks_agree"]
+    assert data["pipeline"]["micro_batch_sizes"] == [2, 1]
+    assert len(data["tokens_parallel"]) == 8 + 3
+
+
+@pytest.mark.parametrize("n, args, message", [
+    (2, ["--preset", "tiny", "--pp", "3"], "--pp 3 must be a whole number >= 1 that divides the 2 ranks"),
+    (3, ["--preset", "tiny", "--pp", "3"], "--pp 3: 3 pipeline stages need at least 3 layers"),
+    (2, ["--preset", "tiny", "--copies", "2"], "--copies needs --pp > 1"),
+    (2, ["--model", "addition", "--pp", "2", "--copies", "2"], "--copies: the adder asks"),
+    (2, ["--preset", "tiny", "--pp", "2", "--copies", "2", "--micro-batches", "3"],
+     "--micro-batches 3: 3 micro-batches need at least 3 sequences"),
+])
+def test_bad_pipeline_options_are_one_clear_error(n, args, message):
+    assert_one_clear_error("mpipar.demo", n, args, message)

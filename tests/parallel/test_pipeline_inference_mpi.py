@@ -73,8 +73,23 @@ def test_bad_splits_are_refused_before_any_message():
         InferenceStage.build(llama(1), ref.lively(llama(1)), 0, 6, NoMessages(SELF))
     assert "at least 3 sequences" in micro_batch_problem(2, 3)
     assert "whole number" in micro_batch_problem(2, 0)
-    assert predicted_bubble(4, 1) == dict(prefill=0.75, decode=0.75)
-    assert predicted_bubble(4, 4) == dict(prefill=3 / 7, decode=0.0)
+    assert predicted_bubble(4, 1) == dict(prefill=0.75, decode=0.75, decode_per_stage=[0.75] * 4)
+    assert predicted_bubble(4, 4) == dict(prefill=3 / 7, decode=0.0, decode_per_stage=[0.0] * 4)
+
+
+def test_unequal_stages_idle_while_the_busiest_works():
+    """Work 1, 1, 2 with m = 3: a step is 3 x 2 = 6 units, stages 0 and 1 busy 3 of them."""
+    assert predicted_bubble(3, 3, [1, 1, 2])["decode_per_stage"] == [0.5, 0.5, 0.0]
+    # one micro-batch: its trip round the ring, 4 units, sets the step
+    assert predicted_bubble(3, 1, [1, 1, 2])["decode_per_stage"] == [0.75, 0.75, 0.5]
+
+
+def test_a_stage_weighs_its_matrix_products_and_the_head():
+    config = replace(ref.SMALL, n_layer=4)
+    stages = [InferenceStage.build(config, ref.lively(config), k, 2, NoMessages(SELF)) for k in (0, 1)]
+    first, last = (s.weights_per_token() for s in stages)
+    head = config.vocab_size * config.n_embd
+    assert first > 0 and last == first + head  # two equal blocks each; the last adds the head
 
 
 @pytest.mark.parametrize("pp, tp", SPLITS)
