@@ -24,7 +24,7 @@ predicts:
   and 1F1B (Huang et al. 2019), (p - 1) / (v m + p - 1) interleaved (Narayanan et al.
   2021, sec. 2.2.2), (p - 1) / (3 m + p - 1) ZB-H1 (Qi et al. 2024, sec. 3.1); and the
   same bubble as a share of the ideal time, (p - 1) / m etc. (schedule_formulas);
-* simulated: schedule_sim.simulate with the F, B, W times this run measured;
+* simulated: schedule_sim.simulate with the F, B, W times this run measured, per stage;
 * peak activations: the most bytes a rank held for backward (max over ranks), and the
   most micro-batches (chunks, interleaved) rank 0 held against ``predicted_peak``:
   GPipe m, 1F1B min(p, m), ZB-H1 min(p, m), interleaved v p + p - 1;

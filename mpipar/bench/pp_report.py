@@ -45,6 +45,7 @@ def row_of(entry, figures, batch_per_micro, seq, config):
         bubble_predicted_of_ideal=entry["bubble_predicted_of_ideal"],
         bubble_simulated=simulated, bubble_simulated_mean=float(np.mean(simulated)),
         measured_costs_seconds=entry["measured_costs_seconds"],
+        measured_costs_seconds_per_stage=entry["measured_costs_seconds_per_stage"],
         peak_activation_bytes=entry["peak_activation_bytes"],
         peak_activation_bytes_max=int(max(entry["peak_activation_bytes"])),
         peak_in_flight=[r["peak_in_flight"] for r in ranks],
@@ -84,7 +85,7 @@ def print_table(rows, p, config, batch_per_micro, trials):
           "  measured, max: bubble = 1 - compute / pipeline time, mean and max over ranks\n"
           "  formula: (p-1)/(m+p-1) (gpipe, 1f1b), (p-1)/(vm+p-1) (interleaved), (p-1)/(3m+p-1) "
           "(zb-h1, m >= p); of ideal: the same idle time / (m t)\n"
-          "  simulated: schedule_sim with this run's F, B, W times, mean over ranks\n"
+          "  simulated: schedule_sim with this run's F, B, W times of each stage, mean over ranks\n"
           "  peak held: activations kept for backward, max over ranks; rank 0 held: micro-batches "
           "(chunks) in flight (predicted)\n"
           "  p2p: bytes sent between stages per step, all ranks", flush=True)

@@ -7,10 +7,11 @@ slowest rank of the job took for it) -- the "of the step" definition, one common
 every rank as in the simulator, (p - 1) / (m + p - 1)
 for GPipe and 1F1B with equal stages (``schedule_formulas``). Two predictions stand beside
 it: the formula with unit costs (F = 1, B = 2, or B = W = 1 for ZB-H1), and the simulator
-run with the F, B and W times this run measured (medians over ranks and steps, every stage
-alike). What the measurement adds to them: stages of unequal work (the first holds the
-embedding, the last the LM head and the loss), the messages' own time, and -- with more ranks
-than cores -- time waiting for a core.
+run with the F, B and W times this run measured, each stage its own (medians over its ranks
+and steps): the first holds the embedding, the last the LM head and the loss, so stages are
+of unequal work. What the measurement adds to the simulator: the messages' own time, the
+steps' Python between computations, and -- with more ranks than cores -- time waiting for a
+core.
 """
 import numpy as np
 
@@ -62,13 +63,17 @@ def pipeline_entry(mesh, schedule, steps, led):
         return None
     name, p, m, v = schedule.name, schedule.p, schedule.m, schedule.v
     cost = measured_costs([tl for rank in timelines for tl in rank], v)
-    simulated = simulate(schedule, {k: round(c * 1e6) for k, c in cost.items()})  # integer µs
+    # each stage's own F, B, W (the first embeds, the last adds the head and the loss)
+    per_stage = [measured_costs([tl for r, rank in zip(ranks, timelines) if r["pp"] == k for tl in rank], v)
+                 for k in range(p)]
+    simulated = simulate(schedule, [{k: round(c * 1e6) for k, c in stage.items()}  # integer µs
+                                    for stage in per_stage])
     return dict(
         schedule=name, stages=schedule.n_stages, pp=p, micro_batches=m, virtual_stages=v,
         bubble_predicted=float(predicted_bubble(name, p, m, v)),
         bubble_predicted_of_ideal=float(predicted_bubble_of_ideal(name, p, m, v)),
         bubble_simulated_measured_costs=[float(b) for b in simulated.bubble],
-        measured_costs_seconds=cost, ranks=ranks,
+        measured_costs_seconds=cost, measured_costs_seconds_per_stage=per_stage, ranks=ranks,
         bubble_measured=[r["bubble_measured"] for r in ranks],
         peak_activation_bytes=[r["peak_activation_bytes"] for r in ranks],
         p2p_bytes=sum(r["p2p_bytes_sent"] for r in ranks),

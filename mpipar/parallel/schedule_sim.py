@@ -16,7 +16,9 @@ interleaved) computes both gradients and takes ``B + W``; ZB-H1's split steps ta
 ``B`` and ``W``. A chunk of the interleaved schedule holds ``1/v`` of a stage, so its
 steps take ``1/v`` of these. The default, ``F = B = W = 1``, is Qi et al. 2024's
 ``T_F = T_B = T_W`` (backward twice the forward). Integer and Fraction costs give
-exact Fraction times; floats give floats.
+exact Fraction times; floats give floats. ``cost`` may also be a list of such dicts,
+one per rank, for stages of unequal work (the first with the embedding, the last with
+the LM head and the loss).
 """
 from fractions import Fraction
 from numbers import Rational
@@ -38,7 +40,8 @@ class Timeline(NamedTuple):
     (``idle = makespan - busy``, the time before the first step included).
     ``peak_in_flight[r]``: the most (micro-batch, chunk) pairs whose forward has
     finished and whose last use (B when fused, W when split) has not.
-    ``durations``: how long a step of each kind took (:func:`step_durations`).
+    ``durations``: how long a step of each kind took (:func:`step_durations`); a tuple
+    of such dicts, one per rank, where the ranks' costs differ.
     ``peak_activations[r] = peak_in_flight[r] / v``: the same in micro-batches' worth
     of a full stage's activations (an interleaved chunk holds ``1/v`` of them).
     """
@@ -164,8 +167,13 @@ def simulate(schedule, cost=None, comm=0):
     check(schedule)
     if comm < 0:
         raise ValueError(f"comm latency must be non-negative, got {comm}")
-    duration = step_durations(schedule, cost)
     p = schedule.p
+    if isinstance(cost, (list, tuple)):
+        if len(cost) != p:
+            raise ValueError(f"{len(cost)} costs for {p} ranks: give one dict per rank")
+        durations = [step_durations(schedule, c) for c in cost]
+    else:
+        durations = [step_durations(schedule, cost)] * p
     deps = [[dependencies(schedule, r, s) for s in steps] for r, steps in enumerate(schedule.steps)]
     _check_local_order(schedule, deps)
     start = [[None] * len(steps) for steps in schedule.steps]
@@ -182,15 +190,16 @@ def simulate(schedule, cost=None, comm=0):
                     break
                 t = max([free[rank]] + [finish[(r, s)] + (comm if r != rank else 0)
                                         for r, s in deps[rank][k]])
-                start[rank][k], end[rank][k] = t, t + duration[steps[k].kind]
+                start[rank][k], end[rank][k] = t, t + durations[rank][steps[k].kind]
                 finish[(rank, steps[k])] = free[rank] = end[rank][k]
                 nxt[rank], left, progressed = k + 1, left - 1, True
         if not progressed:
             raise _deadlock(schedule, deps, nxt, finish)
     makespan = max(free)
-    busy = tuple(sum(duration[s.kind] for s in steps) for steps in schedule.steps)
+    busy = tuple(sum(durations[r][s.kind] for s in steps) for r, steps in enumerate(schedule.steps))
     idle = tuple(makespan - b for b in busy)
     bubble = tuple(_fraction(i, makespan) for i in idle)
     peaks = _peaks(schedule)
+    duration = durations[0] if all(d == durations[0] for d in durations) else tuple(durations)
     return Timeline(schedule, duration, comm, tuple(map(tuple, start)), tuple(map(tuple, end)),
                     makespan, busy, idle, bubble, peaks, tuple(_per_chunk(x, schedule.v) for x in peaks))

@@ -17,6 +17,8 @@ from jobs import assert_one_clear_error
 import pytest
 
 from mpipar import launch
+from mpipar.parallel.schedule_sim import simulate
+from mpipar.parallel.schedules import make_schedule
 
 D, T, B, V = 16, 8, 2, 2  # width, tokens, sequences per micro-batch, interleaved chunks
 TINY = ["pp", "--n-embd", str(D), "--n-head", "2", "--seq", str(T), "--batch-per-micro", str(B),
@@ -63,8 +65,11 @@ def test_predictions_are_the_formulas(job):
         of_step, of_ideal = bubble(name, p, m)
         assert r["bubble_predicted"] == pytest.approx(float(of_step), rel=1e-12), r["schedule"]
         assert r["bubble_predicted_of_ideal"] == pytest.approx(float(of_ideal), rel=1e-12)
-        if name in ("gpipe", "1f1b"):  # every rank idles (p - 1)(F + B), whatever F and B
-            assert r["bubble_simulated"] == pytest.approx([float(of_step)] * p, rel=1e-9)
+        # the simulator run with each stage's own measured F, B, W (integer microseconds)
+        costs = [{k: round(c * 1e6) for k, c in stage.items()}
+                 for stage in r["measured_costs_seconds_per_stage"]]
+        simulated = simulate(make_schedule(name, p, m, r["virtual_stages"]), costs)
+        assert r["bubble_simulated"] == pytest.approx([float(b) for b in simulated.bubble], rel=1e-9)
         assert r["peak_in_flight"] == r["peak_in_flight_predicted"]
         assert r["peak_in_flight"][0] == {"gpipe": m, "1f1b": min(p, m), "zb-h1": min(p, m),
                                           "interleaved": min(V * p + p - 1, V * m)}[name]

@@ -225,3 +225,17 @@ def test_any_reordering_either_runs_causally_or_is_refused_by_name(data, name, p
         assert "rank" in str(e)
     else:
         assert_causal(timeline)
+
+
+def test_unequal_stages_per_rank_costs():
+    """1F1B, p = 2, m = 2, stage 1 twice as slow (F = 2, B = 4): rank 1 never idles after its
+    first input arrives; rank 0 waits for each backward of the slow stage."""
+    # rank 0: F0 0-1, F1 1-2, B0 7-9, B1 13-15; rank 1: F0 1-3, B0 3-7, F1 7-9, B1 9-13
+    tl = simulate(make_schedule("1f1b", 2, 2), [{"F": 1, "B": 2}, {"F": 2, "B": 4}])
+    assert tl.busy == (6, 12)
+    assert tl.makespan == 15 and tl.idle == (9, 3)
+    assert tl.durations[1]["B"] == 4
+    equal = simulate(make_schedule("1f1b", 2, 2), [{"F": 1, "B": 2}] * 2)
+    assert equal.durations == {"F": 1, "B": 2, "W": 0}
+    with pytest.raises(ValueError, match="3 costs for 2 ranks"):
+        simulate(make_schedule("1f1b", 2, 2), [{"F": 1}] * 3)
