@@ -5,14 +5,18 @@ reaches the same verdict without sending a message. Only rank 0 speaks.
 
 Here: :class:`Parser`, :func:`parse_checked`, :func:`run_main`, :func:`print0`, the option types
 (:func:`parse_size`, :func:`comma_list`), :func:`json_path_problem` (ask before any
-work) with :func:`write_json` (atomic, rank 0), and the one progress bar, :class:`Progress`.
+work) with :func:`write_json` (atomic, rank 0, always valid JSON), :func:`agree` (a problem
+one rank alone can see, raised on all), :func:`watchdog` (``--timeout``), and the one
+progress bar, :class:`Progress`.
 """
 import argparse
 import contextlib
 import json
+import math
 import os
 import re
 import sys
+import threading
 import time
 
 UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
@@ -39,6 +43,56 @@ class Parser(argparse.ArgumentParser):
     def _print_message(self, message, file=None):
         if world().Get_rank() == 0:
             super()._print_message(message, file)
+
+    def add_timeout(self):
+        """The ``--timeout SECONDS`` option that :func:`watchdog` enforces."""
+        self.add_argument("--timeout", type=float, metavar="SECONDS",
+                          help="stop the whole job with an error if it runs longer than this "
+                               "(a rank stopped or stuck never leaves the others waiting forever)")
+
+
+def watchdog(comm, seconds):
+    """Abort the job ``seconds`` from now unless the process has ended (None: no limit).
+
+    Each rank runs a daemon timer; rank 0's prints the error and aborts at once, the others a
+    second later (rank 0 may be the one that is stuck) with their rank named."""
+    if seconds is None:
+        return None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"--timeout must be a number of seconds > 0, not {seconds}")
+    rank = comm.Get_rank()
+
+    def fire():
+        if rank != 0:
+            time.sleep(1.0)
+        who = "" if rank == 0 else f" (rank {rank})"
+        print(f"error{who}: --timeout {seconds:g} s exceeded: stopping every rank", file=sys.stderr,
+              flush=True)
+        time.sleep(0.5)  # the launcher forwards the message before the abort tears the job down
+        comm.Abort(3)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def agree(comm, build):
+    """``build()`` on every rank of ``comm``; if it raises ValueError on any rank, raise one on
+    every rank: a problem only some ranks can see (a NaN in the slice of a file one rank reads)
+    still ends the job with one clear error. ``build`` must send no message."""
+    try:
+        result, problem = build(), None
+    except ValueError as e:
+        result, problem = None, str(e)
+    problems = comm.allgather(problem)  # small control data
+    failed = [(r, text) for r, text in enumerate(problems) if text]
+    if failed:
+        rank, text = failed[0]
+        if len(failed) < len(problems):
+            text = f"{text} (on rank {rank})"
+        raise ValueError(text)
+    return result
 
 
 def parse_size(text):
@@ -85,7 +139,9 @@ def write_json(comm, path, obj, default=None):
     Atomic: the text goes to a temporary file in the same folder, which then replaces
     ``path`` (``os.replace``), so a crash never leaves a half-written result where a
     notebook expects one. No message is sent (``obj`` may exist on rank 0 only).
-    ``default`` is json.dump's: text for what JSON cannot hold (NumPy scalars, say).
+    ``default`` is json.dump's: text for what JSON cannot hold (NumPy arrays and scalars
+    are converted without one). The file is always valid JSON: NaN and infinities, which
+    JSON has no words for, are written as null.
     Returns True where a file was written.
     """
     if not path or comm.Get_rank() != 0:
@@ -93,14 +149,32 @@ def write_json(comm, path, obj, default=None):
     folder, name = os.path.split(os.path.abspath(path))
     temporary = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
     try:
+        def convert(x):
+            if hasattr(x, "tolist"):  # NumPy arrays and scalars
+                return finite_json(x.tolist())
+            if default is None:
+                raise TypeError(f"{type(x).__name__} is not JSON serializable")
+            return finite_json(default(x))
+
         with open(temporary, "w") as f:
-            json.dump(obj, f, indent=1, default=default)
+            json.dump(finite_json(obj), f, indent=1, default=convert, allow_nan=False)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(temporary)
         raise
     return True
+
+
+def finite_json(obj):
+    """``obj`` with every NaN or infinite float replaced by None (JSON's null)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
 
 
 class Progress:
@@ -175,7 +249,7 @@ def parse_checked(parser, argv, check):
     return args, comm
 
 
-def run_main(main, argv=None, grace_seconds=20.0):
+def run_main(main, argv=None, grace_seconds=10.0, alone_seconds=2.0):
     """Run ``main(argv)`` (it returns an exit status) and end the job cleanly.
 
     A usage error (argparse's SystemExit) or a ValueError -- raised identically
@@ -183,27 +257,35 @@ def run_main(main, argv=None, grace_seconds=20.0):
     becomes one message from rank 0 and exit status 2 on every rank. Ranks meet
     at a barrier first, so rank 0's message is out before anyone leaves, then
     finalize MPI (under ``python -m mpi4py`` a bare non-zero exit would be an
-    MPI_Abort). If the barrier does not complete within ``grace_seconds`` -- a
-    rank failed alone, which is a bug -- the job is aborted rather than left
-    hanging. Any other exception propagates: ``python -m mpi4py`` aborts the job.
+    MPI_Abort). A rank that failed while the others did not (they never reach the
+    barrier) prints its own message, its rank named, after ``alone_seconds``, and the
+    job is aborted after ``grace_seconds`` rather than left hanging. Any other
+    exception propagates: ``python -m mpi4py`` aborts the job.
     """
     from mpi4py import MPI
+    comm, message = MPI.COMM_WORLD, None
     try:
         status = main(argv)
     except SystemExit as stop:
         status = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
     except ValueError as error:
-        print0(MPI.COMM_WORLD, f"error: {error}", file=sys.stderr)
-        status = 2
+        message, status = f"error: {error}", 2
+        print0(comm, message, file=sys.stderr)
     status = status or 0
     if status:
         sys.stdout.flush()
         sys.stderr.flush()
-        barrier = MPI.COMM_WORLD.Ibarrier()
-        deadline = time.monotonic() + grace_seconds
+        barrier = comm.Ibarrier()
+        start = time.monotonic()
+        spoken = comm.Get_rank() == 0 or message is None
         while not barrier.Test():
-            if time.monotonic() > deadline:
-                MPI.COMM_WORLD.Abort(status)
+            waited = time.monotonic() - start
+            if not spoken and waited > alone_seconds:
+                print(f"error (rank {comm.Get_rank()}): {message[len('error: '):]}", file=sys.stderr,
+                      flush=True)
+                spoken = True
+            if waited > grace_seconds:
+                comm.Abort(status)
             time.sleep(1e-3)
         MPI.Finalize()
     sys.exit(status)

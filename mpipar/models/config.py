@@ -44,10 +44,13 @@ class GPTConfig:
 
     def problems(self):
         """What makes this configuration unusable, or None."""
-        sizes = (self.vocab_size, self.n_ctx, self.n_embd, self.n_head, self.n_layer)
-        if not all(isinstance(n, (int, np.integer)) and n >= 1 for n in sizes):
-            return "vocab_size, n_ctx, n_embd, n_head and n_layer must be whole numbers >= 1"
-        if not self.layer_norm_epsilon >= 0:
+        sizes = dict(vocab_size=self.vocab_size, n_ctx=self.n_ctx, n_embd=self.n_embd,
+                     n_head=self.n_head, n_layer=self.n_layer)
+        for key, n in sizes.items():
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+                return f"{key} must be a whole number >= 1, not {n!r}"
+        eps = self.layer_norm_epsilon
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
             return f"layer_norm_epsilon must be >= 0, not {self.layer_norm_epsilon}"
         if self.n_embd % self.n_head:
             return f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}"
@@ -58,8 +61,13 @@ class GPTConfig:
     @classmethod
     def from_hf_json(cls, path, **overrides):
         """Read the Hugging Face ``config.json`` saved beside ``model.safetensors``."""
-        with open(path) as f:
-            hf = json.load(f)
+        try:
+            with open(path) as f:
+                hf = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not JSON ({e})") from None
+        if not isinstance(hf, dict):
+            raise ValueError(f"{path}: not a GPT-2 config.json (a JSON object is expected)")
         missing = [k for k in ("vocab_size", "n_embd", "n_head", "n_layer") if k not in hf]
         if "n_positions" not in hf and "n_ctx" not in hf:
             missing.append("n_positions")
@@ -68,7 +76,11 @@ class GPTConfig:
         fields = dict(vocab_size=hf["vocab_size"], n_ctx=hf.get("n_positions", hf.get("n_ctx")),
                       n_embd=hf["n_embd"], n_head=hf["n_head"], n_layer=hf["n_layer"],
                       layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5))
-        return cls(**dict(fields, **overrides))
+        config = cls(**dict(fields, **overrides))
+        problem = config.problems()
+        if problem:
+            raise ValueError(f"{path}: {problem}")
+        return config
 
 
 @dataclass(frozen=True)

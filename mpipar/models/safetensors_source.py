@@ -9,15 +9,45 @@ contiguous range at a time: c_attn's columns [q | k | v] are three ranges, read 
 other and put side by side. GPT-2 stores its weights as (in, out) like mpipar, so a range of
 mpipar's axis is a range of the file's. The file is opened for each read and closed after it:
 the pages a read maps are given back before the next one.
+
+bfloat16 tensors (BF16), which NumPy cannot name, are read from the file's bytes through
+``ml_dtypes.bfloat16`` and widened to config.dtype, as float16 ones are. A value that is NaN
+or infinite is a ValueError naming the file and the tensor: such weights give NaN logits,
+which would otherwise pass for a result.
 """
+import json
 import os
 
 import numpy as np
 
 from .params import SlicedSource, check_params
 
-#: safetensors' dtypes that numpy reads as floats
-FLOATS = ("F16", "F32", "F64")
+#: safetensors' dtypes that mpipar reads as floats
+FLOATS = ("BF16", "F16", "F32", "F64")
+
+
+def bf16_tensor(path, key):
+    """The BF16 tensor ``key`` of the safetensors file ``path`` as a read-only ml_dtypes.bfloat16
+    array mapped from the file (format: an 8-byte little-endian header length, the JSON header
+    with each tensor's dtype, shape and data_offsets, then the data)."""
+    import ml_dtypes
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        entry = json.loads(f.read(n))[key]
+    begin, end = entry["data_offsets"]
+    shape = tuple(entry["shape"])
+    if end - begin != 2 * int(np.prod(shape)):
+        raise ValueError(f"{path}: tensor {key!r} has {end - begin} bytes for shape {shape}")
+    data = np.memmap(path, dtype=np.uint16, mode="r", offset=8 + n + begin, shape=shape)
+    return data.view(ml_dtypes.bfloat16)
+
+
+def finite(path, key, value):
+    """``value``, or a ValueError naming the tensor if it holds NaN or infinite values."""
+    if not np.isfinite(value).all():
+        bad = int(value.size - np.isfinite(value).sum())
+        raise ValueError(f"{path}: tensor {key!r} holds {bad} NaN or infinite value(s)")
+    return value
 
 
 def param_name(key):
@@ -55,6 +85,7 @@ class SafetensorsSource(SlicedSource):
         self.path, self.config = os.fspath(path), config
         self.dtype = np.dtype(config.dtype)
         self.reads = []  #: (file's key, axis, (start, stop) runs, shape read): what was read
+        self.dtypes = {}  #: mpipar's name -> the file's dtype
         try:
             with safe_open(self.path, framework="numpy") as f:
                 self.keys, self.file_shapes, dtypes = {}, {}, {}
@@ -74,6 +105,7 @@ class SafetensorsSource(SlicedSource):
             check_params(config, self)
         except ValueError as e:
             raise ValueError(f"{self.path}: {e}") from None
+        self.dtypes = dtypes
         for name, dtype in dtypes.items():
             if dtype not in FLOATS:
                 raise ValueError(f"{self.path}: tensor {self.keys[name]!r} has dtype {dtype}, "
@@ -97,11 +129,15 @@ class SafetensorsSource(SlicedSource):
         if runs and (min(a for a, _ in runs) < 0 or max(b for _, b in runs) > shape[axis]):
             raise IndexError(f"{self.path}: {key!r} has {shape[axis]} indices along axis {axis}")
         pieces = []
-        with safe_open(self.path, framework="numpy") as f:
-            tensor = f.get_slice(key)
-            for start, stop in runs:
-                where = (slice(None),) * axis + (slice(start, stop),)
-                pieces.append(np.asarray(tensor[where]).astype(self.dtype, copy=False))
+        wheres = [(slice(None),) * axis + (slice(start, stop),) for start, stop in runs]
+        if self.dtypes.get(name) == "BF16":
+            tensor = bf16_tensor(self.path, key)
+            pieces = [np.asarray(tensor[where]).astype(self.dtype) for where in wheres]
+            del tensor
+        else:
+            with safe_open(self.path, framework="numpy") as f:
+                tensor = f.get_slice(key)
+                pieces = [np.asarray(tensor[where]).astype(self.dtype, copy=False) for where in wheres]
         if not pieces:
             empty = shape[:axis] + (0,) + shape[axis + 1:]
             return np.empty(empty, self.dtype)
@@ -110,4 +146,4 @@ class SafetensorsSource(SlicedSource):
         if value.shape != expected:
             raise ValueError(f"{self.path}: read {value.shape} of {key!r}, expected {expected}")
         self.reads.append((key, axis, runs, value.shape))
-        return value
+        return finite(self.path, key, value)

@@ -40,6 +40,20 @@ def test_write_json_failure_keeps_the_old_file_whole(tmp_path):
     assert os.listdir(tmp_path) == ["out.json"]
 
 
+def test_json_is_always_valid_non_finite_numbers_become_null(tmp_path):
+    import numpy as np
+    path = tmp_path / "out.json"
+    write_json(FakeComm(0), str(path), {"nan": float("nan"), "inf": [float("inf"), 1.0],
+                                        "f32": np.float32("-inf"), "array": np.array([np.nan, 2.0])})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+
+    def strict(word):
+        raise ValueError(f"not JSON: {word}")
+    assert json.loads(text, parse_constant=strict) == {"nan": None, "inf": [None, 1.0], "f32": None,
+                                                       "array": [None, 2.0]}
+
+
 def test_json_path_problem_names_the_option_and_the_reason(tmp_path):
     comm = FakeComm(0)
     assert json_path_problem(comm, None) is None

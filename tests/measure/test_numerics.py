@@ -36,10 +36,13 @@ def test_zero_signs_and_crossing_zero():
     assert not numerics.bitwise_equal(z, nz)
 
 
-def test_nan_handling():
+def test_a_nan_never_matches():
     a = np.array([np.nan, 1.0])
-    assert numerics.max_ulp(a, a) == 0
+    assert numerics.max_ulp(a, a) == np.inf
     assert numerics.max_ulp(a, np.array([1.0, 1.0])) == np.inf
+    assert not numerics.bitwise_equal(a, a.copy())
+    assert numerics.bitwise_equal(np.array([np.inf, 1.0]), np.array([np.inf, 1.0]))
+    assert numerics.normalized_error(a, a, np.ones(2)) == np.inf
 
 
 def test_normalized_error():
