@@ -24,6 +24,7 @@ sequence keeps one stage busy at a time, N >= P sequences can keep them all busy
     mpirun -n 2 python -m mpi4py -m mpipar.generate --pp 2 --copies 4
 """
 import argparse
+import math
 import sys
 import time
 
@@ -93,8 +94,8 @@ def check(args, comm):
         return f"--seed must be a whole number in [0, 2**32), not {args.seed}"
     if args.max_new_tokens < 0:
         return "--max-new-tokens must be >= 0"
-    if not args.temperature >= 0:
-        return "--temperature must be >= 0"
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        return f"--temperature must be a number >= 0 (0: greedy), not {args.temperature}"
     if args.prompt is not None and not args.prompt:
         return "--prompt is empty: give some text"
     if args.chat is not None and not args.chat.strip():

@@ -72,8 +72,16 @@ def run(target, n, args=(), timeout=300, check=True):
 
     A module gets ``--json PATH`` appended; a script receives PATH in the
     environment variable MPIPAR_RESULT and writes it with :func:`emit`. Raises
-    RuntimeError with the job's output if it fails (when ``check``) or overruns.
+    RuntimeError with the job's output if it fails (when ``check``) or overruns, and
+    ValueError for ``n`` < 1 or a module's ``args`` that carry their own ``--json`` (the
+    job's JSON is the one handed back).
     """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a whole number of ranks >= 1, not {n!r}")
+    if not str(target).endswith(".py") and any(str(a) == "--json" or str(a).startswith("--json=")
+                                                for a in args):
+        raise ValueError("launch.run adds --json itself and hands the JSON back as Job.data: "
+                         "leave --json out of args")
     with tempfile.TemporaryDirectory(prefix="mpipar-") as tmp:
         result = os.path.join(tmp, "result.json")
         is_script = str(target).endswith(".py")

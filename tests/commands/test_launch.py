@@ -30,6 +30,17 @@ def test_failing_job_raises_with_its_output(tmp_path):
         launch.run(script, n=2, timeout=60)
 
 
+@pytest.mark.parametrize("n, args, message", [
+    (0, [], "n must be a whole number of ranks >= 1, not 0"),
+    (True, [], "not True"),
+    (2, ["--json", "mine.json"], "leave --json out of args"),
+    (2, ["--json=mine.json"], "leave --json out of args"),
+])
+def test_bad_launches_are_refused_before_starting(n, args, message):
+    with pytest.raises(ValueError, match=message):
+        launch.run("mpipar.demo", n=n, args=args)
+
+
 def test_demo_json_at_three_ranks(tmp_path):
     job = launch.run("mpipar.demo_collectives", n=3,
                      args=["--size", "4KiB", "--repeat", "2", "--no-calibrate"])
