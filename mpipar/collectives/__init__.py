@@ -12,8 +12,10 @@ share, channel.py the counting point-to-point layer, lowp.py the 16-bit wires,
 nonblocking.py the overlapped ring. ``ALGORITHMS`` here maps each collective to
 its table. ``algorithm="mpi"``
 calls the MPI library's own collective for side-by-side comparison; ``"auto"``
-picks the hand-written algorithm the default :class:`CostModel` predicts fastest
-for this p and message size, as MPI libraries do with their thresholds.
+picks a hand-written algorithm for this p and message size, as MPI libraries do
+with their thresholds: from a measured decision table (``python -m mpipar.bench
+tune``; where it is looked for: tuning.py), else the one the :class:`CostModel`
+predicts fastest.
 
 Before any data moves, every rank's arguments are compared (``check=True``: one
 MPI allreduce of a fixed-size signature, see checking.py): a bad or mismatched
@@ -38,6 +40,7 @@ from . import allgather as _ag
 from . import allreduce as _ar
 from . import broadcast as _bc
 from . import reduce_scatter as _rs
+from . import tuning
 from .blocks import BFLOAT16, REDUCTIONS, split_offsets
 from .channel import Channel
 from .checking import agree
@@ -56,7 +59,7 @@ def allreduce(comm, x, op="sum", algorithm="auto", *, check=True):
     x, problem = _local_problems("allreduce", algorithm, x, op=op)
     agree(comm, "allreduce", problem, check, algorithm=algorithm, op=op,
            dtype=x.dtype.str, shape=x.shape)
-    alg = _resolve("allreduce", algorithm, comm.Get_size(), x.nbytes)
+    alg = _resolve(comm, "allreduce", algorithm, x.nbytes)
     work = np.array(x, order="C", copy=True).reshape(-1)
     if alg == "mpi":
         fn = lambda ch: _mpi_reduce(comm, work, op, None)  # noqa: E731
@@ -88,7 +91,7 @@ def allgather(comm, x, axis=0, algorithm="auto", *, check=True):
     total = np.empty(offsets[-1], x.dtype)
     front = x if ax == 0 else np.moveaxis(x, ax, 0)
     total[offsets[rank]:offsets[rank + 1]] = front.reshape(-1)
-    alg = _resolve("allgather", algorithm, p, total.nbytes)
+    alg = _resolve(comm, "allgather", algorithm, total.nbytes)
     if alg == "mpi":
         fn = lambda ch: _mpi_allgather(comm, total, offsets)  # noqa: E731
     else:
@@ -107,7 +110,7 @@ def reduce_scatter(comm, x, axis=0, op="sum", algorithm="auto", *, check=True):
     row = int(np.prod(moved.shape[1:], dtype=np.int64))
     offsets = [row * o for o in split_offsets(moved.shape[0], p)]
     work = np.array(moved, order="C", copy=True).reshape(-1)
-    alg = _resolve("reduce_scatter", algorithm, p, x.nbytes)
+    alg = _resolve(comm, "reduce_scatter", algorithm, x.nbytes)
     if alg == "mpi":
         fn = lambda ch: _mpi_reduce(comm, work, op, offsets)  # noqa: E731
     else:
@@ -122,7 +125,7 @@ def broadcast(comm, x, root=0, algorithm="auto", *, check=True):
     x, problem = _local_problems("broadcast", algorithm, x, root=root, p=comm.Get_size())
     agree(comm, "broadcast", problem, check, algorithm=algorithm, root=root,
            dtype=x.dtype.str, shape=x.shape)
-    alg = _resolve("broadcast", algorithm, comm.Get_size(), x.nbytes)
+    alg = _resolve(comm, "broadcast", algorithm, x.nbytes)
     work = np.array(x, order="C", copy=True).reshape(-1)
     if alg == "mpi":
         fn = lambda ch: (comm.Bcast([work, MPI.BYTE], root=root), work)[1]  # noqa: E731
@@ -167,8 +170,15 @@ def _is_int(v):
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
-def _resolve(name, algorithm, p, nbytes):
-    return _AUTO_MODEL.best(name, p, nbytes) if algorithm == "auto" else algorithm
+def _resolve(comm, name, algorithm, nbytes):
+    """The algorithm to run: ``algorithm`` itself, or for ``"auto"`` the measured decision
+    table's choice (tuning.py) and, where there is none, the cost model's."""
+    if algorithm != "auto":
+        return algorithm
+    p = comm.Get_size()
+    if p == 1:
+        return next(iter(ALGORITHMS[name]))
+    return tuning.decision(comm, name, nbytes) or _AUTO_MODEL.best(name, p, nbytes)
 
 
 # --- running and recording ------------------------------------------------------------------
