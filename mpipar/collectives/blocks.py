@@ -13,6 +13,8 @@ import numpy as np
 
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
+#: op name -> ufunc. max and min are np.maximum and np.minimum, so a NaN on any rank makes
+#: the element NaN on every rank, in every algorithm (MPI libraries' MPI_MAX need not).
 REDUCTIONS = {"sum": np.add, "prod": np.multiply, "max": np.maximum, "min": np.minimum}
 
 
