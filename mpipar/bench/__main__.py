@@ -9,7 +9,9 @@ costs), forward (the tensor-parallel GPT-2's forward time), dp (a data-parallel
 training step with and without overlapping the gradient all-reduce), tradeoff
 (accuracy against bytes and time of float16/bfloat16 wires, rounding and
 deterministic mode), pp (pipeline step time and bubble of every schedule as the
-number of micro-batches grows, beside the formulas). Without mpirun it runs as one rank.
+number of micro-batches grows, beside the formulas), tune (every algorithm
+timed over sizes at this world size: the decision table algorithm="auto" reads).
+Without mpirun it runs as one rank.
 
 This file only builds the parser from the subcommand modules, validates and
 dispatches. Each module has ``add_parser(commands)``, which sets two defaults:
@@ -20,9 +22,9 @@ returns the exit status.
 from mpi4py import MPI
 
 from ..cli import Parser, run_main, watchdog
-from . import collectives, dp, forward, ledger, pp, tradeoff
+from . import collectives, dp, forward, ledger, pp, tradeoff, tune
 
-SUBCOMMANDS = (collectives, ledger, forward, dp, pp, tradeoff)
+SUBCOMMANDS = (collectives, tune, ledger, forward, dp, pp, tradeoff)
 
 
 def build_parser():

@@ -30,6 +30,7 @@ output columns (one table per op, one group of rows per size):
               allgather and reduce_scatter S/t*(p-1)/p, broadcast S/t
   predicted   the alpha-beta-gamma model's time (Thakur, Rabenseifner & Gropp 2005);
               for "mpi", the best hand-written algorithm's
+  pred/meas   predicted / median: the model's error (1.00 = exact, below 1 = too optimistic)
   lower bnd   bandwidth lower bound: bytes that must leave the busiest rank * beta
   vs mpi      median / the MPI library's median at this size (below 1: faster)
 --json PATH writes the same numbers, and the settings, for plotting.
@@ -52,6 +53,7 @@ def make_row(op, algorithm, p, nbytes, count, times, iterations, cost_model):
         "predicted_seconds": cost_model.predict(op, algorithm, p, nbytes),
         "lower_bound_seconds": cost_model.lower_bound(op, p, nbytes),
         "ratio_to_mpi": None,
+        "pred_over_meas": cost_model.predict(op, algorithm, p, nbytes) / seconds if seconds > 0 else None,
     }
 
 
@@ -72,8 +74,8 @@ def ratio_text(ratio):
 OP_COLUMNS = [Column("size", format_bytes), Column("algorithm", align="<"),
               Column("median", format_seconds), Column("min", format_seconds),
               Column("max", format_seconds), Column("busbw GB/s", "{:.3f}".format),
-              Column("predicted", format_seconds), Column("lower bnd", format_seconds),
-              Column("vs mpi")]
+              Column("predicted", format_seconds), Column("pred/meas"),
+              Column("lower bnd", format_seconds), Column("vs mpi")]
 
 
 def op_table(op, rows, p):
@@ -86,7 +88,8 @@ def op_table(op, rows, p):
             star = "*" if r is fastest and len(group) > 1 else ""
             cells.append([nbytes if i == 0 else None, r["algorithm"] + star, r["seconds"],
                           r["seconds_min"], r["seconds_max"], r["busbw_GBps"],
-                          r["predicted_seconds"], r["lower_bound_seconds"] if i == 0 else None,
+                          r["predicted_seconds"], ratio_text(r["pred_over_meas"]),
+                          r["lower_bound_seconds"] if i == 0 else None,
                           ratio_text(r["ratio_to_mpi"])])
     return format_table(OP_COLUMNS, cells, title=f"{op} on {p} rank(s)")
 

@@ -12,12 +12,15 @@ share, channel.py the counting point-to-point layer, lowp.py the 16-bit wires,
 nonblocking.py the overlapped ring. ``ALGORITHMS`` here maps each collective to
 its table. ``algorithm="mpi"``
 calls the MPI library's own collective for side-by-side comparison; ``"auto"``
-picks the hand-written algorithm the default :class:`CostModel` predicts fastest
-for this p and message size, as MPI libraries do with their thresholds.
+picks a hand-written algorithm for this p and message size, as MPI libraries do
+with their thresholds: from a measured decision table (``python -m mpipar.bench
+tune``; where it is looked for: tuning.py), else the one the :class:`CostModel`
+predicts fastest.
 
-Before any data moves, every rank's arguments are compared (``check=True``, one
-small control message): a bad or mismatched call raises the same ``ValueError``
-on every rank instead of deadlocking. ``check=False`` skips that message and only
+Before any data moves, every rank's arguments are compared (``check=True``: one
+MPI allreduce of a fixed-size signature, see checking.py): a bad or mismatched
+call raises the same ``ValueError`` on every rank instead of deadlocking, and no
+rank raises before that agreement. ``check=False`` skips the message and only
 checks locally -- for benchmarks of the bare algorithm.
 
 dtypes: float16, float32, float64, int32, int64, bfloat16 (``ml_dtypes``). Data
@@ -37,8 +40,10 @@ from . import allgather as _ag
 from . import allreduce as _ar
 from . import broadcast as _bc
 from . import reduce_scatter as _rs
+from . import tuning
 from .blocks import BFLOAT16, REDUCTIONS, split_offsets
 from .channel import Channel
+from .checking import agree
 
 DTYPES = [np.dtype(t) for t in ("float16", "float32", "float64", "int32", "int64")] + [BFLOAT16]
 MPI_OPS = {"sum": MPI.SUM, "prod": MPI.PROD, "max": MPI.MAX, "min": MPI.MIN}
@@ -51,11 +56,10 @@ __all__ = ["allreduce", "allgather", "reduce_scatter", "broadcast", "ALGORITHMS"
 
 def allreduce(comm, x, op="sum", algorithm="auto", *, check=True):
     """Elementwise reduction of every rank's ``x``; a new array, bitwise equal on all ranks."""
-    x = np.asarray(x)
-    problem = _local_problems("allreduce", algorithm, x, op=op)
-    _agree(comm, "allreduce", problem, check, algorithm=algorithm, op=op,
+    x, problem = _local_problems("allreduce", algorithm, x, op=op)
+    agree(comm, "allreduce", problem, check, algorithm=algorithm, op=op,
            dtype=x.dtype.str, shape=x.shape)
-    alg = _resolve("allreduce", algorithm, comm.Get_size(), x.nbytes)
+    alg = _resolve(comm, "allreduce", algorithm, x.nbytes)
     work = np.array(x, order="C", copy=True).reshape(-1)
     if alg == "mpi":
         fn = lambda ch: _mpi_reduce(comm, work, op, None)  # noqa: E731
@@ -66,11 +70,10 @@ def allreduce(comm, x, op="sum", algorithm="auto", *, check=True):
 
 def allgather(comm, x, axis=0, algorithm="auto", *, check=True):
     """Concatenation of every rank's ``x`` along ``axis`` in rank order; lengths may differ."""
-    x = np.asarray(x)
-    problem = _local_problems("allgather", algorithm, x, axis=axis)
+    x, problem = _local_problems("allgather", algorithm, x, axis=axis)
     ax = axis % x.ndim if x.ndim and not problem else 0
     rest = tuple(s for i, s in enumerate(x.shape) if i != ax)
-    sigs = _agree(comm, "allgather", problem, check, algorithm=algorithm, dtype=x.dtype.str,
+    sigs = agree(comm, "allgather", problem, check, algorithm=algorithm, dtype=x.dtype.str,
                   axis=axis, other_dims=rest, info=x.shape[ax] if x.ndim else 0)
     p, rank = comm.Get_size(), comm.Get_rank()
     if sigs is not None:
@@ -88,7 +91,7 @@ def allgather(comm, x, axis=0, algorithm="auto", *, check=True):
     total = np.empty(offsets[-1], x.dtype)
     front = x if ax == 0 else np.moveaxis(x, ax, 0)
     total[offsets[rank]:offsets[rank + 1]] = front.reshape(-1)
-    alg = _resolve("allgather", algorithm, p, total.nbytes)
+    alg = _resolve(comm, "allgather", algorithm, total.nbytes)
     if alg == "mpi":
         fn = lambda ch: _mpi_allgather(comm, total, offsets)  # noqa: E731
     else:
@@ -99,16 +102,15 @@ def allgather(comm, x, axis=0, algorithm="auto", *, check=True):
 
 def reduce_scatter(comm, x, axis=0, op="sum", algorithm="auto", *, check=True):
     """Block ``rank`` (as ``np.array_split(x, p, axis)`` cuts it) of the reduction of all x."""
-    x = np.asarray(x)
-    problem = _local_problems("reduce_scatter", algorithm, x, op=op, axis=axis)
-    _agree(comm, "reduce_scatter", problem, check, algorithm=algorithm, op=op,
+    x, problem = _local_problems("reduce_scatter", algorithm, x, op=op, axis=axis)
+    agree(comm, "reduce_scatter", problem, check, algorithm=algorithm, op=op,
            dtype=x.dtype.str, shape=x.shape, axis=axis)
     p, rank, ax = comm.Get_size(), comm.Get_rank(), axis % x.ndim
     moved = np.moveaxis(x, ax, 0)
     row = int(np.prod(moved.shape[1:], dtype=np.int64))
     offsets = [row * o for o in split_offsets(moved.shape[0], p)]
     work = np.array(moved, order="C", copy=True).reshape(-1)
-    alg = _resolve("reduce_scatter", algorithm, p, x.nbytes)
+    alg = _resolve(comm, "reduce_scatter", algorithm, x.nbytes)
     if alg == "mpi":
         fn = lambda ch: _mpi_reduce(comm, work, op, offsets)  # noqa: E731
     else:
@@ -120,11 +122,10 @@ def reduce_scatter(comm, x, axis=0, op="sum", algorithm="auto", *, check=True):
 
 def broadcast(comm, x, root=0, algorithm="auto", *, check=True):
     """Root's ``x`` on every rank; every rank passes an array of the same shape and dtype."""
-    x = np.asarray(x)
-    problem = _local_problems("broadcast", algorithm, x, root=root, p=comm.Get_size())
-    _agree(comm, "broadcast", problem, check, algorithm=algorithm, root=root,
+    x, problem = _local_problems("broadcast", algorithm, x, root=root, p=comm.Get_size())
+    agree(comm, "broadcast", problem, check, algorithm=algorithm, root=root,
            dtype=x.dtype.str, shape=x.shape)
-    alg = _resolve("broadcast", algorithm, comm.Get_size(), x.nbytes)
+    alg = _resolve(comm, "broadcast", algorithm, x.nbytes)
     work = np.array(x, order="C", copy=True).reshape(-1)
     if alg == "mpi":
         fn = lambda ch: (comm.Bcast([work, MPI.BYTE], root=root), work)[1]  # noqa: E731
@@ -136,47 +137,48 @@ def broadcast(comm, x, root=0, algorithm="auto", *, check=True):
 # --- checking -------------------------------------------------------------------------------
 
 def _local_problems(name, algorithm, x, op="sum", axis=None, root=None, p=None):
-    """What is wrong with this rank's arguments on their own, as a message, or None."""
-    if algorithm not in (*ALGORITHMS[name], "mpi", "auto"):
+    """``np.asarray(x)``, and what is wrong with this rank's arguments on their own, as a
+    message, or None.
+
+    Never raises: whatever the arguments are (``op=["sum"]``, ``axis=1.0``, a ragged
+    list), the message goes into the agreement so that every rank raises together."""
+    try:
+        x = np.asarray(x)
+    except (TypeError, ValueError) as e:
+        return np.empty(0, np.float32), f"x is not an array: {e}"
+    return x, _problem(name, algorithm, x, op, axis, root, p)
+
+
+def _problem(name, algorithm, x, op, axis, root, p):
+    if not (isinstance(algorithm, str) and algorithm in (*ALGORITHMS[name], "mpi", "auto")):
         return (f"unknown algorithm {algorithm!r} for {name}; choose from "
                 f"{', '.join((*ALGORITHMS[name], 'mpi', 'auto'))}")
-    if op not in REDUCTIONS:
+    if not (isinstance(op, str) and op in REDUCTIONS):
         return f"unknown op {op!r}; choose from {', '.join(REDUCTIONS)}"
     if x.dtype not in DTYPES:
         return f"dtype {x.dtype} is not supported; use one of {', '.join(map(str, DTYPES))}"
+    if axis is not None and not _is_int(axis):
+        return f"axis must be an integer, not {axis!r}"
     if axis is not None and not (x.ndim and -x.ndim <= axis < x.ndim):
         return f"axis {axis} is out of range for an array of shape {x.shape}"
-    if root is not None and not (isinstance(root, (int, np.integer)) and 0 <= root < p):
+    if root is not None and not (_is_int(root) and 0 <= root < p):
         return f"root {root!r} is out of range for a communicator of {p} ranks"
     return None
 
 
-def _agree(comm, name, problem, check, info=None, **fields):
-    """Raise the same ValueError on every rank if any rank's call is bad or differs.
-
-    With ``check`` every rank's (problem, fields, info) is gathered -- small
-    control data, so the pickling ``allgather`` -- and every rank runs the same
-    test on the same table. ``fields`` must agree; ``info`` may differ (allgather's
-    lengths). Returns every rank's ``info`` (None without ``check``).
-    """
-    if not check:
-        if problem:
-            raise ValueError(f"{name}: {problem}")
-        return None
-    table = comm.allgather((problem, fields, info))
-    for r, (prob, _, _) in enumerate(table):
-        if prob:
-            raise ValueError(f"{name}: rank {r}: {prob}")
-    for key in fields:
-        values = [f[key] for _, f, _ in table]
-        if any(v != values[0] for v in values):
-            seen = ", ".join(f"rank {r}: {v}" for r, v in enumerate(values))
-            raise ValueError(f"{name}: ranks disagree on {key} ({seen})")
-    return [i for _, _, i in table]
+def _is_int(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
-def _resolve(name, algorithm, p, nbytes):
-    return _AUTO_MODEL.best(name, p, nbytes) if algorithm == "auto" else algorithm
+def _resolve(comm, name, algorithm, nbytes):
+    """The algorithm to run: ``algorithm`` itself, or for ``"auto"`` the measured decision
+    table's choice (tuning.py) and, where there is none, the cost model's."""
+    if algorithm != "auto":
+        return algorithm
+    p = comm.Get_size()
+    if p == 1:
+        return next(iter(ALGORITHMS[name]))
+    return tuning.decision(comm, name, nbytes) or _AUTO_MODEL.best(name, p, nbytes)
 
 
 # --- running and recording ------------------------------------------------------------------

@@ -51,10 +51,11 @@ def ring(ch, buf, offsets, first=0):
     p = ch.size
     me = (ch.rank - first) % p
     right, left = (ch.rank + 1) % p, (ch.rank - 1) % p
+    blocks = [block(buf, offsets, j) for j in range(p)]  # views, cut once
     for s in range(p - 1):
         ch.step()
         send_b, recv_b = ring_step(p, me, s, "allgather")
-        ch.sendrecv(block(buf, offsets, send_b), right, block(buf, offsets, recv_b), left)
+        ch.sendrecv(blocks[send_b], right, blocks[recv_b], left)
     return buf
 
 

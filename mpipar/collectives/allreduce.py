@@ -58,7 +58,7 @@ def tree(ch, x, op):
     sender's [r + 2^k, r + 2^(k+1)) on the right.
     """
     p, rank = ch.size, ch.rank
-    incoming = np.empty_like(x)
+    incoming = np.empty_like(x) if rank % 2 == 0 else None  # odd ranks only send
     mask, active = 1, True
     while mask < p:
         ch.step()

@@ -6,11 +6,15 @@ way ``np.array_split`` does (the first n mod p blocks one element longer). This 
 the only place that says which block a rank sends when: ``ring_step`` for the
 rings, :class:`Fold` for the algorithms that need a power of two.
 """
+import functools
+
 import ml_dtypes
 import numpy as np
 
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
+#: op name -> ufunc. max and min are np.maximum and np.minimum, so a NaN on any rank makes
+#: the element NaN on every rank, in every algorithm (MPI libraries' MPI_MAX need not).
 REDUCTIONS = {"sum": np.add, "prod": np.multiply, "max": np.maximum, "min": np.minimum}
 
 
@@ -51,7 +55,7 @@ def ring_step(p, me, s, phase):
     me-s-1. The same arithmetic shifted by one (Thakur, Rabenseifner & Gropp 2005,
     sec. 4.1 and 4.3).
     """
-    lag = {"reduce_scatter": 1, "allgather": 0}[phase]
+    lag = 1 if phase == "reduce_scatter" else 0
     return (me - s - lag) % p, (me - s - lag - 1) % p
 
 
@@ -111,16 +115,22 @@ class Fold:
         self.p = p
         self.q = pow2_floor(p)
         self.rounds = self.q.bit_length() - 1  #: lg q, the steps of one power-of-two phase
-        self.order = []  # block indices in slot order
-        slot_sizes = []
-        for i in range(self.q):
-            members = [i] + ([i + self.q] if i + self.q < p else [])
-            self.order += members
-            slot_sizes.append(sum(offsets[j + 1] - offsets[j] for j in members))
-        self.slot_offsets = [0]
-        for s in slot_sizes:
-            self.slot_offsets.append(self.slot_offsets[-1] + s)
         self.offsets = offsets
+
+    @functools.cached_property
+    def order(self):
+        """Block indices in slot order (computed when first needed: recursive doubling
+        of a whole vector never needs it)."""
+        return [j for i in range(self.q) for j in ([i, i + self.q] if i + self.q < self.p else [i])]
+
+    @functools.cached_property
+    def slot_offsets(self):
+        """Offsets of the q slots in a slot-ordered buffer."""
+        out = [0]
+        for i in range(self.q):
+            out.append(out[-1] + sum(self.offsets[j + 1] - self.offsets[j]
+                                     for j in ((i, i + self.q) if i + self.q < self.p else (i,))))
+        return out
 
     def is_extra(self, rank):
         return rank >= self.q
@@ -176,10 +186,15 @@ class Fold:
             ch.steps += phases * self.rounds
 
     def to_slots(self, buf):
-        return np.concatenate([block(buf, self.offsets, j) for j in self.order]) \
-            if self.p > 1 else buf.copy()
+        """``buf`` laid out slot by slot: ``buf`` itself when p is a power of two (the slot
+        order is then the block order), else a new buffer."""
+        if self.q == self.p:
+            return buf
+        return np.concatenate([block(buf, self.offsets, j) for j in self.order])
 
     def from_slots(self, slotbuf, out):
+        if slotbuf is out:
+            return out
         pos = 0
         for j in self.order:
             size = self.offsets[j + 1] - self.offsets[j]

@@ -20,11 +20,14 @@ import numpy as np
 TAG = 0x6D70  # "mp"
 
 
+_NOTHING = [np.empty(0, np.uint8), MPI.BYTE]  # an empty message (a block of 0 elements)
+
+
 def _wire(buf):
     """The buffer spec mpi4py needs: the array's bytes, no datatype conversion."""
     if not buf.flags.c_contiguous:
         raise ValueError("internal error: message buffers must be contiguous")
-    return [buf, MPI.BYTE] if buf.nbytes else [np.empty(0, np.uint8), MPI.BYTE]
+    return [buf, MPI.BYTE] if buf.nbytes else _NOTHING
 
 
 class Channel:
@@ -52,16 +55,21 @@ class Channel:
 
     def send(self, buf, dest):
         self._count(buf, dest)
-        self.comm.Send(_wire(buf), dest=dest, tag=self.tag)
+        self.comm.Send(_wire(buf), dest, self.tag)
 
     def recv(self, buf, source):
-        self.comm.Recv(_wire(buf), source=source, tag=self.tag)
+        self.comm.Recv(_wire(buf), source, self.tag)
 
     def sendrecv(self, sendbuf, dest, recvbuf, source):
-        """Send to ``dest`` and receive from ``source`` at once (no deadlock in rings)."""
-        self._count(sendbuf, dest)
-        self.comm.Sendrecv(_wire(sendbuf), dest=dest, sendtag=self.tag,
-                           recvbuf=_wire(recvbuf), source=source, recvtag=self.tag)
+        """Send to ``dest`` and receive from ``source`` at once (no deadlock in rings).
+
+        The algorithms' inner step: the tally is inlined and the arguments positional,
+        each saving a Python call per message."""
+        self.bytes_sent += sendbuf.nbytes
+        self.messages += 1
+        if self.trace is not None:
+            self.trace.append((self.steps, self.rank, int(dest), int(sendbuf.nbytes)))
+        self.comm.Sendrecv(_wire(sendbuf), dest, self.tag, _wire(recvbuf), source, self.tag)
 
     def isend(self, buf, dest):
         self._count(buf, dest)

@@ -55,16 +55,16 @@ def ring_in_place(ch, x, offsets, op, wire=None):
     """
     p, rank = ch.size, ch.rank
     right, left = (rank + 1) % p, (rank - 1) % p
-    largest = max(offsets[j + 1] - offsets[j] for j in range(p))
-    incoming = np.empty(largest, wire_dtype(wire, x.dtype))
+    blocks = [block(x, offsets, j) for j in range(p)]  # views, cut once
+    incoming = np.empty(max(b.size for b in blocks), wire_dtype(wire, x.dtype))
+    parts = [incoming[:b.size] for b in blocks]  # where block j's partial arrives
     for s in range(p - 1):
         ch.step()
         send_b, recv_b = ring_step(p, rank, s, "reduce_scatter")
-        mine = block(x, offsets, recv_b)
-        part = incoming[:mine.size]
-        ch.sendrecv(to_wire(block(x, offsets, send_b), wire), right, part, left)
-        # partial from earlier ranks of the ring, then ours
-        combine(op, from_wire(part, x.dtype), mine, out=mine)
+        mine, part = blocks[recv_b], parts[recv_b]
+        ch.sendrecv(to_wire(blocks[send_b], wire), right, part, left)
+        if mine.size:  # partial from earlier ranks of the ring, then ours
+            combine(op, from_wire(part, x.dtype), mine, out=mine)
     return x
 
 

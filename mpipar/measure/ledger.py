@@ -158,7 +158,7 @@ class CommLedger:
         comm_s = sum(g["seconds"] for g in groups.values())
         wall = self.wall_seconds or (time.perf_counter() - self._t0 if self._t0 else 0.0)
         head = (f"{'op':<15}{'algorithm':<36}{'calls':>6}{'payload':>11}{'sent':>11}"
-                f"{'msgs':>7}{'seconds':>11}{'predicted':>11}{'% comm':>8}")
+                f"{'msgs':>7}{'seconds':>11}{'predicted':>11}{'pred/meas':>10}{'% comm':>8}")
         lines = [head, "-" * len(head)]
         total = dict(calls=0, nbytes=0, bytes_sent=0, messages=0, seconds=0.0, predicted_seconds=0.0)
         for (op, alg), g in sorted(groups.items()):
@@ -181,5 +181,7 @@ def _row(op, alg, g, comm_s):
     sent = "-" if g["bytes_sent"] is None else format_bytes(g["bytes_sent"])
     msgs = "-" if g["messages"] is None else g["messages"]
     pred = "-" if g["predicted_seconds"] is None else f"{g['predicted_seconds']:.3g}"
+    error = ("-" if g["predicted_seconds"] is None or not g["seconds"]
+             else f"{g['predicted_seconds'] / g['seconds']:.2f}")  # the model's error
     return (f"{op:<15}{alg:<36}{g['calls']:>6}{format_bytes(g['nbytes']):>11}"
-            f"{sent:>11}{msgs:>7}{g['seconds']:>11.3g}{pred:>11}{share:>7.1f}%")
+            f"{sent:>11}{msgs:>7}{g['seconds']:>11.3g}{pred:>11}{error:>10}{share:>7.1f}%")

@@ -98,6 +98,43 @@ def test_problem_on_one_rank_is_reported_everywhere():
                       "allreduce: rank 0: unknown algorithm 'fast'")
 
 
+@pytest.mark.mpi
+@pytest.mark.parametrize("case", ["op list", "op none", "axis float", "axis bool", "algorithm list",
+                                  "ragged x"])
+def test_any_bad_argument_on_one_rank_raises_on_all_together(case):
+    """Whatever a rank passes -- unhashable, of the wrong type, not an array -- it is only
+    a message until every rank has the agreement's answer; then all raise, naming it."""
+    bad = COMM.Get_size() - 1  # the last rank (rank 0 on one rank)
+    name, kwargs, match = {
+        "op list": ("allreduce", dict(x=np.ones(4), op=["sum"]), "unknown op ['sum']"),
+        "op none": ("reduce_scatter", dict(x=np.ones(4), op=None), "unknown op None"),
+        "axis float": ("reduce_scatter", dict(x=np.ones((2, 2)), axis=1.0),
+                       "axis must be an integer, not 1.0"),
+        "axis bool": ("allgather", dict(x=np.ones((2, 2)), axis=True),
+                      "axis must be an integer, not True"),
+        "algorithm list": ("broadcast", dict(x=np.ones(4), algorithm=["ring"]),
+                           "unknown algorithm ['ring']"),
+        "ragged x": ("allgather", dict(x=[[1.0], [1.0, 2.0]]), "x is not an array"),
+    }[case]
+    good = {"x": np.ones(kwargs["x"].shape if case != "ragged x" else (2, 1))}
+    args = kwargs if RANK == bad else good
+    raises_everywhere(lambda: getattr(collectives, name)(COMM, **args),
+                      f"{name}: rank {bad}: {match}")
+
+
+def test_signature_hash_is_the_same_in_every_process():
+    """The hash the ranks compare is not Python's salted hash(): a fixed value."""
+    from mpipar.collectives.checking import signature_hash
+    fields = ("allreduce", ("algorithm", "ring"), ("op", "sum"), ("dtype", "<f4"), ("shape", (4,)))
+    code = ("from mpipar.collectives.checking import signature_hash; "
+            f"print(signature_hash({fields!r}))")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}, check=True).stdout.strip()
+            for seed in ("1", "2")}
+    assert outs == {str(signature_hash(fields))}
+    assert 0 <= signature_hash(fields) < 2**62
+
+
 def mismatches():
     """what differs: (collective, its arguments on this rank, the field the message names)."""
     return {

@@ -20,7 +20,8 @@ from mpipar.measure.cost_model import CostModel
 TINY = ["collectives", "--max-size", "4KiB", "--trials", "2", "--no-calibrate", "--quiet"]
 NOMINAL_SIZES = [8, 64, 512, 4096]  # 8 B * 8^k up to 4 KiB
 ROW_KEYS = {"op", "algorithm", "bytes", "count", "seconds", "seconds_min", "seconds_max", "trials",
-            "iterations", "busbw_GBps", "predicted_seconds", "lower_bound_seconds", "ratio_to_mpi"}
+            "iterations", "busbw_GBps", "predicted_seconds", "lower_bound_seconds", "ratio_to_mpi",
+            "pred_over_meas"}
 # nccl-tests PERFORMANCE.md: busbw = S/t * factor; written out here, apart from the bench's
 # mpipar.measure.cost_model.bandwidth_factor, as an independent check of it
 BUSBW_FACTOR = {"allreduce": lambda p: 2 * (p - 1) / p, "allgather": lambda p: (p - 1) / p,
