@@ -20,8 +20,14 @@ predicts fastest.
 Before any data moves, every rank's arguments are compared (``check=True``: one
 MPI allreduce of a fixed-size signature, see checking.py): a bad or mismatched
 call raises the same ``ValueError`` on every rank instead of deadlocking, and no
-rank raises before that agreement. ``check=False`` skips the message and only
-checks locally -- for benchmarks of the bare algorithm.
+rank raises before that agreement. ``check=False`` -- for benchmarks of the bare
+algorithm -- skips that message and with it everything that needs another rank's
+arguments: that every rank names the same algorithm, op, dtype, shape, axis and root.
+What remains: each rank's own arguments are checked (an unknown op, a bad axis) and
+raise on that rank alone, and every blocking receive checks that its message filled
+its buffer exactly (channel.py), so unequal lengths are an error, not a stale tail. A
+mismatched op or algorithm with equal lengths is not caught: different answers on
+different ranks.
 
 dtypes: float16, float32, float64, int32, int64, bfloat16 (``ml_dtypes``). Data
 travels as raw bytes; 16-bit floats are reduced in float32 (see ``combine``).

@@ -13,6 +13,12 @@ overtake each other, and every rank runs the collectives in the same order, so
 consecutive collectives cannot steal each other's messages. Operations that are
 in flight *together* (the non-blocking rings of mpipar.collectives.nonblocking)
 each need a tag of their own.
+
+Every blocking receive checks that the message filled its buffer exactly. With the
+collectives' argument agreement on (``check=True``) that never fails; without it
+(``check=False``) it is the check that remains: ranks that disagree on a length would
+otherwise leave the stale tail of a buffer in the result. (A message longer than its
+buffer is MPI's own truncation error.)
 """
 from mpi4py import MPI
 import numpy as np
@@ -58,7 +64,9 @@ class Channel:
         self.comm.Send(_wire(buf), dest, self.tag)
 
     def recv(self, buf, source):
-        self.comm.Recv(_wire(buf), source, self.tag)
+        status = MPI.Status()
+        self.comm.Recv(_wire(buf), source, self.tag, status)
+        _filled(status, buf, source)
 
     def sendrecv(self, sendbuf, dest, recvbuf, source):
         """Send to ``dest`` and receive from ``source`` at once (no deadlock in rings).
@@ -69,7 +77,10 @@ class Channel:
         self.messages += 1
         if self.trace is not None:
             self.trace.append((self.steps, self.rank, int(dest), int(sendbuf.nbytes)))
-        self.comm.Sendrecv(_wire(sendbuf), dest, self.tag, _wire(recvbuf), source, self.tag)
+        status = MPI.Status()
+        self.comm.Sendrecv(_wire(sendbuf), dest, self.tag, _wire(recvbuf), source, self.tag, status)
+        if status.Get_count(MPI.BYTE) != recvbuf.nbytes:
+            _filled(status, recvbuf, source)
 
     def isend(self, buf, dest):
         self._count(buf, dest)
@@ -81,6 +92,13 @@ class Channel:
     @staticmethod
     def waitall(requests):
         MPI.Request.Waitall(requests)
+
+
+def _filled(status, buf, source):
+    got = status.Get_count(MPI.BYTE)
+    if got != buf.nbytes:
+        raise ValueError(f"received {got} bytes from rank {source} where {buf.nbytes} were expected: "
+                         "the ranks' arguments differ (check=False skips the agreement that names them)")
 
 
 def quiet_wait(request, interval=2e-4):

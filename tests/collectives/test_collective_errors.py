@@ -169,6 +169,25 @@ def test_unchecked_call_still_rejects_local_problems():
                       "allgather: unknown algorithm 'bogus'")
 
 
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("algorithm", ["naive", "binomial"])
+def test_unchecked_broadcast_of_unequal_lengths_is_an_error_not_a_stale_tail(algorithm):
+    """Ranks 0 and 1 alone (a pair, so a failing receiver blocks nobody downstream): rank 0
+    broadcasts 4 numbers, rank 1 expects 6. Unchecked, rank 1's receive sees 16 bytes for 24."""
+    pair = COMM.Split(0 if COMM.Get_rank() < 2 else MPI.UNDEFINED, COMM.Get_rank())
+    if pair == MPI.COMM_NULL:
+        return
+    try:
+        if pair.Get_rank() == 0:
+            out = collectives.broadcast(pair, np.arange(4.0), algorithm=algorithm, check=False)
+            assert np.array_equal(out, np.arange(4.0))
+        else:
+            with pytest.raises(ValueError, match="received 32 bytes from rank 0 where 48 were expected"):
+                collectives.broadcast(pair, np.full(6, -1.0), algorithm=algorithm, check=False)
+    finally:
+        pair.Free()
+
+
 # --- whole jobs launched with mpirun -----------------------------------------------------
 
 RANK_DIES = """
