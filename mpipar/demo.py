@@ -63,6 +63,10 @@ def build_parser():
     parser.add_argument("--preset", choices=list(PRESETS),
                         help="a GPT-2 of random weights of this shape: tiny (2 layers, d=48), "
                              "small (4 layers, d=192), gpt2-small (the 124M GPT-2 shape)")
+    parser.add_argument("--weights-from-rank0", action="store_true",
+                        help="only rank 0 reads the GPT-2 checkpoint (--weights, or the shipped "
+                             "adder) and sends every rank its own slices: for jobs over several "
+                             "machines where the file is on rank 0's")
     parser.add_argument("--weights", metavar="PATH", help="a GPT-2 model.safetensors; its shape "
                         "comes from the Hugging Face config.json in the same folder")
     parser.add_argument("--algorithm", default="auto", choices=(*ALGORITHMS["allreduce"], "mpi", "auto"),
@@ -110,6 +114,10 @@ def check(args, comm):
         return str(e)
     if args.chat is not None and args.subject != "smollm2":
         return "--chat is a message for SmolLM2 (--model smollm2)"
+    if args.weights_from_rank0 and args.subject not in ("addition", "gpt2") or (
+            args.weights_from_rank0 and args.preset is not None):
+        return ("--weights-from-rank0 sends a GPT-2 checkpoint's slices (--weights, or the shipped "
+                "adder with --model addition)")
     return pipeline_problem(args, comm.Get_size()) or json_path_problem(comm, args.json)
 
 

@@ -17,6 +17,7 @@ from .generate import DEFAULT_CHAT
 from .models import GPT, load_gguf
 from .models.checkpoint import load_model
 from .models.gguf import INSTALL, GGUFFile, smollm2_path
+from .models.rank0_source import FromRank0
 from .models.tokenizer import Tokenizer
 from .parallel.pipeline_inference_stage import InferenceStage
 
@@ -127,13 +128,24 @@ def _smollm2(args, comm, options, mesh):
 
 def _gpt2(args, comm, options, mesh):
     # a source: each rank generates or reads only its own slices
-    config, params, task = load_model(args.preset, args.weights, args.seed, sliced=True)
+    def opened():
+        return load_model(args.preset, args.weights, args.seed, sliced=True)
+
+    if getattr(args, "weights_from_rank0", False):  # rank 0 reads, every rank gets its slices
+        remote = FromRank0(comm, opened)
+        config, params, task = remote.config, remote, remote.task
+        construct = remote.build
+        local = remote.inner  # rank 0's own reader, for the serial twin (built on rank 0 only)
+    else:
+        config, params, task = opened()
+        construct, local = (lambda make: make(params)), params
     stage = None
     if mesh is not None:
-        stage = _stage(mesh, lambda k, n, tp: InferenceStage.build(config, params, k, n, tp, **options))
+        stage = _stage(mesh, lambda k, n, tp: construct(
+            lambda src: InferenceStage.build(config, src, k, n, tp, **options)))
         model = stage.model
     else:
-        model = GPT(config, params, comm, **options)
+        model = construct(lambda src: GPT(config, src, comm, **options))
     what = (f"random weights, preset {args.preset}" if args.preset else
             f"weights {args.weights}" if args.weights else
             f"the shipped model trained on {task.digits}-digit addition")
@@ -148,7 +160,7 @@ def _gpt2(args, comm, options, mesh):
                                                            (1, args.prompt_length))
 
     def serial(deterministic, ways):
-        return GPT(config, params, MPI.COMM_SELF, deterministic=deterministic, ways=ways)
+        return GPT(config, local, MPI.COMM_SELF, deterministic=deterministic, ways=ways)
 
     return Subject("addition" if task is not None else "gpt2", title, model, prompt, tokens, serial,
                    task=task, stage=stage)
