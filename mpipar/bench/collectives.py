@@ -37,6 +37,7 @@ from .. import collectives
 from ..cli import Progress, comma_list, json_path_problem, parse_size, write_json
 from ..collectives import ALGORITHMS
 from ..measure.cost_model import CostModel
+from ..measure.memory import too_big
 from ..measure.units import format_bytes
 from . import collectives_report as report
 from .timing import TARGET_TRIAL_SECONDS, calls_per_trial, time_call
@@ -94,7 +95,10 @@ def check(args, comm):
     for name in ("trials", "warmup"):
         if getattr(args, name) < 1:
             return f"--{name} must be at least 1, not {getattr(args, name)}"
-    return json_path_problem(comm, args.json)
+    # the input, the output (allgather: p blocks) and the references' float64 copies
+    p = comm.Get_size()
+    return (too_big(f"--max-size {format_bytes(args.max_size)}", args.max_size * (4 + p), p)
+            or json_path_problem(comm, args.json))
 
 
 def sizes(min_size, max_size):

@@ -18,6 +18,7 @@ from mpi4py import MPI
 import numpy as np
 
 from ..cli import json_path_problem, write_json
+from ..measure.memory import too_big
 from ..measure.units import format_bytes, format_seconds
 from ..models import GPT, PRESETS, init_params
 from ..models.optim import AdamW
@@ -44,9 +45,14 @@ def add_parser(commands):
 def check(args, comm):
     if args.batch < comm.Get_size() or args.steps < 1 or args.seq < 2 or args.bucket_kb <= 0:
         return "--batch must be >= the number of ranks, --steps >= 1, --seq >= 2, --bucket-kb > 0"
-    if args.seq + 1 > PRESETS[args.preset].n_ctx:
-        return f"--seq {args.seq} does not fit the context of {PRESETS[args.preset].n_ctx}"
-    return json_path_problem(comm, args.json)
+    config = PRESETS[args.preset]
+    if args.seq + 1 > config.n_ctx:
+        return f"--seq {args.seq} does not fit the context of {config.n_ctx}"
+    # a replica keeps ~16 d float32 per token and layer for backward, and the logits
+    per_token = 4 * (16 * config.n_embd * config.n_layer + 2 * config.vocab_size)
+    need = -(-args.batch // comm.Get_size()) * args.seq * per_token
+    return (too_big(f"--batch {args.batch} x --seq {args.seq}", need, comm.Get_size())
+            or json_path_problem(comm, args.json))
 
 
 def trainer_step(trainer, config, args, outputs):

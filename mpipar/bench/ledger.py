@@ -17,6 +17,7 @@ import numpy as np
 from ..cli import json_path_problem, parse_size, write_json
 from ..collectives import allreduce
 from ..measure.ledger import CommLedger
+from ..measure.memory import too_big
 from ..measure.units import format_bytes, format_seconds
 from .table import Column, format_table
 from .timing import run_trials, time_call
@@ -38,7 +39,9 @@ def add_parser(commands):
 def check(args, comm):
     if args.trials < 1 or args.calls < 1:
         return "--trials and --calls must be at least 1"
-    return json_path_problem(comm, args.json)
+    # the vector and the ring's work copy and blocks
+    return (too_big(f"--size {format_bytes(args.size)}", 3 * args.size, comm.Get_size())
+            or json_path_problem(comm, args.json))
 
 
 def block(comm, x, calls, with_ledger):

@@ -40,6 +40,7 @@ import numpy as np
 
 from ..cli import Progress, comma_list, json_path_problem, write_json
 from ..measure.ledger import CommLedger
+from ..measure.memory import too_big
 from ..measure.units import format_seconds
 from ..models import GPTConfig, RandomSource
 from ..parallel.mesh import Mesh
@@ -140,6 +141,14 @@ def check(args, comm):
     if problem:
         return f"the model: {problem} (--n-embd, --n-head, --n-layer)"
     problem = stage_problem(n_layer(args, p), max(stage_counts(args, p)))
+    if problem:
+        return problem
+    # a stage keeps at most max m micro-batches' activations (GPipe): ~16 d float32 per token
+    # and layer, the last stage the logits too
+    per_token = 4 * (16 * args.n_embd * -(-n_layer(args, p) // p) + 2 * args.vocab)
+    need = max(micro_batch_counts(args, p)) * args.batch_per_micro * args.seq * per_token
+    problem = too_big(f"--batch-per-micro {args.batch_per_micro} x --seq {args.seq} x --micro-batches "
+                      f"{max(micro_batch_counts(args, p))}", need, p)
     if problem:
         return problem
     runs, skipped = cases(args, p)

@@ -27,6 +27,7 @@ import numpy as np
 from ..cli import Progress, comma_list, json_path_problem, parse_size, write_json
 from ..collectives import ALGORITHMS, tuning
 from ..measure.cost_model import CostModel
+from ..measure.memory import too_big
 from ..measure.units import format_bytes, format_seconds
 from .collectives import CALLS, DTYPES, payload
 from .table import Column, format_table
@@ -63,7 +64,9 @@ def check(args, comm):
         return f"--min-size {format_bytes(args.min_size)} is larger than --max-size"
     if args.trials < 1 or args.warmup < 1:
         return "--trials and --warmup must be at least 1"
-    return json_path_problem(comm, args.json)
+    p = comm.Get_size()
+    return (too_big(f"--max-size {format_bytes(args.max_size)}", args.max_size * (4 + p), p)
+            or json_path_problem(comm, args.json))
 
 
 def sizes(lo, hi):

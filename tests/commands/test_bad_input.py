@@ -107,6 +107,11 @@ def test_training_that_diverges_stops_with_an_error(monkeypatch):
     ("mpipar.demo_collectives", ["--size", "1000GiB"], "--size 1e+03 GiB needs about"),
     ("mpipar.generate", ["--copies", "10000000", "--max-new-tokens", "1"], "--copies 10000000 of a"),
     ("mpipar.generate", ["--seed", "-3"], "--seed must be a whole number"),
+    ("mpipar.bench", ["collectives", "--max-size", "1000GiB"], "--max-size 1e+03 GiB needs about"),
+    ("mpipar.bench", ["tune", "--max-size", "1000GiB"], "--max-size 1e+03 GiB needs about"),
+    ("mpipar.bench", ["ledger", "--size", "1000GiB"], "--size 1e+03 GiB needs about"),
+    ("mpipar.bench", ["dp", "--batch", "100000000"], "--batch 100000000 x --seq 32 needs about"),
+    ("mpipar.bench", ["pp", "--batch-per-micro", "10000000"], "--batch-per-micro 10000000 x --seq 32"),
 ])
 def test_bad_sizes_and_combinations_are_one_clear_error(module, args, message):
     assert_one_clear_error(module, 2, args, message)
