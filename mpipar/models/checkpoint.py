@@ -164,6 +164,7 @@ def save_params(config, params, folder, metadata=None):
     try:
         weights = os.path.join(saving, "model.safetensors")
         meta = {k: str(v) for k, v in (metadata or {}).items()}
+        meta["mpipar_config"] = json.dumps(config.to_dict())  # inside the hashed file
         save_file({k: np.ascontiguousarray(v) for k, v in params.items()}, weights, metadata=meta)
         c = config
         with open(os.path.join(saving, "config.json"), "w") as f:
@@ -236,5 +237,24 @@ def load_model(preset=None, weights=None, seed=0, sliced=False):
             raise ValueError(f"{config_json}: its mpipar record of the addition task is incomplete "
                              f"or malformed ({type(e).__name__}: {e}); it needs whole numbers "
                              "digits, seed and heldout") from None
+    _same_shape(weights, config_json, config)
     params = SafetensorsSource(weights, config) if sliced else load_state_dict(weights, config)
     return config, params, task
+
+
+def _same_shape(weights, config_json, config):
+    """A ValueError if the weights were saved by mpipar with another shape than config.json
+    now says (n_head, say, which changes no tensor's shape and would load silently)."""
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(weights, framework="numpy") as f:
+            saved = (f.metadata() or {}).get("mpipar_config")
+    except (OSError, SafetensorError):
+        return  # not readable: the loader names the file
+    if saved is None:
+        return
+    saved = json.loads(saved)
+    for key, value in config.to_dict().items():
+        if key in saved and saved[key] != value:
+            raise ValueError(f"{config_json} says {key} = {value!r}, but {weights} was saved with "
+                             f"{key} = {saved[key]!r}")

@@ -100,7 +100,7 @@ def test_problem_on_one_rank_is_reported_everywhere():
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("case", ["op list", "op none", "axis float", "axis bool", "algorithm list",
-                                  "ragged x"])
+                                  "ragged x", "root bool"])
 def test_any_bad_argument_on_one_rank_raises_on_all_together(case):
     """Whatever a rank passes -- unhashable, of the wrong type, not an array -- it is only
     a message until every rank has the agreement's answer; then all raise, naming it."""
@@ -115,6 +115,7 @@ def test_any_bad_argument_on_one_rank_raises_on_all_together(case):
         "algorithm list": ("broadcast", dict(x=np.ones(4), algorithm=["ring"]),
                            "unknown algorithm ['ring']"),
         "ragged x": ("allgather", dict(x=[[1.0], [1.0, 2.0]]), "x is not an array"),
+        "root bool": ("broadcast", dict(x=np.ones(4), root=True), "root True is out of range"),
     }[case]
     good = {"x": np.ones(kwargs["x"].shape if case != "ragged x" else (2, 1))}
     args = kwargs if RANK == bad else good

@@ -95,3 +95,14 @@ def test_a_folder_with_other_files_is_refused_and_kept(tmp_path):
         save_params(CFG, init_params(CFG, 1), tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     assert checkpoint.folder_problem(tmp_path / "new" / "deeper") is None
+
+
+def test_a_config_edited_after_saving_is_refused(tmp_path):
+    """n_head changes no tensor's shape: without the shape saved inside the weights, a config.json
+    that says 4 heads instead of 3 would load and compute garbage."""
+    save_params(CFG, init_params(CFG, 1), tmp_path / "ck")
+    path = tmp_path / "ck" / "config.json"
+    hf = json.loads(path.read_text())
+    path.write_text(json.dumps(dict(hf, n_head=4)))
+    with pytest.raises(ValueError, match="says n_head = 4, but .* was saved with n_head = 3"):
+        load_model(weights=tmp_path / "ck" / "model.safetensors")
