@@ -15,7 +15,7 @@ export MKL_NUM_THREADS=1
 PYTEST_MPI = -m mpi4py -m pytest --with-mpi -m mpi -q -p no:cacheprovider \
              --timeout=300 --timeout-method=thread
 
-.PHONY: install demo test lint test-serial test-mpi lessons bench clean
+.PHONY: install demo test lint test-serial test-mpi test-lessons lessons bench clean
 
 install: $(VENV)/.installed
 
@@ -30,13 +30,13 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 demo: install
 	$(MPIEXEC) -n $(NP) $(PY) -m mpi4py -m mpipar.demo $(ARGS)
 
-test: lint test-serial test-mpi lessons
+test: lint test-serial test-mpi test-lessons
 
 lint: install
 	$(VENV)/bin/ruff check mpipar tests tools
 
 test-serial: install
-	$(PY) -m pytest -q -p no:cacheprovider -m "not mpi" tests
+	$(PY) -m pytest -q -p no:cacheprovider -m "not mpi and not lesson" tests
 
 test-mpi: install
 	@for n in 1 2 3 4; do \
@@ -50,8 +50,13 @@ test-mpi: install
 	@echo "== MPI tests on 9 ranks: SmolLM2's 9 query heads, one per rank; 3 key/value heads, each on 3"
 	timeout $(MPI_TIMEOUT) $(MPIEXEC) -n 9 $(PY) $(PYTEST_MPI) tests/parallel/test_llama*_mpi.py
 
+# every lesson run fresh with its exercises solved (lessons/solutions/, checks strict)
+test-lessons: install
+	$(PY) -m pytest -q -p no:cacheprovider -m lesson --timeout=600 tests/lessons
+
+# execute the lessons in place as a student gets them, to commit them with their outputs
 lessons: install
-	$(PY) -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=300 lessons
+	$(PY) tools/execute_lessons.py
 
 bench: install
 	$(MPIEXEC) -n $(NP) $(PY) -m mpi4py -m mpipar.bench collectives --json bench-collectives-p$(NP).json
