@@ -12,8 +12,8 @@ from pathlib import Path
 import sys
 import time
 
-import nbformat
 from nbclient import NotebookClient
+import nbformat
 
 LESSONS = Path(__file__).resolve().parents[1] / "lessons"
 

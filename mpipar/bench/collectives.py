@@ -35,7 +35,7 @@ import numpy as np
 
 from .. import collectives
 from ..cli import Progress, comma_list, json_path_problem, parse_size, write_json
-from ..collectives import ALGORITHMS
+from ..collectives import ALGORITHMS, tuning
 from ..measure.cost_model import CostModel
 from ..measure.memory import too_big
 from ..measure.units import format_bytes
@@ -46,6 +46,7 @@ COLLECTIVES = tuple(ALGORITHMS)  # allreduce, allgather, reduce_scatter, broadca
 CALLS = {"allreduce": collectives.allreduce, "allgather": collectives.allgather,
          "reduce_scatter": collectives.reduce_scatter, "broadcast": collectives.broadcast}
 DTYPES = {str(d): d for d in collectives.DTYPES}
+FITS = ("contention", "pingpong", "table")
 
 
 def add_parser(commands):
@@ -70,8 +71,13 @@ def add_parser(commands):
                    help=f"element type: {', '.join(DTYPES)} (default float32)")
     c.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed calls before the "
                    "trials; the fastest sets the iterations per trial (default 2, at least 1)")
+    c.add_argument("--fit", choices=FITS, default="contention",
+                   help="how the model's constants are measured: contention (every rank "
+                        "exchanging at once, with the per-step Python overhead o; default), "
+                        "pingpong (ranks 0 and 1 alone, o = 0), or table (the constants bench "
+                        "tune stored for this world size); mpipar/measure/calibrate.py")
     c.add_argument("--no-calibrate", action="store_true", help="predict with the default "
-                   "CostModel instead of CostModel.calibrate (a ~1 s ping-pong)")
+                   "CostModel instead (no calibration, no --fit)")
     c.add_argument("--json", metavar="PATH", help="rank 0 writes every row and the settings here")
     c.add_argument("--quiet", action="store_true",
                    help="no progress bar (it goes to stderr; the tables go to stdout)")
@@ -95,10 +101,22 @@ def check(args, comm):
     for name in ("trials", "warmup"):
         if getattr(args, name) < 1:
             return f"--{name} must be at least 1, not {getattr(args, name)}"
+    if args.fit == "table" and not args.no_calibrate and tuning.table_for(comm)["model"] is None:
+        return (f"--fit table: no tuning table with calibrated constants for {comm.Get_size()} "
+                f"rank(s) (run 'python -m mpipar.bench tune' first, or set {tuning.ENV})")
     # the input, the output (allgather: p blocks) and the references' float64 copies
     p = comm.Get_size()
     return (too_big(f"--max-size {format_bytes(args.max_size)}", args.max_size * (4 + p), p)
             or json_path_problem(comm, args.json))
+
+
+def cost_model(comm, args):
+    """The model the predictions use: the defaults, a fresh calibration, or bench tune's."""
+    if args.no_calibrate:
+        return CostModel()
+    if args.fit == "table":
+        return tuning.table_for(comm)["model"]
+    return CostModel.calibrate(comm, method=args.fit)
 
 
 def sizes(min_size, max_size):
@@ -161,7 +179,8 @@ def sweep(comm, args, cost_model, progress):
             del x
         report.add_ratios(op_rows)
         rows += op_rows
-        progress.write(report.op_table(op, op_rows, p) + "\n" + report.ratio_table(op, op_rows) + "\n")
+        progress.write(report.op_table(op, op_rows, p) + "\n" + report.ratio_table(op, op_rows) + "\n"
+                       + report.error_table(op, op_rows, p) + "\n")
     return rows
 
 
@@ -172,19 +191,20 @@ def run(args, comm):
                     min_size=args.min_size, max_size=args.max_size,
                     sizes=sizes(args.min_size, args.max_size), trials=args.trials,
                     dtype=args.dtype, warmup=args.warmup, calibrate=not args.no_calibrate,
+                    fit=None if args.no_calibrate else args.fit,
                     json=args.json, quiet=args.quiet, target_trial_seconds=TARGET_TRIAL_SECONDS)
     library = MPI.Get_library_version().splitlines()[0]
-    cost_model = CostModel() if args.no_calibrate else CostModel.calibrate(comm)
+    model = cost_model(comm, args)
     total = 1 + sum(len(algs) for algs in args.plan.values()) * len(settings["sizes"])
     with Progress(comm, total, quiet=args.quiet, unit="case") as progress:
-        progress.write(report.header(p, library, args.dtype, cost_model, settings))
+        progress.write(report.header(p, library, args.dtype, model, settings))
         progress.start("measuring the check overhead", "check overhead")
         overhead = check_overhead(comm, DTYPES[args.dtype], args.warmup, args.trials)
         progress.update()
         progress.write(report.overhead_line(overhead))
-        rows = sweep(comm, args, cost_model, progress)
+        rows = sweep(comm, args, model, progress)
     result = {"benchmark": "collectives", "world_size": p, "mpi_library": library,
-              "dtype": args.dtype, "cost_model": cost_model.to_dict(),
+              "dtype": args.dtype, "cost_model": model.to_dict(),
               "check_overhead_seconds": overhead, "settings": settings, "rows": rows}
     if write_json(comm, args.json, result):
         print(f"wrote {args.json}", flush=True)

@@ -94,18 +94,32 @@ def op_table(op, rows, p):
     return format_table(OP_COLUMNS, cells, title=f"{op} on {p} rank(s)")
 
 
+def grid(rows, key, algorithms):
+    """Sizes down, ``algorithms`` across: each row's ``key``, as a table."""
+    columns = [Column("size", format_bytes)] + [Column(a) for a in algorithms]
+    cells = []
+    for nbytes in sorted({r["bytes"] for r in rows}):
+        value = {r["algorithm"]: r[key] for r in rows if r["bytes"] == nbytes}
+        cells.append([nbytes] + [ratio_text(value.get(a)) for a in algorithms])
+    return format_table(columns, cells)
+
+
 def ratio_table(op, rows):
     """Sizes down, algorithms across: time / the MPI library's time (below 1: we are faster)."""
     algorithms = list(dict.fromkeys(r["algorithm"] for r in rows if r["algorithm"] != "mpi"))
     if not algorithms or all(r["ratio_to_mpi"] is None for r in rows):
         return ""
-    columns = [Column("size", format_bytes)] + [Column(a) for a in algorithms]
-    cells = []
-    for nbytes in sorted({r["bytes"] for r in rows}):
-        ratio = {r["algorithm"]: r["ratio_to_mpi"] for r in rows if r["bytes"] == nbytes}
-        cells.append([nbytes] + [ratio_text(ratio.get(a)) for a in algorithms])
     return (f"{op}: time / MPI library's time (below 1.00 = faster than the library)\n"
-            + format_table(columns, cells))
+            + grid(rows, "ratio_to_mpi", algorithms))
+
+
+def error_table(op, rows, p):
+    """Sizes down, every algorithm (mpi included) across: predicted / measured."""
+    algorithms = list(dict.fromkeys(r["algorithm"] for r in rows))
+    if p < 2 or not algorithms:
+        return ""
+    return (f"{op}: predicted / measured (1.00 = exact; below 1: the model is too optimistic)\n"
+            + grid(rows, "pred_over_meas", algorithms))
 
 
 def header(p, library, dtype, cost_model, settings):

@@ -14,6 +14,15 @@ two algorithms can cost exactly the same, and the same expression gives the same
 floating-point number, so ``best`` (``algorithm="auto"``) settles such ties alike
 on every rank and in every run.
 
+Hand-written algorithms also pay o seconds per message (LogGP's software
+overhead o; Alexandrov, Ionkov, Schauser & Scheiman, SPAA 1995): the Python of one
+step -- the Channel's tally, slicing, a loop iteration, a NumPy call -- that the
+MPI library's C code does not run. Every formula counts one alpha per message on
+the critical path, so the model charges alpha + o wherever the formula has alpha,
+for every algorithm but ``"mpi"`` (predicted with alpha alone). ``o`` is 0 in the
+default model and in a ping-pong calibration; ``CostModel.calibrate`` measures it
+(a Channel step minus a bare Sendrecv of the same bytes, :mod:`mpipar.measure.calibrate`).
+
 n is the payload: the input of allreduce, broadcast and reduce_scatter, the
 whole gathered result of allgather, the message of a point-to-point ``"send"`` or
 ``"recv"`` (``mpipar.parallel.p2p``, algorithm ``"p2p"``): one message, the model's
@@ -21,10 +30,7 @@ own unit, alpha + n*beta (Hockney 1994) whatever the communicator's size, since
 a rank sending to itself still sends a message.
 """
 from dataclasses import asdict, dataclass
-import time
 from typing import Callable, NamedTuple
-
-import numpy as np
 
 from .units import format_seconds
 
@@ -97,24 +103,27 @@ class CostModel:
     alpha: float = 1e-5   #: seconds per message (latency, incl. Python overhead)
     beta: float = 2e-10   #: seconds per byte sent (1 / bandwidth)
     gamma: float = 2e-10  #: seconds per byte reduced locally
-    source: str = "default"  #: where the constants came from
+    o: float = 0.0        #: seconds of Python per message of a hand-written algorithm (LogGP's o)
+    source: str = "default"  #: where the constants came from, and how they were measured
 
-    def _seconds(self, entry, p, n):
-        return entry.cost(p, n, self.alpha, self.beta, self.gamma)
+    def _seconds(self, entry, p, n, library=False):
+        return entry.cost(p, n, self.alpha if library else self.alpha + self.o, self.beta, self.gamma)
 
     def predict(self, op, algorithm, p, n):
         """Seconds for one call of ``op`` by ``algorithm`` on p ranks with payload n bytes.
 
         The formula is the algorithm's entry in its collective's table. ``"mpi"`` is
         predicted as the best hand-written algorithm: what a library that picks well
-        would achieve under this model. A collective on one rank costs nothing; a
-        point-to-point message (``"send"``, ``"recv"``) costs alpha + n*beta on any p.
+        would achieve under this model, in C: without the per-message overhead o that
+        every hand-written algorithm pays. A collective on one rank costs nothing; a
+        point-to-point message (``"send"``, ``"recv"``) costs alpha + o + n*beta on any p
+        (alpha + n*beta for ``"mpi"``).
         """
         if p <= 1 and op not in MESSAGE_OPS:
             return 0.0
         table = _table(op)
         if algorithm == "mpi":
-            return min(self._seconds(entry, p, n) for entry in table.values())
+            return min(self._seconds(entry, p, n, library=True) for entry in table.values())
         if algorithm not in table:
             raise ValueError(f"no cost formula for {op} algorithm {algorithm!r}")
         return self._seconds(table[algorithm], p, n)
@@ -137,73 +146,19 @@ class CostModel:
         return asdict(self)
 
     def describe(self):
-        """The three constants in words: 'alpha = 12.3 us/message, beta = 0.2 ns/byte (5 GB/s), ...'."""
+        """The constants in words: 'alpha = 12.3 us/message, beta = 0.2 ns/byte (5 GB/s), ...',
+        and how they were measured (the source: contention or ping-pong, or the defaults)."""
         return (f"alpha = {format_seconds(self.alpha)}/message, beta = {format_seconds(self.beta)}/byte "
-                f"({1e-9 / self.beta:.2f} GB/s), gamma = {format_seconds(self.gamma)}/byte "
-                f"[{self.source}]")
+                f"({1e-9 / self.beta:.2f} GB/s), gamma = {format_seconds(self.gamma)}/byte, "
+                f"o = {format_seconds(self.o)}/message of a hand-written algorithm [{self.source}]")
 
     @classmethod
-    def calibrate(cls, comm, sizes=(8, 1 << 10, 1 << 13, 1 << 16, 1 << 18, 1 << 20), trials=5):
-        """Fit alpha and beta from a ping-pong between ranks 0 and 1, gamma from np.add.
+    def calibrate(cls, comm, sizes=None, trials=7, method="contention"):
+        """Measure alpha, beta, gamma (and o) on ``comm``: see :mod:`mpipar.measure.calibrate`.
 
-        One-way time t(n) = round trip / 2; alpha, beta are the weighted
-        least-squares line through (n, t(n)) with weights 1/t, so small and large
-        messages count alike. Other ranks wait without spinning. The result is
-        rank 0's fit, sent to every rank. Takes about a second.
+        ``method="contention"`` (every rank exchanging at once, o from Channel steps) or
+        ``"pingpong"`` (ranks 0 and 1 alone, o = 0). Collective; every rank gets the same
+        model. About a second.
         """
-        from ..collectives.channel import quiet_wait  # local import: keep the model MPI-free
-        rank, p = comm.Get_rank(), comm.Get_size()
-        fit = None
-        if rank == 0:
-            peer = 1 if p > 1 else 0
-            times = [_pingpong(comm, peer, n, trials) for n in sizes]
-            t = np.array(times)
-            A = np.stack([np.ones(len(sizes)), np.array(sizes, float)], 1) / t[:, None]
-            alpha, beta = np.linalg.lstsq(A, np.ones(len(sizes)), rcond=None)[0]
-            fit = (max(float(alpha), 1e-9), max(float(beta), 1e-13), _reduce_time(), p)
-        elif rank == 1:
-            _pingpong_echo(comm, sizes, trials)
-        quiet_wait(comm.Ibarrier())
-        alpha, beta, gamma, p0 = comm.bcast(fit, root=0)
-        where = f"ping-pong 0<->1 in a job of {p0} ranks" if p0 > 1 else "self-messages, 1 rank"
-        return cls(alpha, beta, gamma, source=f"calibrated ({where})")
-
-
-def _rounds(n):
-    return max(4, min(200, (1 << 22) // max(n, 1)))
-
-
-def _pingpong(comm, peer, n, trials):
-    """Median one-way seconds for an n-byte message between rank 0 and ``peer``."""
-    buf, back = np.zeros(n, np.uint8), np.zeros(n, np.uint8)
-    rounds, samples = _rounds(n), []
-    for trial in range(trials + 1):  # trial 0 is the warm-up
-        t0 = time.perf_counter()
-        for _ in range(rounds):
-            if peer == 0:
-                comm.Sendrecv(buf, dest=0, recvbuf=back, source=0)
-            else:
-                comm.Send(buf, dest=peer)
-                comm.Recv(back, source=peer)
-        if trial:
-            samples.append((time.perf_counter() - t0) / rounds / (1 if peer == 0 else 2))
-    return float(np.median(samples))
-
-
-def _pingpong_echo(comm, sizes, trials):
-    for n in sizes:
-        buf = np.zeros(n, np.uint8)
-        for _ in range((trials + 1) * _rounds(n)):
-            comm.Recv(buf, source=0)
-            comm.Send(buf, dest=0)
-
-
-def _reduce_time(n=1 << 20, repeats=20):
-    """Seconds per byte of an in-place float32 add, median of repeats."""
-    a, b = np.ones(n // 4, np.float32), np.ones(n // 4, np.float32)
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        np.add(a, b, out=a)
-        samples.append(time.perf_counter() - t0)
-    return float(np.median(samples)) / n
+        from . import calibrate as measuring  # not at the top: it imports this module
+        return measuring.calibrate(comm, method, sizes or measuring.SIZES, trials).model

@@ -42,3 +42,14 @@ def test_own_figures_are_reported_and_own_seconds_win():
 @pytest.mark.parametrize("target, most, expected", [(1.0, 10, 10), (0.0, 10, 1)])
 def test_calls_per_trial_is_bounded(target, most, expected):
     assert calls_per_trial(MPI.COMM_SELF, lambda: None, 2, target=target, most=most) == expected
+
+
+def test_error_table_has_every_algorithm_mpi_included_and_each_size():
+    from mpipar.bench import collectives_report as report
+    rows = [{"algorithm": a, "bytes": n, "pred_over_meas": q}
+            for a, n, q in (("ring", 65536, 0.8), ("mpi", 65536, 0.5), ("ring", 1 << 20, 1.1),
+                            ("mpi", 1 << 20, None))]
+    text = report.error_table("allreduce", rows, 2)
+    assert "predicted / measured" in text and "ring" in text and "mpi" in text
+    assert "0.80" in text and "0.50" in text and "1.10" in text and "64 KiB" in text and "1 MiB" in text
+    assert report.error_table("allreduce", rows, 1) == ""

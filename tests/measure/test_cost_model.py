@@ -83,3 +83,32 @@ def test_unknown_operation_or_message_algorithm_is_a_clear_error():
         model.predict("send", "ring", 2, 100)
     with pytest.raises(ValueError, match=r"no cost formulas for 'gather'.*broadcast, send, recv"):
         model.predict("gather", "ring", 2, 100)
+
+
+def test_o_is_paid_per_message_by_hand_written_algorithms_only():
+    o = 3e-6
+    with_o = CostModel(A, B, G, o=o)
+    for op, algs in ALGORITHMS.items():
+        for p in (2, 3, 8):
+            n = 4096
+            for alg in algs:  # o wherever the formula has alpha: once per message on the critical path
+                assert with_o.predict(op, alg, p, n) == pytest.approx(
+                    CostModel(A + o, B, G).predict(op, alg, p, n))
+                assert with_o.predict(op, alg, p, n) > model.predict(op, alg, p, n)
+            assert with_o.predict(op, "mpi", p, n) == model.predict(op, "mpi", p, n)
+    # ring allreduce, p = 4: 6 messages on the critical path, each alpha + o
+    assert with_o.predict("allreduce", "ring", 4, 1000) == pytest.approx(6 * (A + o) + 1.5e-6 + 7.5e-8)
+    assert with_o.lower_bound("allreduce", 4, 1000) == model.lower_bound("allreduce", 4, 1000)
+
+
+def test_o_moves_the_ring_recursive_doubling_crossover_up():
+    def crossover(m, p=2):
+        return next(n for n in (2 ** k for k in range(3, 30))
+                    if m.best("allreduce", p, n) in ("ring", "rabenseifner"))
+    assert crossover(CostModel(A, B, G, o=2 * A)) > crossover(model)
+
+
+def test_describe_names_o_and_how_the_constants_were_measured():
+    text = CostModel(A, B, G, o=2e-6, source="calibrated (contention: ...)").describe()
+    assert "o = 2 us/message" in text and "contention" in text
+    assert CostModel(**CostModel(o=1e-6).to_dict()) == CostModel(o=1e-6)

@@ -76,14 +76,6 @@ def test_trace_lists_every_message():
 
 
 @pytest.mark.mpi
-def test_calibrate_gives_positive_constants_on_every_rank():
-    comm = MPI.COMM_WORLD
-    model = CostModel.calibrate(comm, sizes=(8, 1024, 65536), trials=2)
-    assert model.alpha > 0 and model.beta > 0 and model.gamma > 0
-    assert comm.allgather(model) == [model] * comm.Get_size()
-
-
-@pytest.mark.mpi
 def test_one_builder_makes_every_record():
     """record_call: the channel's traffic (None for the library), requested defaulting to
     the algorithm, extra keys kept; nothing at all without an open ledger."""

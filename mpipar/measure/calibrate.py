@@ -1,0 +1,201 @@
+"""Measuring the cost model's constants on this machine: alpha, beta, gamma and o.
+
+Two ways to measure alpha and beta (``method``):
+
+* ``"contention"`` (the default): every rank exchanges at once, as the ring and
+  pairwise algorithms do -- rank r Sendrecvs n bytes to r+1 while receiving from
+  r-1 -- and a trial's time is the slowest rank's. All p ranks share the memory
+  system (on one node "the network" is memory copies), so beta is the bandwidth
+  one rank gets while the others also send, and alpha includes the progress
+  engine waiting on a neighbour that is itself busy.
+* ``"pingpong"``: ranks 0 and 1 alone, one-way time = round trip / 2, the others
+  asleep: the classic, optimistic figure (kept to show how far it is off).
+
+Either way alpha, beta are the weighted least-squares line through the median
+per-size times (``mpipar.measure.fit``), and gamma is the slope of a timed
+in-place ``np.add`` of float32 over the same sizes (>= 16 KiB), every rank adding
+at once for ``"contention"``, rank 0 alone for ``"pingpong"``.
+
+The software overhead o (LogGP's o; Alexandrov et al. 1995) is measured beside
+the contended exchange, in alternating trials at the same sizes: one step of a
+hand-written algorithm on a :class:`~mpipar.collectives.channel.Channel` (its
+tally, the Sendrecv, the combine of the arriving block: a ring reduce-scatter's
+step) against the bare ``comm.Sendrecv`` of the same bytes. o = the step line's
+intercept minus the raw line's. ``"pingpong"`` leaves o = 0: that is the model as
+it was before o, for comparison.
+
+Every rank gets rank 0's numbers (all ranks measure under ``"contention"``; the
+slowest rank's time is already the same on every rank). About a second.
+"""
+import time
+from typing import NamedTuple
+
+from mpi4py import MPI
+import numpy as np
+
+from . import fit
+from .cost_model import CostModel
+
+SIZES = (8, 1 << 10, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22)  #: bytes, multiples of 4
+GAMMA_FROM = 1 << 14  #: gamma is fitted on sizes from this up (smaller adds are call overhead)
+METHODS = ("contention", "pingpong")
+_TAG = 0x6D71
+
+
+class Calibration(NamedTuple):
+    """What calibrate measured: the model, and the per-trial times it was fitted to."""
+
+    model: CostModel
+    method: str
+    sizes: tuple
+    raw: list  #: raw[k][i]: trial k, size i: a bare exchange (or ping-pong one-way) in seconds
+    step: list  #: step[k][i]: the same with a Channel step around it (None for "pingpong")
+    add: list  #: add[k][i]: an in-place np.add of sizes[i] bytes
+
+    def fits(self):
+        """One fit per trial: {alpha, beta, o} -- the constants' spread over repeats."""
+        return fit.fits_per_trial(self.sizes, self.raw, self.step)
+
+
+def rounds(n):
+    """Messages per trial at n bytes: about 4 MiB moved, at least 3, at most 200."""
+    return max(3, min(200, (1 << 22) // max(n, 1)))
+
+
+def calibrate(comm, method="contention", sizes=SIZES, trials=7):
+    """Measure and fit on ``comm`` (collective); a :class:`Calibration` on every rank."""
+    if method not in METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; choose from {', '.join(METHODS)}")
+    sizes = tuple(int(n) // 4 * 4 or 4 for n in sizes)
+    p = comm.Get_size()
+    if method == "contention":
+        raw, step = _exchange_trials(comm, sizes, trials)
+        add = _add_trials(comm, sizes, trials)
+        where = (f"contention: every rank of {p} in a ring Sendrecv at once, slowest rank; "
+                 f"o: Channel step - raw Sendrecv")
+        answer = (raw, step, add)
+    else:
+        from ..collectives.channel import quiet_wait
+        answer = None
+        if comm.Get_rank() == 0:
+            peer = 1 if p > 1 else 0
+            raw = [[_pingpong(comm, peer, n) for n in sizes] for _ in range(trials)]
+            add = [[_add_time(n) for n in sizes] for _ in range(trials)]
+            answer = (raw, None, add)
+        elif comm.Get_rank() == 1:
+            _pingpong_echo(comm, sizes, trials)
+        quiet_wait(comm.Ibarrier())
+        answer = comm.bcast(answer, root=0)
+        where = (f"ping-pong 0<->1 in a job of {p} ranks" if p > 1 else "ping-pong: self-messages, 1 rank")
+    raw, step, add = answer
+    consts = fit.fit_model(sizes, raw, step)
+    big = [i for i, n in enumerate(sizes) if n >= GAMMA_FROM] or list(range(len(sizes)))
+    if len(big) < 2:
+        big = list(range(len(sizes)))
+    add_med = np.median(np.asarray(add, float), axis=0)
+    gamma = max(fit.fit_line([sizes[i] for i in big], add_med[big])[1], fit.FLOOR_BETA)
+    model = CostModel(consts["alpha"], consts["beta"], gamma, o=consts["o"],
+                      source=f"calibrated ({where})")
+    return Calibration(model, method, sizes, raw, step, add)
+
+
+# --- contention: every rank at once --------------------------------------------------------
+
+def _slowest(comm, seconds):
+    from ..collectives.channel import quiet_wait  # local import: the model stays MPI-light
+    mine, out = np.array(seconds, np.float64), np.empty(len(seconds), np.float64)
+    quiet_wait(comm.Iallreduce(mine, out, op=MPI.MAX))
+    return out.tolist()
+
+
+def _exchange_trials(comm, sizes, trials):
+    """raw[k][i], step[k][i]: the slowest rank's seconds per ring exchange, alternating."""
+    from ..collectives.blocks import combine
+    from ..collectives.channel import Channel
+    p, rank = comm.Get_size(), comm.Get_rank()
+    right, left = (rank + 1) % p, (rank - 1) % p
+    bufs = {n: (np.ones(n // 4, np.float32), np.empty(n // 4, np.float32),
+                np.ones(n // 4, np.float32)) for n in sizes}
+
+    def raw_round(n):
+        send, part, _ = bufs[n]
+        comm.Sendrecv([send, MPI.BYTE], right, _TAG, [part, MPI.BYTE], left, _TAG)
+
+    def step_round(n, ch):
+        send, part, mine = bufs[n]
+        ch.step()
+        ch.sendrecv(send, right, part, left)
+        combine("sum", part, mine, out=mine)
+
+    def timed(fn, n, ch=None):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        for _ in range(rounds(n)):
+            fn(n) if ch is None else fn(n, ch)
+        return (time.perf_counter() - t0) / rounds(n)
+
+    raw, step = [], []
+    for trial in range(trials + 1):  # trial 0 warms up
+        ch = Channel(comm, tag=_TAG)
+        r_k, s_k = [], []
+        for n in sizes:
+            r_k.append(timed(raw_round, n))
+            s_k.append(timed(step_round, n, ch))
+        r_k, s_k = _slowest(comm, r_k), _slowest(comm, s_k)
+        if trial:
+            raw.append(r_k)
+            step.append(s_k)
+    return raw, step
+
+
+def _add_trials(comm, sizes, trials):
+    """add[k][i]: the slowest rank's seconds for an in-place float32 add, all ranks at once."""
+    arrays = {n: (np.ones(n // 4, np.float32), np.ones(n // 4, np.float32)) for n in sizes}
+    out = []
+    for trial in range(trials + 1):
+        row = []
+        for n in sizes:
+            a, b = arrays[n]
+            comm.Barrier()
+            t0 = time.perf_counter()
+            for _ in range(rounds(n)):
+                np.add(a, b, out=a)
+            row.append((time.perf_counter() - t0) / rounds(n))
+        row = _slowest(comm, row)
+        if trial:
+            out.append(row)
+    return out
+
+
+# --- ping-pong: ranks 0 and 1 alone --------------------------------------------------------
+
+def _pingpong(comm, peer, n):
+    """One trial's one-way seconds for an n-byte message between rank 0 and ``peer``."""
+    buf, back = np.zeros(n, np.uint8), np.zeros(n, np.uint8)
+    for _ in (False, True):  # a warm-up pass, then the timed one
+        t0 = time.perf_counter()
+        for _ in range(rounds(n)):
+            if peer == 0:
+                comm.Sendrecv(buf, dest=0, recvbuf=back, source=0)
+            else:
+                comm.Send(buf, dest=peer)
+                comm.Recv(back, source=peer)
+    return (time.perf_counter() - t0) / rounds(n) / (1 if peer == 0 else 2)
+
+
+def _pingpong_echo(comm, sizes, trials):
+    for _ in range(trials):
+        for n in sizes:
+            buf = np.zeros(n, np.uint8)
+            for _ in range(2 * rounds(n)):
+                comm.Recv(buf, source=0)
+                comm.Send(buf, dest=0)
+
+
+def _add_time(n):
+    a, b = np.ones(n // 4, np.float32), np.ones(n // 4, np.float32)
+    np.add(a, b, out=a)
+    t0 = time.perf_counter()
+    for _ in range(rounds(n)):
+        np.add(a, b, out=a)
+    return (time.perf_counter() - t0) / rounds(n)
