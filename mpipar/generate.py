@@ -25,6 +25,7 @@ sequence keeps one stage busy at a time, N >= P sequences can keep them all busy
 """
 import argparse
 import math
+import os
 import sys
 import time
 
@@ -39,7 +40,9 @@ from .measure import numerics
 from .measure.ledger import CommLedger
 from .measure.memory import peak_rss_per_rank, too_big
 from .models.gguf import GGUFFile, smollm2_path
-from .models.llama import load_gguf
+from .models.llama import Llama, load_gguf
+from .models.llama_gguf import GGUFSource
+from .models.rank0_source import FromRank0
 from .models.tokenizer import Tokenizer
 from .parallel import pipeline_inference_report
 from .parallel.mesh import Mesh
@@ -66,6 +69,10 @@ def build_parser():
     parser.add_argument("--seed", type=int, default=0, help="seed of sampling (the same on every rank)")
     parser.add_argument("--gguf", metavar="PATH", help="a Llama-family GGUF file (default: the installed "
                         "SmolLM2-135M-Instruct)")
+    parser.add_argument("--weights-from-rank0", action="store_true",
+                        help="only rank 0 reads the GGUF file; it sends the tokenizer and the "
+                             "configuration to every rank, and every rank its own slices (jobs over "
+                             "several machines where the file is on rank 0's)")
     parser.add_argument("--algorithm", default="auto", choices=(*ALGORITHMS["allreduce"], "mpi", "auto"),
                         help="allreduce algorithm of the row-parallel reductions (default auto)")
     parser.add_argument("--deterministic", action="store_true", help="reduce in fixed rank order; "
@@ -143,18 +150,18 @@ def main(argv=None):
     args, comm = parse_checked(build_parser(), argv, check)
     watchdog(comm, args.timeout)
     p, rank = comm.Get_size(), comm.Get_rank()
-    gguf = GGUFFile(args.gguf or smollm2_path())
-    tokenizer = Tokenizer.from_gguf(gguf)
+    gguf, tokenizer, config = open_model(args, comm)
+    args.model_name = comm.bcast(os.path.basename(gguf.path) if rank == 0 else None, root=0)
     ids, chat = prompt_ids(args, tokenizer)
-    problem = memory_problem(gguf.llama_config(), args, len(ids), p)
+    problem = memory_problem(config, args, len(ids), p)
     if problem:
         raise ValueError(problem)
     prompt = np.array([ids] * args.copies, np.int64)
     stream = Stream(comm, tokenizer, stop_id=tokenizer.eos_id if chat else None)
     if args.pp == 1:
-        run = generate_serially(args, comm, gguf, prompt, stream)
+        run = generate_serially(args, comm, gguf, config, prompt, stream)
     else:
-        run = generate_pipelined(args, comm, gguf, prompt, stream)
+        run = generate_pipelined(args, comm, gguf, config, prompt, stream)
     model, out, mine, led, logits, pipeline = run
     seconds = comm.allreduce(mine, op=MPI.MAX)
     # the rank with the least time outside communication sets the compute time of the job
@@ -192,13 +199,41 @@ def main(argv=None):
     return 0
 
 
-def generate_serially(args, comm, gguf, prompt, stream):
+def open_model(args, comm):
+    """(the GGUF file, its tokenizer, its Llama configuration) on every rank; with
+    --weights-from-rank0 only rank 0 opens the file (the others get None and rank 0's
+    tokenizer and configuration), and a problem opening it is one error on every rank."""
+    if not args.weights_from_rank0:
+        gguf = GGUFFile(args.gguf or smollm2_path())
+        return gguf, Tokenizer.from_gguf(gguf), gguf.llama_config()
+    found = None
+    if comm.Get_rank() == 0:  # the other ranks may not even have the package installed
+        try:
+            gguf = GGUFFile(args.gguf or smollm2_path())
+            found = (gguf, Tokenizer.from_gguf(gguf), gguf.llama_config())
+        except ValueError as e:
+            found = str(e)
+    shared = comm.bcast(found[1:] if isinstance(found, tuple) else found, root=0)
+    if isinstance(shared, str):
+        raise ValueError(shared)
+    return (found[0] if comm.Get_rank() == 0 else None, *shared)
+
+
+def build(args, comm, gguf, config, make):
+    """``make(params)`` -> this rank's model: from its own reads of the file, or with
+    --weights-from-rank0 from the slices rank 0 sends (models.rank0_source)."""
+    if not args.weights_from_rank0:
+        return agree(comm, lambda: make(GGUFSource(gguf, config)))
+    return FromRank0(comm, lambda: (config, GGUFSource(gguf, config), None)).build(make)
+
+
+def generate_serially(args, comm, gguf, config, prompt, stream):
     """The model split over every rank (tensor parallelism only): (model, tokens, this rank's
     seconds, the ledger, the prompt's logits if an option asks for them, None)."""
-    model = agree(comm, lambda: load_gguf(gguf, comm, algorithm=args.algorithm,
-                                          deterministic=args.deterministic))
+    model = build(args, comm, gguf, config, lambda params: Llama(
+        config, params, comm, algorithm=args.algorithm, deterministic=args.deterministic))
     model.check_tokens(prompt, extra=args.max_new_tokens)
-    header(comm, gguf, model.config, prompt[0], f"{comm.Get_size()} rank(s)")
+    header(comm, args, config, prompt[0], f"{comm.Get_size()} rank(s)")
     comm.Barrier()
     with CommLedger() as led:
         stream.t0 = time.perf_counter()
@@ -210,21 +245,21 @@ def generate_serially(args, comm, gguf, prompt, stream):
     return model, out, mine, led, logits, None
 
 
-def generate_pipelined(args, comm, gguf, prompt, stream):
+def generate_pipelined(args, comm, gguf, config, prompt, stream):
     """The same over a dp = 1 x pp x tp mesh (mpipar.parallel.pipeline_inference); the logits,
     if asked for, on rank 0 only; the last item is the JSON's ``pipeline`` entry."""
-    config, pp = gguf.llama_config(), args.pp
+    pp = args.pp
     problem = stage_problem(config.n_layer, pp)
     if problem:  # decided from the file's metadata, before any message
         raise ValueError(f"--pp {pp}: {problem}")
     with Mesh(comm, 1, comm.Get_size() // pp, pp=pp) as mesh:
-        stage = agree(comm, lambda: InferenceStage.from_gguf(
-            gguf, mesh.pp_rank, pp, mesh.tp_comm, algorithm=args.algorithm,
+        stage = build(args, comm, gguf, config, lambda params: InferenceStage.build(
+            config, params, mesh.pp_rank, pp, mesh.tp_comm, algorithm=args.algorithm,
             deterministic=args.deterministic))
         sleep = args.pipeline_wait == "sleep" or (args.pipeline_wait != "spin" and oversubscribed(comm))
         pipe = PipelineInference(stage, mesh.pp_comm, poll=POLL if sleep else None)
         stage.model.check_tokens(prompt, extra=args.max_new_tokens)
-        header(comm, gguf, config, prompt[0], f"{comm.Get_size()} rank(s) = {pp} pipeline stages x "
+        header(comm, args, config, prompt[0], f"{comm.Get_size()} rank(s) = {pp} pipeline stages x "
                                               f"tp {mesh.tp}")
         stopped = []  # sequence 0's stop token came: print no more
 

@@ -1,6 +1,5 @@
 """What ``python -m mpipar.generate`` prints: the header, the completion as it is generated
 (``Stream``, rank 0 only), each sequence's answer, and the figures after the text."""
-import os
 import sys
 import time
 
@@ -8,9 +7,9 @@ from .cli import print0
 from .parallel import pipeline_inference_report
 
 
-def header(comm, gguf, config, ids, split):
-    c = config
-    print0(comm, f"mpipar generate: {os.path.basename(gguf.path)} ({c.n_layer} layers, d={c.n_embd}, "
+def header(comm, args, config, ids, split):
+    c, name = config, args.model_name
+    print0(comm, f"mpipar generate: {name} ({c.n_layer} layers, d={c.n_embd}, "
                  f"{c.n_head} query / {c.n_kv_head} key-value heads, vocab {c.vocab_size}) over {split}; "
                  f"prompt of {len(ids)} tokens", file=sys.stderr)
 

@@ -51,3 +51,26 @@ def test_without_it_the_rank_missing_the_file_is_named(hosts):
     assert proc.returncode != 0
     assert text.count("ck/model.safetensors': no such file (on rank 1)") == 1, text
     assert "Traceback" not in text
+
+
+def test_generate_with_the_gguf_on_rank0_only(tmp_path):
+    """SmolLM2 over a 2-stage pipeline whose second rank has no file (and no package needed):
+    rank 0 sends the tokenizer, the configuration and the second stage's layers."""
+    from mpipar.models.gguf import smollm2_path
+    if "hydra" not in subprocess.run(launch.mpiexec() + ["--version"], capture_output=True,
+                                     text=True).stdout.lower():
+        pytest.skip("the -wdir syntax here is MPICH's (hydra)")
+    (tmp_path / "host0").mkdir()
+    (tmp_path / "host1").mkdir()
+    os.symlink(smollm2_path(), tmp_path / "host0" / "model.gguf")
+    args = ["--gguf", "model.gguf", "--weights-from-rank0", "--pp", "2", "--max-new-tokens", "6",
+            "--compare-serial", "--json", "out.json"]
+    cmd = launch.mpiexec()
+    for r in range(2):
+        cmd += (["-n", "1", "-wdir", str(tmp_path / f"host{r}"), sys.executable, "-m", "mpi4py", "-m",
+                 "mpipar.generate"] + args + ([":"] if r == 0 else []))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads((tmp_path / "host0" / "out.json").read_text())
+    assert data["serial"]["tokens_identical"] and data["serial"]["bitwise_equal"]  # tp = 1 per stage
+    assert data["pipeline"]["stages"] == 2 and not os.listdir(tmp_path / "host1")
