@@ -23,11 +23,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..measure.op_profile import matmul, timed
 from . import rotary
 from .kv_cache import extend
 from .linear import column_parallel, column_parallel_backward, row_parallel, row_parallel_backward
 
 
+@timed("norm")
 def layer_norm(x, weight, bias, eps):
     """(x - mean) / sqrt(var + eps) * weight + bias over the last axis (Ba et al. 2016)."""
     mean = x.mean(-1, keepdims=True)
@@ -49,12 +51,14 @@ def layer_norm_backward(x, weight, dy, eps):
     return dx, dweight, dbias
 
 
+@timed("norm")
 def rms_norm(x, weight, eps):
     """x / sqrt(mean(x^2) + eps) * weight over the last axis (Zhang & Sennrich 2019, "Root Mean Square
     Layer Normalization"): LayerNorm without the centring and the bias."""
     return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * weight
 
 
+@timed("activation")
 def gelu(x):
     """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) -- GPT-2's approximation (Hendrycks & Gimpel 2016)."""
     return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi).astype(x.dtype) * (x + 0.044715 * x ** 3)))
@@ -68,6 +72,7 @@ def gelu_backward(x, dy):
     return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x))
 
 
+@timed("activation")
 def silu(x):
     """x sigmoid(x) = x / (1 + exp(-x)) (Elfwing et al. 2018; Swish with beta 1)."""
     with np.errstate(over="ignore"):  # exp(-x) = inf for x << 0 gives x / inf = -0, as it should
@@ -85,15 +90,23 @@ def softmax_backward(probs, dprobs):
     return probs * (dprobs - (dprobs * probs).sum(-1, keepdims=True))
 
 
+@timed("softmax")
+def causal_softmax(scores, pos0, scale):
+    """softmax(scores / scale) over the last axis, each query row i (position pos0 + i) seeing
+    keys 0..pos0+i only: the later ones get probability 0 (their scores set to -inf)."""
+    T, S = scores.shape[-2:]
+    future = np.arange(S)[None, :] > (pos0 + np.arange(T))[:, None]
+    return softmax(np.where(future, -np.inf, scores / scale))
+
+
 def causal_attention(q, k, v, pos0=0):
     """softmax(q k^T / sqrt(d_h)) v per head, each query seeing keys up to its own position
     (Vaswani et al. 2017, eq. 1). q: (B, heads, T, d_h) at positions pos0..pos0+T-1; k, v:
     (B, heads, pos0+T, d_h). Returns the heads' outputs (B, heads, T, d_h) and the
     probabilities (B, heads, T, pos0+T), which backward needs."""
-    scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1]).astype(q.dtype)
-    future = np.arange(k.shape[2])[None, :] > (pos0 + np.arange(q.shape[2]))[:, None]
-    probs = softmax(np.where(future, -np.inf, scores))
-    return probs @ v, probs
+    scores = matmul(q, k.transpose(0, 1, 3, 2))
+    probs = causal_softmax(scores, pos0, np.sqrt(q.shape[-1]).astype(q.dtype))
+    return matmul(probs, v), probs
 
 
 def causal_attention_backward(q, k, v, probs, dy):
