@@ -32,10 +32,14 @@ from .linear import column_parallel, column_parallel_backward, row_parallel, row
 @timed("norm")
 def layer_norm(x, weight, bias, eps):
     """(x - mean) / sqrt(var + eps) * weight + bias over the last axis (Ba et al. 2016)."""
-    mean = x.mean(-1, keepdims=True)
-    centred = x - mean
-    var = (centred * centred).mean(-1, keepdims=True)
-    return centred / np.sqrt(var + eps) * weight + bias
+    centred = x - x.mean(-1, keepdims=True)
+    var = np.square(centred).mean(-1, keepdims=True)
+    # in place on the one (B, T, d) temporary: a new array per step would cost a pass over
+    # memory each (the same operations in the same order, so the same bits)
+    centred /= np.sqrt(var + eps)
+    centred *= weight
+    centred += bias
+    return centred
 
 
 def layer_norm_backward(x, weight, dy, eps):
@@ -55,20 +59,35 @@ def layer_norm_backward(x, weight, dy, eps):
 def rms_norm(x, weight, eps):
     """x / sqrt(mean(x^2) + eps) * weight over the last axis (Zhang & Sennrich 2019, "Root Mean Square
     Layer Normalization"): LayerNorm without the centring and the bias."""
-    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * weight
+    y = x / np.sqrt(np.square(x).mean(-1, keepdims=True) + eps)
+    y *= weight  # in place, as in layer_norm
+    return y
 
 
 @timed("activation")
 def gelu(x):
-    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) -- GPT-2's approximation (Hendrycks & Gimpel 2016)."""
-    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi).astype(x.dtype) * (x + 0.044715 * x ** 3)))
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) -- GPT-2's approximation (Hendrycks & Gimpel 2016).
+
+    x^3 is x * x * x: ``x ** 3`` calls the general power function, several times slower than
+    two multiplications (and 1 ulp apart at most). The steps work in place on one temporary.
+    """
+    t = x * x
+    t *= x
+    t *= 0.044715
+    t += x
+    t *= np.sqrt(2.0 / np.pi).astype(x.dtype)
+    np.tanh(t, out=t)
+    t += 1.0
+    t *= x
+    t *= 0.5  # exact: (x (1 + tanh)) / 2 is the same number as (x / 2)(1 + tanh)
+    return t
 
 
 def gelu_backward(x, dy):
     """dy * gelu'(x), with t = tanh(c (x + 0.044715 x^3)), c = sqrt(2/pi):
     gelu'(x) = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 * 0.044715 x^2)."""
     c = np.sqrt(2.0 / np.pi).astype(x.dtype)
-    t = np.tanh(c * (x + 0.044715 * x ** 3))
+    t = np.tanh(c * (x + 0.044715 * (x * x * x)))  # x^3 as gelu forms it
     return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x))
 
 
@@ -76,7 +95,10 @@ def gelu_backward(x, dy):
 def silu(x):
     """x sigmoid(x) = x / (1 + exp(-x)) (Elfwing et al. 2018; Swish with beta 1)."""
     with np.errstate(over="ignore"):  # exp(-x) = inf for x << 0 gives x / inf = -0, as it should
-        return x / (1 + np.exp(-x))
+        d = np.negative(x)  # one temporary, worked on in place: exp(-x), 1 + it, x / it
+        np.exp(d, out=d)
+        d += 1
+        return np.divide(x, d, out=d)
 
 
 def softmax(x):
@@ -93,10 +115,21 @@ def softmax_backward(probs, dprobs):
 @timed("softmax")
 def causal_softmax(scores, pos0, scale):
     """softmax(scores / scale) over the last axis, each query row i (position pos0 + i) seeing
-    keys 0..pos0+i only: the later ones get probability 0 (their scores set to -inf)."""
+    keys 0..pos0+i only: the later ones get probability 0 (their scores set to -inf).
+
+    In place on ``scores`` (B, heads, T, S), which it returns: the score matrix is the largest
+    array of attention, and each new array of its size would be a pass over memory.
+    The same operations as ``softmax(np.where(future, -inf, scores / scale))``, the same bits.
+    """
     T, S = scores.shape[-2:]
-    future = np.arange(S)[None, :] > (pos0 + np.arange(T))[:, None]
-    return softmax(np.where(future, -np.inf, scores / scale))
+    scores /= scale
+    if pos0 + 1 < S:  # some row has keys in its future (never when decoding one position)
+        future = np.arange(S)[None, :] > (pos0 + np.arange(T))[:, None]
+        np.copyto(scores, -np.inf, where=future)
+    scores -= scores.max(-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(-1, keepdims=True)
+    return scores
 
 
 def causal_attention(q, k, v, pos0=0):

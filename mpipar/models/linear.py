@@ -57,7 +57,9 @@ def weight_grad(grads, k, key, x, dy):
 def _plus_bias(y, s, name):
     """y + the bias of layer ``name`` in shard s, or y where the layer has none."""
     bias = s.get(name + ".bias")
-    return y if bias is None else y + bias
+    if bias is not None:
+        y += bias  # in place: y is the product just computed, nobody else holds it
+    return y
 
 
 def column_parallel(tp, shards, name, x):
@@ -105,8 +107,11 @@ def lookup(s, name, tokens):
     """Shard ``s``'s part of the embedding of ``tokens``: the rows of the tokens it owns,
     zeros for the others."""
     mine = _mine(s, tokens)
+    if mine.all():  # the whole vocabulary is here (one shard): a plain lookup
+        return s[name][tokens - s["vocab"].start]
     rows = s[name][np.where(mine, tokens - s["vocab"].start, 0)]
-    return np.where(mine[..., None], rows, 0).astype(rows.dtype)
+    rows[~mine] = 0  # in place: no second array of the output's size
+    return rows
 
 
 def vocab_parallel_embedding(tp, shards, name, tokens):
