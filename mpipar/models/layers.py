@@ -150,21 +150,36 @@ def causal_attention_backward(q, k, v, probs, dy):
     return dscores @ k, dscores.transpose(0, 1, 3, 2) @ q, dv
 
 
+def head_runs(kv_of_head):
+    """(key/value head, first query head, stop) of each run of consecutive query heads that read
+    the same key/value head: [0, 0, 0, 1, 1] -> [(0, 0, 3), (1, 3, 5)]."""
+    starts = [h for h in range(len(kv_of_head)) if h == 0 or kv_of_head[h] != kv_of_head[h - 1]]
+    return [(int(kv_of_head[a]), a, b) for a, b in zip(starts, starts[1:] + [len(kv_of_head)])]
+
+
 def attend(q, k, v, entry=None, pos0=0, kv_of_head=None):
     """Causal attention of one shard's heads: q (B, heads, T, d_h) at positions pos0..; k, v
     (B, kv heads, T, d_h) of the same positions, stored in the shard's KV cache ``entry`` when
     given (earlier positions read from it). ``kv_of_head[j]``: the key/value head query head j
     reads (grouped-query attention; None: head j reads head j). Returns the heads' outputs
-    side by side (B, T, heads d_h), the keys and values of positions 0.. and the probabilities.
+    side by side (B, T, heads d_h), the keys and values of positions 0.. and the probabilities
+    (under grouped-query attention a list: one array per ``head_runs`` run).
     """
     if entry is not None:
         k, v = extend(entry, k, v, pos0)
+    B, heads, T, d_h = q.shape
     if kv_of_head is None:
-        heads, probs = causal_attention(q, k, v, pos0)
-    else:
-        heads, probs = causal_attention(q, k[:, kv_of_head], v[:, kv_of_head], pos0)
-    B, _, T, _ = q.shape
-    return heads.transpose(0, 2, 1, 3).reshape(B, T, -1), k, v, probs
+        y, probs = causal_attention(q, k, v, pos0)
+        return y.transpose(0, 2, 1, 3).reshape(B, T, -1), k, v, probs
+    # each run of query heads attends to its one key/value head, broadcast over the run
+    # (k[:, j:j+1] is a view): no copy of the keys and values -- the whole KV cache when
+    # decoding -- for every query head
+    out, probs = np.empty((B, T, heads, d_h), q.dtype), []
+    for j, a, b in head_runs(kv_of_head):
+        y, p = causal_attention(q[:, a:b], k[:, j:j + 1], v[:, j:j + 1], pos0)
+        out[:, :, a:b] = y.transpose(0, 2, 1, 3)
+        probs.append(p)
+    return out.reshape(B, T, -1), k, v, probs
 
 
 @dataclass
