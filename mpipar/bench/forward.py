@@ -99,6 +99,14 @@ def comm_seconds(led):
     return sum(r["seconds"] for r in led.records)
 
 
+def seconds_by_op(led):
+    """{op: seconds} of one ledger: the allreduces apart from the logits' allgather."""
+    out = {}
+    for r in led.records:
+        out[r["op"]] = out.get(r["op"], 0.0) + r["seconds"]
+    return out
+
+
 def run(args, comm):
     at_start = peak_rss_bytes()  # the interpreter, NumPy and MPI
     model = build(args, comm)
@@ -128,11 +136,12 @@ def run(args, comm):
     t, c = (medians(figures["forward"])[key] for key in ("seconds", "comm_seconds"))
     floor = medians(figures["floor"])["seconds"]
     nbytes = sum(r["nbytes"] for r in ledgers[-1].records)
+    by_op = comm.allgather(seconds_by_op(ledgers[-1]))  # the last forward's, per rank
     result = {"benchmark": "forward", "world_size": comm.Get_size(), "preset": args.preset,
               "family": type(model).__name__, "config": config.to_dict(), "batch": args.batch,
               "seq": args.seq, "algorithm": args.algorithm, "deterministic": args.deterministic,
               "trials": args.trials, "seconds": t, "seconds_all": figures["forward"]["seconds"],
-              "comm_seconds": c, "compute_seconds": t - c,
+              "comm_seconds": c, "compute_seconds": t - c, "comm_seconds_by_op_per_rank": by_op,
               "blas_floor_seconds": floor, "blas_floor_seconds_all": figures["floor"]["seconds"],
               "ratio_to_floor": t / floor, "floor_products_per_rank": len(replay.pairs),
               "floor_flops_per_rank": replay.flops,

@@ -23,6 +23,10 @@ def show(args, result):
           f"{format_seconds(t)} (median of {args.trials}) = compute {format_seconds(t - c)} "
           f"+ communication {format_seconds(c)}; "
           f"{format_bytes(result['payload_bytes_per_rank'])} reduced or gathered per rank", flush=True)
+    by_op = result["comm_seconds_by_op_per_rank"][0]
+    if by_op:
+        print("communication of rank 0's last forward: " + ", ".join(
+            f"{op} {format_seconds(sec)}" for op, sec in sorted(by_op.items())), flush=True)
     print(f"BLAS floor (its {result['floor_products_per_rank']} matrix products alone, the slowest "
           f"rank): {format_seconds(floor)}, {result['floor_flops_per_rank'] / floor / 1e9:.1f} GFLOP/s "
           f"per rank; forward / floor = {result['ratio_to_floor']:.2f}", flush=True)

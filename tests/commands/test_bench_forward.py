@@ -58,6 +58,9 @@ def test_forward_floor_profile_and_decode(preset, n):
     for table in data["profile_per_rank"]:
         check_profile(table, calls)
         assert (table["communication"] > 0) == (n > 1)
+    # the row-parallel allreduces apart from the logits' allgather
+    expected_ops = {"allreduce", "allgather"} if n > 1 else set()
+    assert all(set(by_op) == expected_ops for by_op in data["comm_seconds_by_op_per_rank"])
 
     d = data["decode"]
     assert d["steps"] == 3 and d["prompt"] == [1, 8]
