@@ -1,6 +1,9 @@
 """bench forward's measurements: the BLAS floor, the profile, decoding, the PyTorch comparison's
 refusal and weight names. Structure and arithmetic only -- never how fast anything is."""
+import json
 import math
+from pathlib import Path
+import runpy
 
 from jobs import assert_one_clear_error
 import numpy as np
@@ -13,6 +16,7 @@ from mpipar.measure.op_profile import KINDS
 from mpipar.models.random_init import random_params
 
 SMALL = ["--seq", "8", "--trials", "2", "--warmup", "0"]
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
 
 
 def products_per_token(config):
@@ -75,11 +79,22 @@ def test_forward_floor_profile_and_decode(preset, n):
         assert job.stdout.count(line) == 1, job.stdout
 
 
-def test_floor_halves_with_two_ranks():
-    """Each rank replays its own shard's products: about half of the flops on each of 2 ranks."""
+def test_floor_halves_with_two_ranks(tmp_path, capsys):
+    """Each rank replays its own shard's products: half of the flops on each of 2 ranks; and
+    tools/forward_table.py puts the two runs in one table, the speedup against p = 1."""
     one, two = (launch.run("mpipar.bench", n=n, timeout=120,
                            args=["forward", "--preset", "small", *SMALL]).data for n in (1, 2))
-    assert 0.45 < two["floor_flops_per_rank"] / one["floor_flops_per_rank"] < 0.55
+    assert two["floor_flops_per_rank"] / one["floor_flops_per_rank"] == pytest.approx(0.5)
+    paths = []
+    for n, data in ((2, two), (1, one)):
+        paths.append(tmp_path / f"p{n}.json")
+        paths[-1].write_text(json.dumps(data))
+    table = runpy.run_path(str(TOOLS / "forward_table.py"))
+    table["main"]([str(p) for p in paths])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4  # header, rule, p = 1, p = 2
+    assert lines[2].split()[:2] == ["small", "1"] and lines[3].split()[:2] == ["small", "2"]
+    assert f"{one['seconds'] / two['seconds']:.2f}" in lines[3]
 
 
 @pytest.mark.skipif(forward_torch.available(), reason="torch and transformers are installed here")
