@@ -120,6 +120,8 @@ def run(args, comm):
         logits = model.forward(tokens)
     replay = Replay(recording.products)
     del recording
+    if not args.compare_torch:  # only PyTorch's comparison needs them
+        logits = None
 
     def forward():
         with CommLedger() as led:
