@@ -118,30 +118,12 @@ class TPGroup:
         """
         if self.comm.Get_size() == 1:  # one shard: its block is the whole (no copy)
             return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
-        block = parts[0]
         if self.comm_dtype != "float32" and not exact:
-            block = block.astype(WIRE[self.comm_dtype])
-        out = self._allgather_along(block, axis % block.ndim)
-        return out.astype(parts[0].dtype, copy=False)
-
-    def _allgather_along(self, block, axis):
-        """The allgather of every rank's ``block`` along ``axis``.
-
-        Along a later axis than the first (the logits' vocabulary), the blocks travel as they
-        lie in memory, flat, and are put side by side here: gathering along that axis directly
-        would first copy each block with the axis moved to the front -- a strided copy of B T
-        vocab/p numbers that takes longer than sending them.
-        """
-        if axis == 0:
-            return allgather(self.comm, block, axis=0, algorithm=self.gather_algorithm)
-        widths = self.comm.allgather(block.shape[axis])  # small control data: each block's width
-        flat = allgather(self.comm, np.ascontiguousarray(block).reshape(-1),
-                         algorithm=self.gather_algorithm)
-        before, after = block.shape[:axis], block.shape[axis + 1:]
-        shapes = [before + (w,) + after for w in widths]
-        ends = np.cumsum([int(np.prod(shape)) for shape in shapes])
-        pieces = np.split(flat, ends[:-1])
-        return np.concatenate([p.reshape(shape) for p, shape in zip(pieces, shapes)], axis=axis)
+            wire = WIRE[self.comm_dtype]
+            out = allgather(self.comm, parts[0].astype(wire), axis=axis,
+                            algorithm=self.gather_algorithm)
+            return out.astype(parts[0].dtype)
+        return allgather(self.comm, parts[0], axis=axis, algorithm=self.gather_algorithm)
 
     def gather_from_tp_backward(self, grad, axis=-1):
         """gather's backward: each shard keeps the gradient of its own block (a scatter)."""
