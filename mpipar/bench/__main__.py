@@ -5,7 +5,8 @@
 
 Subcommands, one file each beside this one: collectives (a message-size sweep of
 every algorithm of every collective), ledger (what recording in a CommLedger
-costs), forward (the tensor-parallel GPT-2's forward time), dp (a data-parallel
+costs), forward (the tensor-parallel model's forward and decoding time beside their
+BLAS floor, with a profile and PyTorch alongside), dp (a data-parallel
 training step with and without overlapping the gradient all-reduce), tradeoff
 (accuracy against bytes and time of float16/bfloat16 wires, rounding and
 deterministic mode), pp (pipeline step time and bubble of every schedule as the

@@ -1,13 +1,28 @@
-"""python -m mpipar.bench forward -- time one forward pass of the tensor-parallel GPT-2.
+"""python -m mpipar.bench forward -- the tensor-parallel model's forward (and decoding) beside its BLAS floor.
 
     mpirun -n 4 python -m mpi4py -m mpipar.bench forward --preset gpt2-small --seq 256
+    python -m mpipar.bench forward --preset gpt2-small --seq 256 --profile --decode 32
+    python -m mpipar.bench forward --preset smollm2-shape --compare-torch
 
 Random weights of the preset's shape (only the shape matters for time), each rank
-generating only its own slices (mpipar.models.random_init). After
---warmup forwards, --trials forwards are timed: barrier, forward, the slowest
-rank's time (MPI.MAX). A CommLedger splits each into communication (the
-row-parallel allreduces and the logit allgather) and compute (the rest).
-Reported: the medians.
+generating only its own slices (mpipar.models.random_init): GPT-2's presets, or the
+Llama family's (smollm2-shape: SmolLM2-135M's; llama-tiny). After --warmup rounds,
+--trials rounds each time a forward and the BLAS floor, alternately: barrier, call,
+the slowest rank's time (MPI.MAX). A CommLedger splits each forward into
+communication (the row-parallel allreduces and the logit allgather) and compute.
+
+The BLAS floor is the forward's matrix products alone -- recorded in one forward,
+replayed back to back at the same shapes, strides and thread count, on the real
+weights (mpipar.bench.floor) -- and the ratio forward / floor how much time goes
+elsewhere. --profile adds a table of time per kind of operation (matrix products,
+attention softmax and mask, norms, activations, embedding and logits, rotary,
+communication, the rest) of the median of --trials profiled forwards, from the
+explicit hooks of mpipar.measure.op_profile (off, and free, otherwise).
+--decode N: N greedy tokens after the --seq prompt with the KV cache, per token, beside
+their GEMV floor and the memory bandwidth those matrix-vector products reach
+(mpipar.bench.forward_decode). --compare-torch: Hugging Face's GPT2LMHeadModel (or
+LlamaForCausalLM) on the same weights and tokens, on rank 0: its time and the largest
+logit difference (needs torch and transformers). Reported: the medians.
 """
 import argparse
 
@@ -15,86 +30,166 @@ import numpy as np
 
 from ..cli import json_path_problem, write_json
 from ..collectives import ALGORITHMS
+from ..collectives.channel import quiet_wait
 from ..measure.ledger import CommLedger
 from ..measure.memory import peak_rss_bytes, peak_rss_per_rank
-from ..measure.units import format_bytes, format_seconds
-from ..models import GPT, PRESETS
-from ..models.checkpoint import load_model
-from .timing import medians, time_call
+from ..measure.op_profile import OpProfile, model_arrays
+from ..models import GPT, PRESETS, Llama, LlamaConfig
+from ..models.random_init import RandomSource, random_params
+from . import forward_decode, forward_report, forward_torch
+from .floor import Replay
+from .timing import medians, run_trials
+
+#: the shapes the benchmark runs: GPT-2's presets, and the Llama family's
+SHAPES = {**PRESETS,
+          "llama-tiny": LlamaConfig(vocab_size=256, n_ctx=128, n_embd=64, n_head=4, n_kv_head=2,
+                                    n_layer=2, n_inner=96),
+          "smollm2-shape": LlamaConfig()}  # SmolLM2-135M's shape (LlamaConfig's defaults)
 
 
 def add_parser(commands):
-    c = commands.add_parser("forward", help="forward-pass time of the tensor-parallel GPT-2",
-                            description=__doc__.split("\n\n", 1)[1],
+    c = commands.add_parser("forward", help="forward-pass and decoding time of the tensor-parallel "
+                            "model, beside the BLAS floor", description=__doc__.split("\n\n", 1)[1],
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    c.add_argument("--preset", choices=list(PRESETS), default="small",
-                   help="model shape (default small; gpt2-small is the 124M GPT-2)")
+    c.add_argument("--preset", choices=list(SHAPES), default="small",
+                   help="model shape (default small; gpt2-small is the 124M GPT-2, smollm2-shape "
+                   "a Llama of SmolLM2-135M's shape)")
     c.add_argument("--batch", type=int, default=1, metavar="B", help="sequences (default 1)")
     c.add_argument("--seq", type=int, default=64, metavar="T", help="tokens per sequence (default 64)")
     c.add_argument("--algorithm", default="auto", choices=(*ALGORITHMS["allreduce"], "mpi", "auto"),
                    help="allreduce algorithm (default auto)")
     c.add_argument("--deterministic", action="store_true", help="fixed-order reductions")
-    c.add_argument("--trials", type=int, default=5, metavar="N", help="timed forwards (default 5)")
-    c.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed forwards (default 1)")
+    c.add_argument("--trials", type=int, default=5, metavar="N", help="timed rounds (default 5)")
+    c.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed rounds (default 1)")
+    c.add_argument("--profile", action="store_true",
+                   help="time per kind of operation (matmul, softmax, norms, ...), printed and in JSON")
+    c.add_argument("--decode", type=int, default=0, metavar="N",
+                   help="also time N greedy tokens after the --seq prompt with the KV cache: per "
+                   "token, its GEMV floor and their memory bandwidth (default 0: no decoding)")
+    c.add_argument("--compare-torch", action="store_true",
+                   help="also run Hugging Face's model on the same weights (rank 0): time, max logit "
+                   "difference (needs torch and transformers)")
     c.add_argument("--json", metavar="PATH", help="rank 0 writes the result here")
     c.set_defaults(check=check, run=run, parser=c)
 
 
 def check(args, comm):
-    config = PRESETS[args.preset]
-    if args.trials < 1 or args.warmup < 0 or args.batch < 1 or args.seq < 1:
-        return "--trials, --batch and --seq must be at least 1, --warmup at least 0"
-    if args.seq > config.n_ctx:
-        return f"--seq {args.seq} is longer than the context of {config.n_ctx}"
+    config = SHAPES[args.preset]
+    if args.trials < 1 or args.warmup < 0 or args.batch < 1 or args.seq < 1 or args.decode < 0:
+        return "--trials, --batch and --seq must be at least 1, --warmup and --decode at least 0"
+    if args.seq + args.decode > config.n_ctx:
+        return f"--seq {args.seq} + --decode {args.decode} is longer than the context of {config.n_ctx}"
     if comm.Get_size() > config.n_head:
         return f"{args.preset} has {config.n_head} heads: run on at most {config.n_head} ranks"
+    if args.compare_torch and not forward_torch.available():
+        return forward_torch.MISSING
     return json_path_problem(comm, args.json)
+
+
+def build(args, comm):
+    """The model of ``args.preset`` over ``comm``, each rank drawing only its own slices."""
+    config = SHAPES[args.preset]
+    family = Llama if isinstance(config, LlamaConfig) else GPT
+    return family(config, RandomSource(config, seed=0), comm, algorithm=args.algorithm,
+                  deterministic=args.deterministic)
+
+
+def comm_seconds(led):
+    """Seconds of the row-parallel allreduces and the logit gather in one ledger."""
+    return sum(r["seconds"] for r in led.records)
+
+
+def seconds_by_op(led):
+    """{op: seconds} of one ledger: the allreduces apart from the logits' allgather."""
+    out = {}
+    for r in led.records:
+        out[r["op"]] = out.get(r["op"], 0.0) + r["seconds"]
+    return out
 
 
 def run(args, comm):
     at_start = peak_rss_bytes()  # the interpreter, NumPy and MPI
-    config, source, _ = load_model(preset=args.preset, seed=0, sliced=True)
-    model = GPT(config, source, comm, algorithm=args.algorithm,
-                deterministic=args.deterministic)
+    model = build(args, comm)
+    config = model.config
     built = peak_rss_bytes()
     tokens = np.random.default_rng(0).integers(0, config.vocab_size, (args.batch, args.seq))
     ledgers = []  # one per forward, the last one's bytes are reported
+
+    recording = OpProfile(persistent=model_arrays(model))  # the products of one forward
+    with recording:
+        logits = model.forward(tokens)
+    replay = Replay(recording.products)
+    del recording
+    if not args.compare_torch:  # only PyTorch's comparison needs them
+        logits = None
 
     def forward():
         with CommLedger() as led:
             model.forward(tokens)
         ledgers.append(led)
-        return led
+        return {"comm_seconds": comm_seconds(led)}
 
-    def communication(led):  # the row-parallel allreduces and the logit gather
-        return {"comm_seconds": sum(r["seconds"] for r in led.records)}
+    def products_alone():
+        replay()
+        return {}
 
-    figures = time_call(comm, forward, args.trials, warmup=args.warmup, figures=communication)
-    t, c = (medians(figures)[key] for key in ("seconds", "comm_seconds"))
-    total, nbytes = figures["seconds"], sum(r["nbytes"] for r in ledgers[-1].records)
+    figures = run_trials(comm, {"forward": forward, "floor": products_alone},
+                         args.trials, args.warmup, figures=lambda figs: figs)
+    t, c = (medians(figures["forward"])[key] for key in ("seconds", "comm_seconds"))
+    floor = medians(figures["floor"])["seconds"]
+    nbytes = sum(r["nbytes"] for r in ledgers[-1].records)
+    by_op = comm.allgather(seconds_by_op(ledgers[-1]))  # the last forward's, per rank
     result = {"benchmark": "forward", "world_size": comm.Get_size(), "preset": args.preset,
-              "config": config.to_dict(), "batch": args.batch, "seq": args.seq,
-              "algorithm": args.algorithm, "deterministic": args.deterministic,
-              "trials": args.trials, "seconds": t, "seconds_all": total, "comm_seconds": c,
-              "compute_seconds": t - c, "payload_bytes_per_rank": int(nbytes),
+              "family": type(model).__name__, "config": config.to_dict(), "batch": args.batch,
+              "seq": args.seq, "algorithm": args.algorithm, "deterministic": args.deterministic,
+              "trials": args.trials, "seconds": t, "seconds_all": figures["forward"]["seconds"],
+              "comm_seconds": c, "compute_seconds": t - c, "comm_seconds_by_op_per_rank": by_op,
+              "blas_floor_seconds": floor, "blas_floor_seconds_all": figures["floor"]["seconds"],
+              "ratio_to_floor": t / floor, "floor_products_per_rank": len(replay.pairs),
+              "floor_flops_per_rank": replay.flops,
+              "payload_bytes_per_rank": int(nbytes),
               "param_bytes_per_rank": int(model.param_bytes()),
-              "param_bytes_all_ranks": comm.allgather(int(model.param_bytes())),
-              "peak_rss_per_rank": peak_rss_per_rank(comm),
-              # the high-water mark at start, after building the model, after the forwards
-              "peak_rss_stages_per_rank": comm.allgather(
-                  {"start": at_start, "model_built": built, "forward": peak_rss_bytes()})}
+              "param_bytes_all_ranks": comm.allgather(int(model.param_bytes()))}
+    if args.profile:
+        result["profile_per_rank"] = comm.allgather(profile_forward(model, tokens, args.trials))
+    if args.decode:
+        result["decode"] = forward_decode.measure_decode(comm, model, tokens, args.decode, args.trials,
+                                                         args.warmup, args.profile)
+    result["peak_rss_per_rank"] = peak_rss_per_rank(comm)
+    # the high-water mark at start, after building the model, after the forwards
+    result["peak_rss_stages_per_rank"] = comm.allgather(
+        {"start": at_start, "model_built": built, "forward": peak_rss_bytes()})
     result["peak_rss_bytes"] = max(result["peak_rss_per_rank"])
+    if args.compare_torch:
+        result["torch"] = torch_on_rank0(comm, args, config, tokens, logits)
+        result["ratio_to_torch"] = t / result["torch"]["torch_seconds"]
     if comm.Get_rank() == 0:
-        print(f"{args.preset} forward, B={args.batch} T={args.seq}, {comm.Get_size()} rank(s), "
-              f"{args.algorithm}{' deterministic' if args.deterministic else ''}: "
-              f"{format_seconds(t)} (median of {args.trials}) = compute {format_seconds(t - c)} "
-              f"+ communication {format_seconds(c)}; {format_bytes(nbytes)} reduced or gathered "
-              f"per rank", flush=True)
-        worst = int(np.argmax(result["peak_rss_per_rank"]))
-        st = result["peak_rss_stages_per_rank"][worst]
-        print(f"peak memory of the largest rank ({worst}): {format_bytes(st['forward'])} = start "
-              f"{format_bytes(st['start'])} + model built {format_bytes(st['model_built'] - st['start'])}"
-              f" (its parameters {format_bytes(result['param_bytes_all_ranks'][worst])}) + forward "
-              f"{format_bytes(st['forward'] - st['model_built'])}", flush=True)
+        forward_report.show(args, result)
     write_json(comm, args.json, result)
     return 0
+
+
+def profile_forward(model, tokens, trials):
+    """This rank's profile table (seconds per kind, and calls) of the median of ``trials``
+    profiled forwards -- the median by total time, so that its kinds add up to its total."""
+    tables = []
+    for _ in range(trials):
+        model.tp.comm.Barrier()
+        with CommLedger() as led, OpProfile() as prof:
+            model.forward(tokens)
+        tables.append({"total": prof.wall_seconds, **prof.table(prof.wall_seconds, comm_seconds(led)),
+                       "calls": dict(prof.calls)})
+    return sorted(tables, key=lambda t: t["total"])[len(tables) // 2]
+
+
+def torch_on_rank0(comm, args, config, tokens, logits):
+    """forward_torch.compare on rank 0 (the full weights drawn there alone); the others
+    wait asleep. Rank 0's figures, on every rank."""
+    out = None
+    if comm.Get_rank() == 0:
+        params = random_params(config, seed=0)  # the same bits as the model's shards
+        out = forward_torch.compare(config, params, tokens, logits, args.trials, args.warmup)
+        del params
+    quiet_wait(comm.Ibarrier())
+    return comm.bcast(out, root=0)
+

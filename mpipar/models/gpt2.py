@@ -62,7 +62,8 @@ class GPT(LanguageModel):
     def embed(self, tokens, pos0=0):
         """Vocab-parallel token embedding plus the learned positions pos0.. ."""
         x = linear.vocab_parallel_embedding(self.tp, self.shards, "wte.weight", tokens)
-        return x + self.shards[0]["wpe.weight"][pos0:pos0 + tokens.shape[1]]
+        x += self.shards[0]["wpe.weight"][pos0:pos0 + tokens.shape[1]]  # x is new: add in place
+        return x
 
     def _norm(self, prefix, x):
         """The LayerNorm ``prefix`` (ln_1, ln_2 of a block, or ln_f), replicated on every shard."""

@@ -23,17 +23,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..measure.op_profile import matmul, timed
 from . import rotary
 from .kv_cache import extend
 from .linear import column_parallel, column_parallel_backward, row_parallel, row_parallel_backward
 
 
+def mean_last(x):
+    """x.mean(-1, keepdims=True) -- the same sum and division, so the same bits -- without
+    np.mean's Python-level bookkeeping, which costs more than the sum itself on one
+    decoding position's few hundred numbers."""
+    return np.add.reduce(x, axis=-1, keepdims=True) / x.shape[-1]
+
+
+@timed("norm")
 def layer_norm(x, weight, bias, eps):
     """(x - mean) / sqrt(var + eps) * weight + bias over the last axis (Ba et al. 2016)."""
-    mean = x.mean(-1, keepdims=True)
-    centred = x - mean
-    var = (centred * centred).mean(-1, keepdims=True)
-    return centred / np.sqrt(var + eps) * weight + bias
+    centred = x - mean_last(x)
+    var = mean_last(np.square(centred))
+    # in place on the one (B, T, d) temporary: a new array per step would cost a pass over
+    # memory each (the same operations in the same order, so the same bits)
+    centred /= np.sqrt(var + eps)
+    centred *= weight
+    centred += bias
+    return centred
 
 
 def layer_norm_backward(x, weight, dy, eps):
@@ -49,29 +62,50 @@ def layer_norm_backward(x, weight, dy, eps):
     return dx, dweight, dbias
 
 
+@timed("norm")
 def rms_norm(x, weight, eps):
     """x / sqrt(mean(x^2) + eps) * weight over the last axis (Zhang & Sennrich 2019, "Root Mean Square
     Layer Normalization"): LayerNorm without the centring and the bias."""
-    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * weight
+    y = x / np.sqrt(mean_last(np.square(x)) + eps)
+    y *= weight  # in place, as in layer_norm
+    return y
 
 
+@timed("activation")
 def gelu(x):
-    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) -- GPT-2's approximation (Hendrycks & Gimpel 2016)."""
-    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi).astype(x.dtype) * (x + 0.044715 * x ** 3)))
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) -- GPT-2's approximation (Hendrycks & Gimpel 2016).
+
+    x^3 is x * x * x: ``x ** 3`` calls the general power function, several times slower than
+    two multiplications (and 1 ulp apart at most). The steps work in place on one temporary.
+    """
+    t = x * x
+    t *= x
+    t *= 0.044715
+    t += x
+    t *= np.sqrt(2.0 / np.pi).astype(x.dtype)
+    np.tanh(t, out=t)
+    t += 1.0
+    t *= x
+    t *= 0.5  # exact: (x (1 + tanh)) / 2 is the same number as (x / 2)(1 + tanh)
+    return t
 
 
 def gelu_backward(x, dy):
     """dy * gelu'(x), with t = tanh(c (x + 0.044715 x^3)), c = sqrt(2/pi):
     gelu'(x) = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 * 0.044715 x^2)."""
     c = np.sqrt(2.0 / np.pi).astype(x.dtype)
-    t = np.tanh(c * (x + 0.044715 * x ** 3))
+    t = np.tanh(c * (x + 0.044715 * (x * x * x)))  # x^3 as gelu forms it
     return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x))
 
 
+@timed("activation")
 def silu(x):
     """x sigmoid(x) = x / (1 + exp(-x)) (Elfwing et al. 2018; Swish with beta 1)."""
     with np.errstate(over="ignore"):  # exp(-x) = inf for x << 0 gives x / inf = -0, as it should
-        return x / (1 + np.exp(-x))
+        d = np.negative(x)  # one temporary, worked on in place: exp(-x), 1 + it, x / it
+        np.exp(d, out=d)
+        d += 1
+        return np.divide(x, d, out=d)
 
 
 def softmax(x):
@@ -85,15 +119,34 @@ def softmax_backward(probs, dprobs):
     return probs * (dprobs - (dprobs * probs).sum(-1, keepdims=True))
 
 
+@timed("softmax")
+def causal_softmax(scores, pos0, scale):
+    """softmax(scores / scale) over the last axis, each query row i (position pos0 + i) seeing
+    keys 0..pos0+i only: the later ones get probability 0 (their scores set to -inf).
+
+    In place on ``scores`` (B, heads, T, S), which it returns: the score matrix is the largest
+    array of attention, and each new array of its size would be a pass over memory.
+    The same operations as ``softmax(np.where(future, -inf, scores / scale))``, the same bits.
+    """
+    T, S = scores.shape[-2:]
+    scores /= scale
+    if pos0 + 1 < S:  # some row has keys in its future (never when decoding one position)
+        future = np.arange(S)[None, :] > (pos0 + np.arange(T))[:, None]
+        np.copyto(scores, -np.inf, where=future)
+    scores -= scores.max(-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(-1, keepdims=True)
+    return scores
+
+
 def causal_attention(q, k, v, pos0=0):
     """softmax(q k^T / sqrt(d_h)) v per head, each query seeing keys up to its own position
     (Vaswani et al. 2017, eq. 1). q: (B, heads, T, d_h) at positions pos0..pos0+T-1; k, v:
     (B, heads, pos0+T, d_h). Returns the heads' outputs (B, heads, T, d_h) and the
     probabilities (B, heads, T, pos0+T), which backward needs."""
-    scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1]).astype(q.dtype)
-    future = np.arange(k.shape[2])[None, :] > (pos0 + np.arange(q.shape[2]))[:, None]
-    probs = softmax(np.where(future, -np.inf, scores))
-    return probs @ v, probs
+    scores = matmul(q, k.transpose(0, 1, 3, 2))
+    probs = causal_softmax(scores, pos0, np.sqrt(q.shape[-1]).astype(q.dtype))
+    return matmul(probs, v), probs
 
 
 def causal_attention_backward(q, k, v, probs, dy):
@@ -104,21 +157,36 @@ def causal_attention_backward(q, k, v, probs, dy):
     return dscores @ k, dscores.transpose(0, 1, 3, 2) @ q, dv
 
 
+def head_runs(kv_of_head):
+    """(key/value head, first query head, stop) of each run of consecutive query heads that read
+    the same key/value head: [0, 0, 0, 1, 1] -> [(0, 0, 3), (1, 3, 5)]."""
+    starts = [h for h in range(len(kv_of_head)) if h == 0 or kv_of_head[h] != kv_of_head[h - 1]]
+    return [(int(kv_of_head[a]), a, b) for a, b in zip(starts, starts[1:] + [len(kv_of_head)])]
+
+
 def attend(q, k, v, entry=None, pos0=0, kv_of_head=None):
     """Causal attention of one shard's heads: q (B, heads, T, d_h) at positions pos0..; k, v
     (B, kv heads, T, d_h) of the same positions, stored in the shard's KV cache ``entry`` when
     given (earlier positions read from it). ``kv_of_head[j]``: the key/value head query head j
     reads (grouped-query attention; None: head j reads head j). Returns the heads' outputs
-    side by side (B, T, heads d_h), the keys and values of positions 0.. and the probabilities.
+    side by side (B, T, heads d_h), the keys and values of positions 0.. and the probabilities
+    (under grouped-query attention a list: one array per ``head_runs`` run).
     """
     if entry is not None:
         k, v = extend(entry, k, v, pos0)
+    B, heads, T, d_h = q.shape
     if kv_of_head is None:
-        heads, probs = causal_attention(q, k, v, pos0)
-    else:
-        heads, probs = causal_attention(q, k[:, kv_of_head], v[:, kv_of_head], pos0)
-    B, _, T, _ = q.shape
-    return heads.transpose(0, 2, 1, 3).reshape(B, T, -1), k, v, probs
+        y, probs = causal_attention(q, k, v, pos0)
+        return y.transpose(0, 2, 1, 3).reshape(B, T, -1), k, v, probs
+    # each run of query heads attends to its one key/value head, broadcast over the run
+    # (k[:, j:j+1] is a view): no copy of the keys and values -- the whole KV cache when
+    # decoding -- for every query head
+    out, probs = np.empty((B, T, heads, d_h), q.dtype), []
+    for j, a, b in head_runs(kv_of_head):
+        y, p = causal_attention(q[:, a:b], k[:, j:j + 1], v[:, j:j + 1], pos0)
+        out[:, :, a:b] = y.transpose(0, 2, 1, 3)
+        probs.append(p)
+    return out.reshape(B, T, -1), k, v, probs
 
 
 @dataclass

@@ -15,6 +15,8 @@ A layer whose table has no ``name + ".bias"`` row (Llama's) is ``x W`` alone.
 """
 import numpy as np
 
+from ..measure.op_profile import matmul, timed
+
 
 def _flat(a):
     """(..., n) -> (rows, n): the batch and time axes as one."""
@@ -55,13 +57,15 @@ def weight_grad(grads, k, key, x, dy):
 def _plus_bias(y, s, name):
     """y + the bias of layer ``name`` in shard s, or y where the layer has none."""
     bias = s.get(name + ".bias")
-    return y if bias is None else y + bias
+    if bias is not None:
+        y += bias  # in place: y is the product just computed, nobody else holds it
+    return y
 
 
 def column_parallel(tp, shards, name, x):
     """Each shard's block of output columns, x W_k + b_k, from the same input x."""
     x = tp.copy_to_tp(x)
-    return [_plus_bias(x @ s[name + ".weight"], s, name) for s in shards]
+    return [_plus_bias(matmul(x, s[name + ".weight"]), s, name) for s in shards]
 
 
 def column_parallel_backward(tp, shards, name, x, dys, grads):
@@ -77,7 +81,7 @@ def column_parallel_backward(tp, shards, name, x, dys, grads):
 
 def row_parallel(tp, shards, name, xs):
     """sum_k x_k W_k over the shards (g), then the bias once."""
-    partials = [x @ s[name + ".weight"] for s, x in zip(shards, xs)]
+    partials = [matmul(x, s[name + ".weight"]) for s, x in zip(shards, xs)]
     return _plus_bias(tp.reduce_from_tp(partials), shards[0], name)
 
 
@@ -98,15 +102,22 @@ def _mine(s, tokens):
     return (tokens >= s["vocab"].start) & (tokens < s["vocab"].stop)
 
 
+@timed("embedding")
+def lookup(s, name, tokens):
+    """Shard ``s``'s part of the embedding of ``tokens``: the rows of the tokens it owns,
+    zeros for the others."""
+    mine = _mine(s, tokens)
+    if mine.all():  # the whole vocabulary is here (one shard): a plain lookup
+        return s[name][tokens - s["vocab"].start]
+    rows = s[name][np.where(mine, tokens - s["vocab"].start, 0)]
+    rows[~mine] = 0  # in place: no second array of the output's size
+    return rows
+
+
 def vocab_parallel_embedding(tp, shards, name, tokens):
     """Rows of the embedding ``name``: each shard looks up the tokens it owns (zeros for the
     others) and g adds the shards' parts -- one all-reduce."""
-    parts = []
-    for s in shards:
-        mine = _mine(s, tokens)
-        rows = s[name][np.where(mine, tokens - s["vocab"].start, 0)]
-        parts.append(np.where(mine[..., None], rows, 0).astype(rows.dtype))
-    return tp.reduce_from_tp(parts)
+    return tp.reduce_from_tp([lookup(s, name, tokens) for s in shards])
 
 
 def vocab_parallel_embedding_backward(tp, shards, name, tokens, dx, grads):
@@ -123,7 +134,7 @@ def vocab_parallel_embedding_backward(tp, shards, name, tokens, dx, grads):
 def lm_head(tp, shards, name, x):
     """Each shard's slice of the logits, x @ its rows of the (tied) embedding ``name``, transposed."""
     x = tp.copy_to_tp(x)
-    return [x @ s[name].T for s in shards]
+    return [matmul(x, s[name].T) for s in shards]
 
 
 def lm_head_backward(tp, shards, name, x, dparts, grads):

@@ -13,6 +13,8 @@ Both q and k of every head are turned, on each shard for its own heads; nothing 
 """
 import numpy as np
 
+from ..measure.op_profile import timed
+
 
 def frequencies(head_dim, theta):
     """f_i = theta^(-2i / head_dim) for the pairs i = 0 .. head_dim/2 - 1, in float64."""
@@ -35,6 +37,9 @@ def rotate_half(x):
     return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
 
+@timed("rotary")
 def apply(x, cos, sin):
     """x (..., T, head_dim) at the positions of the tables: x cos + rotate_half(x) sin."""
-    return x * cos + rotate_half(x) * sin
+    out = x * cos
+    out += rotate_half(x) * sin  # in place: one temporary fewer
+    return out

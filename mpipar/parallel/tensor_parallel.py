@@ -116,8 +116,8 @@ class TPGroup:
 
         With a 16-bit ``comm_dtype`` the blocks travel rounded to it, unless ``exact``.
         """
-        if self.comm.Get_size() == 1:
-            return np.concatenate(parts, axis=axis)
+        if self.comm.Get_size() == 1:  # one shard: its block is the whole (no copy)
+            return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
         if self.comm_dtype != "float32" and not exact:
             wire = WIRE[self.comm_dtype]
             out = allgather(self.comm, parts[0].astype(wire), axis=axis,

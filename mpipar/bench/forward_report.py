@@ -1,0 +1,62 @@
+"""What ``bench forward`` prints (rank 0): the forward beside its floor, the profile table, decoding,
+the comparison with PyTorch, memory."""
+from ..measure.op_profile import KIND_NAMES, KINDS
+from ..measure.units import format_bytes, format_seconds
+from .table import Column, format_table
+
+
+def profile_table(table, title):
+    """One rank's profile (seconds per kind, "total", "calls") as a table with shares."""
+    total = table["total"]
+    rows = [[KIND_NAMES[k], table[k], 100 * table[k] / total if total else 0.0,
+             table["calls"].get(k)] for k in KINDS]
+    rows.append(["total", total, 100.0, None])
+    return format_table([Column("kind", align="<"), Column("seconds", format_seconds),
+                         Column("share", lambda v: f"{v:5.1f} %"), Column("calls", str)],
+                        rows, title=title, rule="-")
+
+
+def show(args, result):
+    t, floor, c = result["seconds"], result["blas_floor_seconds"], result["comm_seconds"]
+    print(f"{args.preset} forward, B={args.batch} T={args.seq}, {result['world_size']} rank(s), "
+          f"{args.algorithm}{' deterministic' if args.deterministic else ''}: "
+          f"{format_seconds(t)} (median of {args.trials}) = compute {format_seconds(t - c)} "
+          f"+ communication {format_seconds(c)}; "
+          f"{format_bytes(result['payload_bytes_per_rank'])} reduced or gathered per rank", flush=True)
+    by_op = result["comm_seconds_by_op_per_rank"][0]
+    if by_op:
+        print("communication of rank 0's last forward: " + ", ".join(
+            f"{op} {format_seconds(sec)}" for op, sec in sorted(by_op.items())), flush=True)
+    print(f"BLAS floor (its {result['floor_products_per_rank']} matrix products alone, the slowest "
+          f"rank): {format_seconds(floor)}, {result['floor_flops_per_rank'] / floor / 1e9:.1f} GFLOP/s "
+          f"per rank; forward / floor = {result['ratio_to_floor']:.2f}", flush=True)
+    if "profile_per_rank" in result:
+        print(profile_table(result["profile_per_rank"][0], "forward profile, rank 0"), flush=True)
+    if "decode" in result:
+        show_decode(args, result["decode"])
+    if "torch" in result:
+        th = result["torch"]
+        print(f"PyTorch (Hugging Face, {th['torch_threads']} thread(s), torch {th['torch_version']}): "
+              f"{format_seconds(th['torch_seconds'])}; mpipar / PyTorch = "
+              f"{result['ratio_to_torch']:.2f}; max |logit difference| "
+              f"{th['max_abs_logit_diff']:.2e}, same argmax at {100 * th['argmax_agreement']:.1f} % "
+              f"of positions", flush=True)
+    worst = max(range(len(result["peak_rss_per_rank"])), key=result["peak_rss_per_rank"].__getitem__)
+    st = result["peak_rss_stages_per_rank"][worst]
+    print(f"peak memory of the largest rank ({worst}): {format_bytes(st['forward'])} = start "
+          f"{format_bytes(st['start'])} + model built {format_bytes(st['model_built'] - st['start'])}"
+          f" (its parameters {format_bytes(result['param_bytes_all_ranks'][worst])}) + forward "
+          f"{format_bytes(st['forward'] - st['model_built'])}", flush=True)
+
+
+def show_decode(args, d):
+    print(f"decoding {d['steps']} tokens after a {args.seq}-token prompt, with the KV cache: "
+          f"{format_seconds(d['seconds_per_token'])} per token (median of {args.trials}), of which "
+          f"communication {format_seconds(d['comm_seconds_per_token'])}", flush=True)
+    print(f"GEMV floor (its {d['gemv_products_per_token']} matrix-vector products per token alone): "
+          f"{format_seconds(d['gemv_floor_seconds_per_token'])} per token, reading "
+          f"{format_bytes(d['gemv_bytes_per_token_per_rank'])} per rank at "
+          f"{d['gemv_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s (all ranks); decode / floor = "
+          f"{d['ratio_to_floor']:.2f}", flush=True)
+    if "profile_per_rank" in d:
+        print(profile_table(d["profile_per_rank"][0], "decode profile per token, rank 0"), flush=True)

@@ -1,0 +1,46 @@
+"""One table from several ``bench forward --json`` files: the scaling of a model's forward and decoding.
+
+    python tools/forward_table.py fwd-gpt2-p*.json
+
+Per file (sorted by rank count): the forward, its BLAS floor and their ratio, the speedup over
+the file with the fewest ranks of the same preset, communication's share, and with --decode the
+time per token, its GEMV floor, their ratio, the bandwidth and the speedup per token; with
+--compare-torch the PyTorch time, mpipar / PyTorch and the largest logit difference.
+"""
+import json
+import sys
+
+from mpipar.bench.table import Column, format_table
+from mpipar.measure.units import format_seconds
+
+
+def rows(results):
+    """The table's rows, one per result, the speedups against the smallest rank count's."""
+    base = {}
+    for r in sorted(results, key=lambda r: (r["preset"], r["world_size"])):
+        first = base.setdefault(r["preset"], r)
+        d, fd, th = r.get("decode"), first.get("decode"), r.get("torch")
+        yield [r["preset"], r["world_size"], r["seconds"], r["blas_floor_seconds"],
+               f"{r['ratio_to_floor']:.2f}", f"{first['seconds'] / r['seconds']:.2f}",
+               f"{100 * r['comm_seconds'] / r['seconds']:.0f} %",
+               d and d["seconds_per_token"], d and d["gemv_floor_seconds_per_token"],
+               d and f"{d['ratio_to_floor']:.2f}",
+               d and f"{d['gemv_bandwidth_bytes_per_s'] / 1e9:.1f}",
+               d and fd and f"{fd['seconds_per_token'] / d['seconds_per_token']:.2f}",
+               th and th["torch_seconds"], th and f"{r['ratio_to_torch']:.2f}",
+               th and f"{th['max_abs_logit_diff']:.1e}"]
+
+
+def main(paths):
+    results = [json.load(open(path)) for path in paths]
+    s = Column("", format_seconds)
+    columns = [Column("preset", align="<"), Column("p", str), Column("forward", s.format),
+               Column("floor", s.format), Column("fwd/floor"), Column("speedup"), Column("comm"),
+               Column("token", s.format), Column("GEMV floor", s.format), Column("tok/floor"),
+               Column("GB/s"), Column("tok speedup"), Column("torch", s.format),
+               Column("/torch"), Column("max |dlogit|")]
+    print(format_table(columns, list(rows(results)), rule="-"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
