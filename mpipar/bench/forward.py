@@ -32,7 +32,7 @@ from ..cli import json_path_problem, write_json
 from ..collectives import ALGORITHMS
 from ..collectives.channel import quiet_wait
 from ..measure.ledger import CommLedger
-from ..measure.memory import peak_rss_bytes, peak_rss_per_rank
+from ..measure.memory import peak_rss_bytes, peak_rss_per_rank, too_big
 from ..measure.op_profile import OpProfile, model_arrays
 from ..models import GPT, PRESETS, Llama, LlamaConfig
 from ..models.random_init import RandomSource, random_params
@@ -83,7 +83,12 @@ def check(args, comm):
         return f"{args.preset} has {config.n_head} heads: run on at most {config.n_head} ranks"
     if args.compare_torch and not forward_torch.available():
         return forward_torch.MISSING
-    return json_path_problem(comm, args.json)
+    # the logits (vocabulary / p per rank, plus the gathered copy) and ~16 d per token and layer
+    p = comm.Get_size()
+    per_token = 4 * (2 * config.vocab_size + 16 * config.n_embd * config.n_layer / p)
+    need = int(args.batch * (args.seq + args.decode) * per_token)
+    return (too_big(f"--batch {args.batch} x --seq {args.seq}", need, p)
+            or json_path_problem(comm, args.json))
 
 
 def build(args, comm):

@@ -112,6 +112,7 @@ def test_training_that_diverges_stops_with_an_error(monkeypatch):
     ("mpipar.bench", ["ledger", "--size", "1000GiB"], "--size 1e+03 GiB needs about"),
     ("mpipar.bench", ["dp", "--batch", "100000000"], "--batch 100000000 x --seq 32 needs about"),
     ("mpipar.bench", ["pp", "--batch-per-micro", "10000000"], "--batch-per-micro 10000000 x --seq 32"),
+    ("mpipar.bench", ["forward", "--preset", "tiny", "--batch", "100000000"], "--batch 100000000 x --seq"),
 ])
 def test_bad_sizes_and_combinations_are_one_clear_error(module, args, message):
     assert_one_clear_error(module, 2, args, message)
