@@ -98,6 +98,27 @@ def rotate_check(rotate):
     return problems
 
 
+# --- lesson 02: uneven blocks -----------------------------------------------------------
+
+@exercise("02_columns")
+def columns_check(columns_of):
+    """columns_of(n, p, r) -> (start, stop): rank r's block of n columns split over p ranks,
+    as np.array_split cuts them (the first n mod p blocks one longer; a block may be empty)."""
+    problems = []
+    for n, p in [(8, 3), (10, 4), (768, 5), (2, 5), (0, 3), (7, 7), (12, 1)]:
+        sizes = [len(b) for b in np.array_split(np.arange(n), p)]
+        for r in range(p):
+            want = (sum(sizes[:r]), sum(sizes[:r + 1]))
+            got = tuple(int(v) for v in columns_of(n, p, r))
+            if got != want:
+                problems.append(f"n = {n}, p = {p}: rank {r} got columns {got}, want {want} "
+                                f"(np.array_split: the first {n % p} block(s) have one column more)")
+                break
+        if len(problems) == 3:
+            break
+    return problems
+
+
 # --- lesson 03: the distributed argmax ---------------------------------------------------
 
 @exercise("03_argmax")
@@ -124,6 +145,41 @@ def argmax_check(combine):
                 if len(problems) == 3:
                     return problems
     return problems
+
+
+# --- lesson 04: gradient buckets ----------------------------------------------------------
+
+@exercise("04_buckets")
+def buckets_check(buckets):
+    """buckets(shapes, bucket_bytes) -> lists of names: float32 gradients in the order backward
+    produces them, a bucket closed when the next gradient would take it over bucket_bytes, a
+    gradient larger than that in a bucket of its own (GradBuckets' rule, DDP's)."""
+    from mpi4py import MPI
+
+    from mpipar.models import PRESETS
+    from mpipar.models.params import param_shapes
+    from mpipar.parallel.buckets import GradBuckets
+    shapes = list(reversed(list(param_shapes(PRESETS["tiny"]).items())))  # last layer first
+    cases = [(shapes, b) for b in (1, 512, 4096, 25 * 2**10, 10**9)]
+    cases += [([("a", (10,)), ("b", (10,)), ("c", (10,))], 80), ([("a", (30,)), ("b", (1,))], 40),
+              ([("a", (0,)), ("b", (5,)), ("c", (0,))], 8)]
+    problems = []
+    for shapes_, limit in cases:
+        want = GradBuckets(MPI.COMM_SELF, shapes_, limit, overlap=False).buckets
+        got = [list(b) for b in buckets(list(shapes_), limit)]
+        if got != want:
+            names = [n for n, _ in shapes_]
+            short = names if len(names) <= 4 else names[:2] + ["..."]
+            problems.append(f"{len(names)} gradients ({', '.join(short)}), bucket_bytes = {limit}: "
+                            f"{len(got)} bucket(s) {_brief(got)}, want {len(want)}: {_brief(want)}")
+            if len(problems) == 3:
+                break
+    return problems
+
+
+def _brief(buckets):
+    return "[" + ", ".join(f"{len(b)} name(s) from {b[0]!r}" if b else "[]" for b in buckets[:4]) + (
+        ", ..." if len(buckets) > 4 else "") + "]"
 
 
 # --- lesson 07: a pipeline schedule --------------------------------------------------------

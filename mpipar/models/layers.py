@@ -78,6 +78,8 @@ def gelu(x):
     x^3 is x * x * x: ``x ** 3`` calls the general power function, several times slower than
     two multiplications (and 1 ulp apart at most). The steps work in place on one temporary.
     """
+    if np.ndim(x) == 0:  # a NumPy scalar has no memory to work in: take it as one element
+        return gelu(np.reshape(x, 1))[0]
     t = x * x
     t *= x
     t *= 0.044715
@@ -101,6 +103,8 @@ def gelu_backward(x, dy):
 @timed("activation")
 def silu(x):
     """x sigmoid(x) = x / (1 + exp(-x)) (Elfwing et al. 2018; Swish with beta 1)."""
+    if np.ndim(x) == 0:  # a NumPy scalar has no memory to work in: take it as one element
+        return silu(np.reshape(x, 1))[0]
     with np.errstate(over="ignore"):  # exp(-x) = inf for x << 0 gives x / inf = -0, as it should
         d = np.negative(x)  # one temporary, worked on in place: exp(-x), 1 + it, x / it
         np.exp(d, out=d)

@@ -42,7 +42,49 @@ def schedule_one_at_a_time():
     return ["F0 B0 F1 B1 F2 B2 F3 B3"] * 3
 
 
+def columns_even_only(n, p, r):
+    "Right only when p divides n."
+    size = n // p
+    return r * size, (r + 1) * size if r < p - 1 else n
+
+
+def columns_extra_at_the_end(n, p, r):
+    "The longer blocks last, not first."
+    base, extra = divmod(n, p)
+    short = p - extra
+    start = r * base + max(0, r - short)
+    return start, start + base + (1 if r >= short else 0)
+
+
+def buckets_close_when_full(shapes, bucket_bytes):
+    "Closes a bucket only once it has gone over the limit."
+    out, used = [[]], 0
+    for name, shape in shapes:
+        out[-1].append(name)
+        used += 4 * int(np.prod(shape))
+        if used >= bucket_bytes:
+            out.append([])
+            used = 0
+    return [b for b in out if b]
+
+
+def buckets_first_layer_first(shapes, bucket_bytes):
+    "The right rule, in forward's order instead of backward's."
+    out, used = [], 0
+    for name, shape in reversed(shapes):
+        nbytes = 4 * int(np.prod(shape))
+        if not out or used + nbytes > bucket_bytes:
+            out.append([])
+            used = 0
+        out[-1].append(name)
+        used += nbytes
+    return out
+
+
 WRONG = {
+    "02_columns": [(columns_even_only, "n = 8, p = 3: rank 0 got columns (0, 2), want (0, 3)"),
+                   (columns_extra_at_the_end, "want (0, 3)")],
+    "04_buckets": [(buckets_close_when_full, "bucket(s)"), (buckets_first_layer_first, "want")],
     "00_rotate": [(rotate_the_wrong_way, "p = 3, k = 1: rank 0 returned rank 1's array, not rank 2's"),
                   (rotate_by_one_always, "k = 2")],
     "03_argmax": [(combine_highest_index_on_ties, "on a tie the lowest index"),

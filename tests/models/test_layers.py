@@ -93,3 +93,13 @@ def test_parallel_linear_layers_backward(ways):
         def with_fc(w, k=k):
             return forward(x, [dict(s, **{"fc.weight": w}) if j == k else s for j, s in enumerate(shards)])
         assert close(grads[k]["fc.weight"], numeric_gradient(with_fc, fc_w[:, c], dy))
+
+
+def test_activations_of_a_scalar_equal_those_of_an_array():
+    """The in-place activations take NumPy scalars too (the lessons call them on one number)."""
+    from mpipar.models.layers import gelu, silu
+    for f in (gelu, silu):
+        for v in (np.float32(-1.0), np.float32(2.0), np.float64(0.5)):
+            got = f(v)
+            assert np.ndim(got) == 0 and got.dtype == v.dtype
+            assert np.array_equal(got, f(np.array([v]))[0])
