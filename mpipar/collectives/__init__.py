@@ -184,7 +184,16 @@ def _resolve(comm, name, algorithm, nbytes):
     p = comm.Get_size()
     if p == 1:
         return next(iter(ALGORITHMS[name]))
-    return tuning.decision(comm, name, nbytes) or _AUTO_MODEL.best(name, p, nbytes)
+    # the choice is remembered per communicator, op and size: evaluating every algorithm's
+    # formula costs ~10 us, as much as a small message (the same on every rank: one table)
+    choices = tuning.table_for(comm).setdefault("choices", {})
+    alg = choices.get((name, nbytes))
+    if alg is None:
+        if len(choices) > 4096:
+            choices.clear()
+        alg = choices[name, nbytes] = (tuning.decision(comm, name, nbytes)
+                                       or _AUTO_MODEL.best(name, p, nbytes))
+    return alg
 
 
 # --- running and recording ------------------------------------------------------------------

@@ -167,3 +167,19 @@ def test_rules_print_like_fixed_decision_rules():
     assert "communicator_size == 4" in text
     assert "if (total_dsize < 100)" in text and "else" in text and "algorithm = tree;" in text
     assert tuning.choose(table(**RULES), "allreduce", 0) == "naive"
+
+
+@pytest.mark.mpi(min_size=2)
+def test_auto_remembers_its_choice_per_op_and_size(monkeypatch):
+    """Evaluating every algorithm's formula costs as much as a small message: auto decides once
+    per (op, bytes) on a communicator, the model's choice, the same on every rank."""
+    monkeypatch.setenv("MPIPAR_TUNING", "off")
+    comm = COMM.Dup()
+    try:
+        collectives.allreduce(comm, np.ones(3, np.float32))
+        collectives.allreduce(comm, np.ones(3, np.float32))
+        choices = tuning.table_for(comm)["choices"]
+        assert choices == {("allreduce", 12): CostModel().best("allreduce", comm.Get_size(), 12)}
+        assert all(c == choices for c in comm.allgather(choices))
+    finally:
+        comm.Free()
