@@ -31,6 +31,8 @@ import hashlib
 from mpi4py import MPI
 import numpy as np
 
+from ..measure.op_profile import timed
+
 _MASK = (1 << 62) - 1  # |h| < 2^62, so -h never overflows an int64
 
 
@@ -68,6 +70,7 @@ def _canonical(v):
     return int(v) if isinstance(v, np.integer) else v
 
 
+@timed("agreement")
 def agree(comm, name, problem, check, info=0, **fields):
     """Raise the same ValueError on every rank if any rank's call is bad or differs.
 

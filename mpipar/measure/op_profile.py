@@ -16,6 +16,9 @@ tens of nanoseconds against the milliseconds an operation takes. While a profile
 and its seconds added to its kind in every open profile. The marked calls never nest, so
 no second is counted twice; communication is not marked here -- the ``CommLedger``
 times it -- and what neither marks is the rest: residual adds, biases, reshapes, Python.
+The collectives' argument agreement (``collectives.checking.agree``) is marked: it is the
+first message of a collective, so a rank that arrives early waits there for the slowest
+one -- the load imbalance of a split that is uneven (12 heads on 8 ranks: 2 or 1 each).
 
 ``KINDS`` names the kinds a report shows, in order.
 """
@@ -28,12 +31,13 @@ _OPEN = []  # the profiles open on this rank, innermost last
 
 #: the kinds of operation, in report order ("communication" comes from the CommLedger,
 #: "other" is what remains of the total)
-KINDS = ("matmul", "softmax", "norm", "activation", "embedding", "rotary", "communication",
-         "other")
+KINDS = ("matmul", "softmax", "norm", "activation", "embedding", "rotary", "agreement",
+         "communication", "other")
 #: what a report says each kind is
 KIND_NAMES = {"matmul": "matrix products", "softmax": "attention scale, mask and softmax",
               "norm": "LayerNorm / RMSNorm", "activation": "GELU / SiLU",
               "embedding": "embedding lookup and logit assembly", "rotary": "rotary positions",
+              "agreement": "agreeing on a collective's arguments, incl. waiting for the slowest rank",
               "communication": "communication (the ledger)",
               "other": "the rest: residual adds, biases, reshapes, Python"}
 
