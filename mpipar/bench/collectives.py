@@ -119,12 +119,12 @@ def cost_model(comm, args):
     return CostModel.calibrate(comm, method=args.fit)
 
 
-def sizes(min_size, max_size):
-    """min_size * 8^k up to max_size, and max_size itself."""
+def sizes(min_size, max_size, factor=8):
+    """min_size * factor^k up to max_size, and max_size itself."""
     out, s = [], min_size
     while s < max_size:
         out.append(s)
-        s *= 8
+        s *= factor
     return out + [max_size]
 
 

@@ -30,6 +30,7 @@ from ..measure.cost_model import CostModel
 from ..measure.memory import too_big
 from ..measure.units import format_bytes, format_seconds
 from .collectives import CALLS, DTYPES, payload
+from .collectives import sizes as collectives_sizes
 from .table import Column, format_table
 from .timing import calls_per_trial, one_trial, slowest
 
@@ -70,11 +71,8 @@ def check(args, comm):
 
 
 def sizes(lo, hi):
-    out, s = [], lo
-    while s < hi:
-        out.append(s)
-        s *= 4
-    return out + [hi]
+    """lo * 4^k up to hi, and hi itself."""
+    return collectives_sizes(lo, hi, factor=4)
 
 
 def alternate(comm, calls, warmup, trials):
