@@ -5,7 +5,7 @@ reaches the same verdict without sending a message. Only rank 0 speaks.
 
 Here: :class:`Parser`, :func:`parse_checked`, :func:`run_main`, :func:`print0`, the option types
 (:func:`parse_size`, :func:`comma_list`), :func:`json_path_problem` (ask before any
-work) with :func:`write_json` (atomic, rank 0, always valid JSON), :func:`agree` (a problem
+work) with :func:`write_json` (atomic, rank 0, always valid JSON), :func:`fail_together` (a problem
 one rank alone can see, raised on all), :func:`watchdog` (``--timeout``), and the one
 progress bar, :class:`Progress`.
 """
@@ -77,7 +77,7 @@ def watchdog(comm, seconds):
     return timer
 
 
-def agree(comm, build):
+def fail_together(comm, build):
     """``build()`` on every rank of ``comm``; if it raises ValueError on any rank, raise one on
     every rank: a problem only some ranks can see (a NaN in the slice of a file one rank reads)
     still ends the job with one clear error. ``build`` must send no message."""

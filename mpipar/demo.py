@@ -34,7 +34,16 @@ from mpi4py import MPI
 import numpy as np
 
 from . import demo_models, demo_pipeline
-from .cli import Parser, agree, json_path_problem, parse_checked, print0, run_main, watchdog, write_json
+from .cli import (
+    Parser,
+    fail_together,
+    json_path_problem,
+    parse_checked,
+    print0,
+    run_main,
+    watchdog,
+    write_json,
+)
 from .collectives import ALGORITHMS
 from .collectives.channel import quiet_wait
 from .collectives.lowp import ROUNDINGS, WIRE
@@ -114,25 +123,10 @@ def check(args, comm):
         return str(e)
     if args.chat is not None and args.subject != "smollm2":
         return "--chat is a message for SmolLM2 (--model smollm2)"
-    if args.weights_from_rank0 and args.subject not in ("addition", "gpt2") or (
-            args.weights_from_rank0 and args.preset is not None):
+    if args.weights_from_rank0 and (args.subject == "smollm2" or args.preset is not None):
         return ("--weights-from-rank0 sends a GPT-2 checkpoint's slices (--weights, or the shipped "
                 "adder with --model addition)")
-    return pipeline_problem(args, comm.Get_size()) or json_path_problem(comm, args.json)
-
-
-def pipeline_problem(args, p):
-    """The problem with --pp, --copies and --micro-batches, or None."""
-    if args.pp < 1 or p % args.pp:
-        return f"--pp {args.pp} must be a whole number >= 1 that divides the {p} ranks (tp = ranks / pp)"
-    for name, value in (("--copies", args.copies), ("--micro-batches", args.micro_batches)):
-        if value is not None and args.pp == 1:
-            return f"{name} needs --pp > 1"
-        if value is not None and value < 1:
-            return f"{name} must be >= 1, not {value}"
-    if args.copies is not None and args.subject == "addition":
-        return "--copies: the adder asks its held-out sums, one sequence each"
-    return None
+    return demo_pipeline.option_problem(args, comm.Get_size()) or json_path_problem(comm, args.json)
 
 
 def main(argv=None):
@@ -149,7 +143,7 @@ def main(argv=None):
               f"{demo_models.smollm2_install_hint()})", flush=True)
     if args.pp > 1:
         return _pipelined(args, comm, options)
-    s = agree(comm, lambda: demo_models.build(args.subject, args, comm, options))
+    s = fail_together(comm, lambda: demo_models.build(args.subject, args, comm, options))
     model, prompt = s.model, s.prompt
     model.check_tokens(prompt, extra=s.tokens)
     print0(comm, f"mpipar demo: {s.title}, split over {p} rank(s)")
@@ -205,7 +199,7 @@ def _pipelined(args, comm, options):
     """``--pp``: the layers over pipeline stages (mpipar.demo_pipeline)."""
     p = comm.Get_size()
     with Mesh(comm, 1, p // args.pp, pp=args.pp) as mesh:
-        s = agree(comm, lambda: demo_models.build(args.subject, args, comm, options, mesh=mesh))
+        s = fail_together(comm, lambda: demo_models.build(args.subject, args, comm, options, mesh=mesh))
         print0(comm, f"mpipar demo: {s.title}, over {p} rank(s) = {args.pp} pipeline stages x tp {mesh.tp}")
         report, led = demo_pipeline.run(args, comm, mesh, s)
     if comm.Get_rank() == 0:

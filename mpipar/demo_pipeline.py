@@ -31,9 +31,23 @@ from .measure.units import format_bytes
 from .parallel import pipeline_inference_report
 from .parallel.pipeline_inference import PipelineInference, micro_batch_problem, oversubscribed
 
-__all__ = ["batch", "run", "print_report"]
+__all__ = ["option_problem", "batch", "run", "print_report"]
 
 POLL = 1e-4  #: seconds a waiting stage sleeps between tests where ranks outnumber cores
+
+
+def option_problem(args, p):
+    """The problem with --pp, --copies and --micro-batches, or None."""
+    if args.pp < 1 or p % args.pp:
+        return f"--pp {args.pp} must be a whole number >= 1 that divides the {p} ranks (tp = ranks / pp)"
+    for name, value in (("--copies", args.copies), ("--micro-batches", args.micro_batches)):
+        if value is not None and args.pp == 1:
+            return f"{name} needs --pp > 1"
+        if value is not None and value < 1:
+            return f"{name} must be >= 1, not {value}"
+    if args.copies is not None and args.subject == "addition":
+        return "--copies: the adder asks its held-out sums, one sequence each"
+    return None
 
 
 def batch(s, args, pp):

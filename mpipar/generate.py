@@ -32,18 +32,15 @@ import time
 from mpi4py import MPI
 import numpy as np
 
-from .cli import Parser, agree, json_path_problem, parse_checked, run_main, watchdog, write_json
+from .cli import Parser, json_path_problem, parse_checked, run_main, watchdog, write_json
 from .collectives import ALGORITHMS
 from .collectives.channel import quiet_wait
+from .generate_model import build, memory_problem, open_model
 from .generate_output import Stream, answers, header, print_summary
 from .measure import numerics
 from .measure.ledger import CommLedger
-from .measure.memory import peak_rss_per_rank, too_big
-from .models.gguf import GGUFFile, smollm2_path
+from .measure.memory import peak_rss_per_rank
 from .models.llama import Llama, load_gguf
-from .models.llama_gguf import GGUFSource
-from .models.rank0_source import FromRank0
-from .models.tokenizer import Tokenizer
 from .parallel import pipeline_inference_report
 from .parallel.mesh import Mesh
 from .parallel.pipeline_inference import PipelineInference, micro_batch_problem, oversubscribed
@@ -125,19 +122,6 @@ def check(args, comm):
     return json_path_problem(comm, args.json) or json_path_problem(comm, args.save_logits)
 
 
-def memory_problem(config, args, prompt_length, p):
-    """Why the batch cannot fit this machine, or None: every sequence keeps its keys and values
-    (2 n_layer n_kv_head head_dim float32 per position, divided over the ranks at best) and the
-    prefill's logits (prompt_length x vocab float32)."""
-    c, positions = config, prompt_length + args.max_new_tokens
-    if positions > c.n_ctx:
-        return None  # check_tokens names the context length
-    per_sequence = 4 * (2 * c.n_layer * c.n_kv_head * c.head_dim * positions / p
-                        + prompt_length * c.vocab_size)
-    return too_big(f"--copies {args.copies} of a {prompt_length}-token prompt with --max-new-tokens "
-                   f"{args.max_new_tokens}", int(args.copies * per_sequence), p)
-
-
 def prompt_ids(args, tokenizer):
     """The prompt's token ids and whether it is a chat (whose answer ends at <|im_end|>)."""
     if args.prompt is not None:
@@ -197,34 +181,6 @@ def main(argv=None):
     if write_json(comm, args.json, report):
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
-
-
-def open_model(args, comm):
-    """(the GGUF file, its tokenizer, its Llama configuration) on every rank; with
-    --weights-from-rank0 only rank 0 opens the file (the others get None and rank 0's
-    tokenizer and configuration), and a problem opening it is one error on every rank."""
-    if not args.weights_from_rank0:
-        gguf = GGUFFile(args.gguf or smollm2_path())
-        return gguf, Tokenizer.from_gguf(gguf), gguf.llama_config()
-    found = None
-    if comm.Get_rank() == 0:  # the other ranks may not even have the package installed
-        try:
-            gguf = GGUFFile(args.gguf or smollm2_path())
-            found = (gguf, Tokenizer.from_gguf(gguf), gguf.llama_config())
-        except ValueError as e:
-            found = str(e)
-    shared = comm.bcast(found[1:] if isinstance(found, tuple) else found, root=0)
-    if isinstance(shared, str):
-        raise ValueError(shared)
-    return (found[0] if comm.Get_rank() == 0 else None, *shared)
-
-
-def build(args, comm, gguf, config, make):
-    """``make(params)`` -> this rank's model: from its own reads of the file, or with
-    --weights-from-rank0 from the slices rank 0 sends (models.rank0_source)."""
-    if not args.weights_from_rank0:
-        return agree(comm, lambda: make(GGUFSource(gguf, config)))
-    return FromRank0(comm, lambda: (config, GGUFSource(gguf, config), None)).build(make)
 
 
 def generate_serially(args, comm, gguf, config, prompt, stream):
