@@ -163,7 +163,7 @@ def run(args, comm):
 
     calls = {"forward": forward, "floor": products_alone}
     if args.vs_serial:
-        more, serial_flops = serial_calls(args, comm, tokens)
+        more, serial_flops, whole = serial_calls(args, comm, tokens)
         calls.update(more)
     figures = run_trials(comm, calls, args.trials, args.warmup, figures=lambda figs: figs)
     t, c = (medians(figures["forward"])[key] for key in ("seconds", "comm_seconds"))
@@ -194,6 +194,11 @@ def run(args, comm):
     if args.decode:
         result["decode"] = forward_decode.measure_decode(comm, model, tokens, args.decode, args.trials,
                                                          args.warmup, args.profile)
+        if args.vs_serial:  # rank 0 alone next, the others asleep: the same run, back to back
+            result["serial_decode"] = serial_decode(comm, whole, tokens, args)
+            alone = result["decode"]["serial_seconds_per_token"] = \
+                result["serial_decode"]["seconds_per_token"]
+            result["decode"]["speedup"] = alone / result["decode"]["seconds_per_token"]
     result["peak_rss_per_rank"] = peak_rss_per_rank(comm)
     # the high-water mark at start, after building the model, after the forwards
     result["peak_rss_stages_per_rank"] = comm.allgather(
@@ -229,7 +234,18 @@ def serial_calls(args, comm, tokens):
         if replay is not None:
             replay()
         return {}
-    return {"serial": serial, "serial_floor": serial_floor}, flops
+    return {"serial": serial, "serial_floor": serial_floor}, flops, whole
+
+
+def serial_decode(comm, whole, tokens, args):
+    """forward_decode.measure_decode of rank 0's whole model, alone; its figures on every rank."""
+    from mpi4py import MPI
+    out = None
+    if whole is not None:
+        out = forward_decode.measure_decode(MPI.COMM_SELF, whole, tokens, args.decode, args.trials,
+                                            args.warmup)
+    quiet_wait(comm.Ibarrier())
+    return comm.bcast(out, root=0)
 
 
 def one_forward(model, tokens, logits):

@@ -65,5 +65,9 @@ def show_decode(args, d):
           f"{format_bytes(d['gemv_bytes_per_token_per_rank'])} per rank at "
           f"{d['gemv_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s (all ranks); decode / floor = "
           f"{d['ratio_to_floor']:.2f}", flush=True)
+    if "speedup" in d:
+        print(f"rank 0's whole model alone, next in the same run: "
+              f"{format_seconds(d['serial_seconds_per_token'])} per token; speedup {d['speedup']:.2f}x",
+              flush=True)
     if "profile_per_rank" in d:
         print(profile_table(d["profile_per_rank"][0], "decode profile per token, rank 0"), flush=True)

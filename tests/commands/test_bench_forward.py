@@ -87,11 +87,14 @@ def test_floor_halves_with_two_ranks(tmp_path, capsys):
     the same run's ratios; tools/forward_table.py puts the runs in one table."""
     one, two = (launch.run("mpipar.bench", n=n, timeout=120,
                            args=["forward", "--preset", "small", *SMALL, *extra]).data
-                for n, extra in ((1, []), (2, ["--vs-serial"])))
+                for n, extra in ((1, []), (2, ["--vs-serial", "--decode", "2"])))
     assert two["floor_flops_per_rank"] / one["floor_flops_per_rank"] == pytest.approx(0.5)
     assert two["serial_floor_flops"] == one["floor_flops_per_rank"]
     assert two["speedup"] == two["serial_seconds"] / two["seconds"]
     assert two["speedup_ceiling"] == two["serial_floor_seconds"] / two["blas_floor_seconds"]
+    d, alone = two["decode"], two["serial_decode"]
+    assert alone["gemv_bytes_per_token_per_rank"] > 1.9 * d["gemv_bytes_per_token_per_rank"]
+    assert d["speedup"] == alone["seconds_per_token"] / d["seconds_per_token"]
     paths = []
     for n, data in ((2, two), (1, one)):
         paths.append(tmp_path / f"p{n}.json")
