@@ -6,8 +6,9 @@
     led.to_dict()["records"][0]["bytes_sent"]
 
 Ledgers nest: a call is recorded in every ledger open on the rank. Each ledger
-predicts with its own :class:`CostModel` (the default constants unless you pass
-``CostModel.calibrate(comm)``). Recording costs one clock read around the call
+predicts with the :class:`CostModel` you pass (e.g. ``CostModel.calibrate(comm)``), or else,
+per world size, with the constants ``bench tune`` calibrated and saved in that size's
+decision table (mpipar.collectives.tuning), or else the defaults. Recording costs one clock read around the call
 and one dict per call, cheap enough to leave on. Every record is built by
 ``record_call`` (the blocking collectives, the 16-bit wires, the non-blocking
 ring, the point-to-point messages of ``mpipar.parallel.p2p``), so every record has
@@ -79,7 +80,7 @@ class CommLedger:
 
     def __init__(self, cost_model=None, trace=False):
         #: the model every record is predicted with; None: per world size, the constants
-        #: saved with that size's decision table (``bench tune --fit``), else the defaults
+        #: saved with that size's decision table (``bench tune``), else the defaults
         self.cost_model = cost_model
         self._default = CostModel()
         self.trace = trace  #: keep (step, source, dest, nbytes) for every message
