@@ -8,8 +8,8 @@
 Ledgers nest: a call is recorded in every ledger open on the rank. Each ledger
 predicts with the :class:`CostModel` you pass (e.g. ``CostModel.calibrate(comm)``), or else,
 per world size, with the constants ``bench tune`` calibrated and saved in that size's
-decision table (mpipar.collectives.tuning), or else the defaults. Recording costs one clock read around the call
-and one dict per call, cheap enough to leave on. Every record is built by
+decision table (mpipar.collectives.tuning), or else the defaults. Recording costs one clock
+read around the call and one dict per call, cheap enough to leave on. Every record is built by
 ``record_call`` (the blocking collectives, the 16-bit wires, the non-blocking
 ring, the point-to-point messages of ``mpipar.parallel.p2p``), so every record has
 the same keys.
