@@ -37,8 +37,6 @@ class Subset:
 def _problem(config, p, ways, algorithm, deterministic, comm_dtype, rounding, sequence_parallel):
     """What makes this model unbuildable, or None -- decided before any message."""
     problem = config.problems()
-    if problem is None and sequence_parallel and comm_dtype != "float32":
-        problem = "sequence parallelism sends float32 blocks: drop the 16-bit comm dtype"
     if algorithm not in (*ALGORITHMS["allreduce"], "mpi", "auto"):
         problem = (f"unknown allreduce algorithm {algorithm!r}; choose from "
                    f"{', '.join((*ALGORITHMS['allreduce'], 'mpi', 'auto'))}")
@@ -48,6 +46,8 @@ def _problem(config, p, ways, algorithm, deterministic, comm_dtype, rounding, se
         problem = lowp.problems(comm_dtype, rounding, algorithm)
         if problem is None and deterministic:
             problem = "deterministic mode reduces in float32: drop the 16-bit comm dtype"
+    if problem is None and sequence_parallel and comm_dtype != "float32":
+        problem = "sequence parallelism sends float32 blocks: drop the 16-bit comm dtype"
     if problem is None and p > config.n_head:
         problem = (f"cannot split {config.n_head} attention heads over {p} ranks: "
                    f"use at most {config.n_head} ranks")
