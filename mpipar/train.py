@@ -29,6 +29,7 @@ import numpy as np
 from .cli import Parser, Progress, json_path_problem, print0, run_main, watchdog, write_json
 from .measure.ledger import CommLedger
 from .measure.memory import too_big
+from .measure.units import format_bytes
 from .models import GPT, GPTConfig, RandomSource, checkpoint
 from .models.optim import AdamW, learning_rate
 from .parallel.data_parallel import DataParallel
@@ -51,6 +52,9 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data and held-out set")
     p.add_argument("--dp", type=int, help="data-parallel ranks (default: all ranks / tp)")
     p.add_argument("--tp", type=int, help="tensor-parallel ranks per replica (default 1)")
+    p.add_argument("--sp", action="store_true", help="sequence parallelism in the tensor-parallel "
+                   "group (needs --tp; not with --pp): norms, residual adds and the embedding's "
+                   "output hold 1/tp of the positions per rank (Korthikanti et al. 2022)")
     p.add_argument("--pp", type=int, help="pipeline stages per replica (default 1: no pipeline)")
     p.add_argument("--micro-batches", type=int, metavar="M", help="micro-batches per replica and "
                    "step in the pipeline (default 2 x pp)")
@@ -92,6 +96,9 @@ def settings_from(args, world):
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, not {value}")
     if not 0 <= args.seed < 2**32:
         raise ValueError(f"--seed must be a whole number in [0, 2**32), not {args.seed}")
+    if args.sp and (args.tp is None or pipeline):
+        raise ValueError("--sp needs --tp (it splits the positions over the tensor-parallel ranks)"
+                         if args.tp is None else "--sp does not run with --pp: leave one out")
     tp = 1 if args.tp is None else args.tp
     pp = 1 if args.pp is None else args.pp
     dp = args.dp if args.dp is not None else max(1, world // (tp * pp))
@@ -107,7 +114,7 @@ def settings_from(args, world):
     if tp > s["n_head"]:
         raise ValueError(f"--tp {tp}: the model has {s['n_head']} heads, so at most {s['n_head']}")
     s.update(dp=dp, tp=tp, pp=pp, seed=args.seed, preset=args.preset, overlap=not args.no_overlap,
-             deterministic=args.deterministic, bucket_bytes=int(args.bucket_kb * 1024),
+             deterministic=args.deterministic, sp=args.sp, bucket_bytes=int(args.bucket_kb * 1024),
              pipeline=pipeline, schedule=None)
     if pipeline:
         name = args.schedule or "1f1b"
@@ -155,6 +162,17 @@ def evaluate(model, task, dp_comm, n=None):
     return dp_comm.allreduce(correct) / len(pairs)
 
 
+def activations_entry(world, model, led):
+    """Per rank: the bytes of activations the last step saved for backward, in the regions
+    tensor parallelism leaves replicated and in those it splits (gpt2.activation_bytes), and
+    the bytes it sent in the last step, by collective."""
+    sent = {}
+    for r in led.records:
+        sent[r["op"]] = sent.get(r["op"], 0) + (r["bytes_sent"] or 0)
+    ranks = world.allgather(dict(model.activation_bytes, bytes_sent=sent))
+    return {key: [r[key] for r in ranks] for key in ranks[0]}
+
+
 def show_schedule(s):
     """--show-schedule: the schedule as data, its simulated timeline and its bubble."""
     schedule = make_schedule(s["schedule"], s["pp"], s["micro_batches"], s["virtual_stages"])
@@ -173,7 +191,7 @@ def build_trainer(s, config, mesh):
         training = PipelineTraining(config, source, mesh, schedule, deterministic=s["deterministic"],
                                     optimizer=dict(lr=s["lr"]), algorithm="ring")
         return training, lambda: training.whole_model(algorithm="ring")
-    model = GPT(config, source, mesh.tp_comm, algorithm="ring")
+    model = GPT(config, source, mesh.tp_comm, algorithm="ring", sequence_parallel=s["sp"])
     trainer = DataParallel(model, mesh.dp_comm, AdamW(model, lr=s["lr"]),
                            bucket_bytes=s["bucket_bytes"], overlap=s["overlap"],
                            deterministic=s["deterministic"])
@@ -237,12 +255,17 @@ def main(argv=None):
             for out in steps:
                 out["timeline"] = []  # the pipeline's timelines are in its entry
         timelines = world.gather(steps[-1]["timeline"], root=0)
+        memory = None if s["pipeline"] else activations_entry(world, trainer.model, led)
     print0(world, f"held-out exact match: {100 * accuracy:.1f}% of {s['heldout']} sums; "
                   f"trained in {train_seconds:.1f} s")
     for text, got, want in examples:
         print0(world, f"  {text} = {got}  ({'ok' if got == want else 'want ' + want})")
     if pipeline:
         print0(world, describe(pipeline))
+    if memory:
+        print0(world, f"rank 0 kept {format_bytes(memory['replicated'][0])} of activations in the "
+                      f"replicated regions{' (sequence-parallel)' if s['sp'] else ''}, "
+                      f"{format_bytes(memory['sharded'][0])} split by tensor parallelism")
     if saved:
         print(f"saved {saved}")
     if world.Get_rank() == 0:
@@ -254,7 +277,8 @@ def main(argv=None):
             tp=s["tp"], pp=s["pp"], seconds=dict(total=train_seconds, step_median=med("seconds"),
                                                  backward_median=med("backward_seconds"),
                                                  sync_wait_median=med("sync_wait_seconds")),
-            timeline=timelines, pipeline=pipeline, checkpoint=saved))
+            timeline=timelines, pipeline=pipeline, activation_bytes_per_rank=memory,
+            checkpoint=saved))
     return 0
 
 

@@ -70,6 +70,9 @@ def add_parser(commands):
     c.add_argument("--logits", choices=("sharded", "gathered"), default="sharded",
                    help="sharded (default): each rank keeps its vocab/p slice of the logits, as the "
                    "loss and greedy decoding use them; gathered: the full logits on every rank")
+    c.add_argument("--sp", action="store_true", help="sequence parallelism: norms and residual "
+                   "stream 1/p of the positions per rank, reduce-scatters and allgathers for the "
+                   "allreduces (not with --decode: one position per step, nothing to split)")
     c.add_argument("--trials", type=int, default=5, metavar="N", help="timed rounds (default 5)")
     c.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed rounds (default 1)")
     c.add_argument("--profile", action="store_true",
@@ -95,6 +98,8 @@ def check(args, comm):
         return f"--seq {args.seq} + --decode {args.decode} is longer than the context of {config.n_ctx}"
     if comm.Get_size() > config.n_head:
         return f"{args.preset} has {config.n_head} heads: run on at most {config.n_head} ranks"
+    if args.sp and args.decode:
+        return "--sp with --decode: a decoding step computes one position, nothing to split; leave one out"
     if args.compare_torch and not forward_torch.available():
         return forward_torch.MISSING
     if args.vs_serial and comm.Get_size() < 2:
@@ -119,7 +124,7 @@ def build(args, comm):
     config = SHAPES[args.preset]
     family = Llama if isinstance(config, LlamaConfig) else GPT
     return family(config, RandomSource(config, seed=0), comm, algorithm=args.algorithm,
-                  deterministic=args.deterministic)
+                  deterministic=args.deterministic, sequence_parallel=args.sp)
 
 
 def comm_seconds(led):
@@ -179,7 +184,8 @@ def run(args, comm):
               "blas_floor_seconds": floor, "blas_floor_seconds_all": figures["floor"]["seconds"],
               "ratio_to_floor": t / floor, "floor_products_per_rank": len(replay.pairs),
               "floor_flops_per_rank": replay.flops,
-              "payload_bytes_per_rank": int(nbytes),
+              "payload_bytes_per_rank": int(nbytes), "sequence_parallel": args.sp,
+              "bytes_sent_per_rank": comm.allgather(sum(r["bytes_sent"] or 0 for r in ledgers[-1].records)),
               "param_bytes_per_rank": int(model.param_bytes()),
               "param_bytes_all_ranks": comm.allgather(int(model.param_bytes()))}
     if args.vs_serial:

@@ -20,10 +20,12 @@ def show(args, result):
     t, floor, c = result["seconds"], result["blas_floor_seconds"], result["comm_seconds"]
     print(f"{args.preset} forward, B={args.batch} T={args.seq}, logits {args.logits}, "
           f"{result['world_size']} rank(s), "
-          f"{args.algorithm}{' deterministic' if args.deterministic else ''}: "
+          f"{args.algorithm}{' deterministic' if args.deterministic else ''}"
+          f"{' sequence-parallel' if args.sp else ''}: "
           f"{format_seconds(t)} (median of {args.trials}) = compute {format_seconds(t - c)} "
           f"+ communication {format_seconds(c)}; "
-          f"{format_bytes(result['payload_bytes_per_rank'])} reduced or gathered per rank", flush=True)
+          f"{format_bytes(result['payload_bytes_per_rank'])} reduced or gathered per rank, "
+          f"rank 0 sent {format_bytes(result['bytes_sent_per_rank'][0])}", flush=True)
     by_op = result["comm_seconds_by_op_per_rank"][0]
     if by_op:
         print("communication of rank 0's last forward: " + ", ".join(

@@ -146,3 +146,18 @@ def test_hf_state_dict_names_and_layouts(preset):
                               params["layers.0.mlp.gate_proj.weight"])
         assert state["model.norm.weight"] is params["norm.weight"]
         assert state["lm_head.weight"] is params["embed_tokens.weight"]
+
+
+def test_sequence_parallel_forward_sends_the_allreduces_bytes():
+    """--sp: reduce-scatters and allgathers in place of the allreduces, the same ring bytes over
+    all ranks (the logits' gather is the same in both)."""
+    runs = [launch.run("mpipar.bench", n=2, timeout=120, args=[
+        "forward", "--preset", "tiny", "--algorithm", "ring", *SMALL, *sp]).data for sp in ([], ["--sp"])]
+    assert [r["sequence_parallel"] for r in runs] == [False, True]
+    assert sum(runs[0]["bytes_sent_per_rank"]) == sum(runs[1]["bytes_sent_per_rank"]) > 0
+
+
+def test_sequence_parallel_decoding_is_refused():
+    assert_one_clear_error("mpipar.bench", 1, ["forward", "--preset", "tiny", "--seq", "8", "--sp",
+                                                  "--decode", "2"],
+                           "--sp with --decode")
