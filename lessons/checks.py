@@ -223,6 +223,7 @@ def run_in_jobs(script, ranks, timeout=60):
         with open(path, "w") as f:
             f.write(script)
         for p in ranks:
+            print(f"  running it on {p} rank(s) ...", flush=True)   # a few seconds a job
             job = launch.run(path, n=p, timeout=timeout, check=False)
             if job.returncode != 0:
                 tail = (job.stdout + job.stderr).strip().splitlines()[-3:]
@@ -253,5 +254,5 @@ class _NoComm:
 
 # the checks of lessons 01 and 05 (a ring's messages and roundings) and of 06 and 08 (who holds
 # what, and how many bytes) live in their own files; importing them registers them
-import checks_rings  # noqa: E402,F401
 import checks_holdings  # noqa: E402,F401
+import checks_rings  # noqa: E402,F401

@@ -5,13 +5,12 @@ must hold, against mpipar's parameter table (``params.owned``) for SmolLM2's 9 /
 other groupings.
 
 08_memory_budget: a rank's bytes of parameters, gradients and AdamW moments under dp x tp x pp,
-against the parameter table's shards (``params.shard_params`` of ``stage_names``' parameters).
+against the parameter table (``params.shard_index`` of every parameter ``stage_names`` gives a stage).
 """
 from types import SimpleNamespace
 
-import numpy as np
-
 from checks import exercise
+import numpy as np
 
 # --- lesson 06: grouped-query heads over p ranks -------------------------------------------
 

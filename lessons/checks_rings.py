@@ -7,9 +7,8 @@ sends counted, against the bytes and messages the ledger records for mpipar's ow
 05_ring_sum: the arithmetic one block of a 16-bit ring allreduce meets (rounded per hop or once),
 on one process, against the bits mpipar's allreduce_lowp produces in jobs of 2-4 ranks.
 """
-import numpy as np
-
 from checks import exercise, run_in_jobs
+import numpy as np
 
 # --- lesson 01: a ring reduce-scatter -------------------------------------------------------
 
@@ -175,7 +174,6 @@ def ring_sum_check(ring_sum):
     partial sum that travels is rounded to bfloat16 and added in float32; "once": the sum runs in
     float32; either way the finished block is rounded to bfloat16 once. Bitwise equal to
     allreduce_lowp at p = 2, 3, 4, uneven blocks and cancelling sums included."""
-    import ml_dtypes
     small = [np.ones(2, np.float32), np.ones(2, np.float32)]
     ring_sum(small, "per_hop")  # a stub raises NotImplementedError here, before any job
     problems = []
@@ -191,21 +189,30 @@ def ring_sum_check(ring_sum):
                 for b in range(p):
                     blk, order = slice(starts[b], starts[b + 1]), ring_order(p, b)
                     got = np.asarray(ring_sum([xs[r][blk].copy() for r in order], rounding))
-                    if got.dtype != np.float32 or got.shape != want[blk].shape:
-                        return [f"ring_sum returned {got.dtype} of shape {got.shape}, want float32 of "
-                                f"shape {want[blk].shape}"]
-                    if np.array_equal(got.view(np.uint32), want[blk].view(np.uint32)):
-                        continue
-                    bad = np.flatnonzero(got.view(np.uint32) != want[blk].view(np.uint32))
-                    i = int(bad[0])
-                    hint = ("every partial that travels is rounded to bfloat16, then added in float32"
-                            if rounding == "per_hop" else "the sum runs in float32; only the result is rounded")
-                    if not np.array_equal(got, got.astype(ml_dtypes.bfloat16).astype(np.float32)):
-                        hint = "the finished block is rounded to bfloat16 (the allgather sends 16 bits)"
-                    problems.append(f"rounding {rounding!r}, p = {p}, block {b} (ranks {order} in ring order, "
-                                    f"{blk.stop - blk.start} values): {len(bad)} value(s) differ from "
-                                    f"allreduce_lowp, e.g. [{i}]: yours {float(got[i])!r}, the ring's {float(want[blk][i])!r} -- {hint}")
-                    break
+                    problem = _ring_sum_problem(got, want[blk], rounding, p, b, order)
+                    if problem:
+                        problems.append(problem)
+                        break
                 if len(problems) >= 3:
                     return problems
     return problems
+
+
+def _ring_sum_problem(got, want, rounding, p, b, order):
+    """What is wrong with one block of the student's ring_sum, or None (bitwise equal)."""
+    import ml_dtypes
+    if got.dtype != np.float32 or got.shape != want.shape:
+        return f"ring_sum returned {got.dtype} of shape {got.shape}, want float32 of shape {want.shape}"
+    bad = np.flatnonzero(got.view(np.uint32) != want.view(np.uint32))
+    if not bad.size:
+        return None
+    i = int(bad[0])
+    if not np.array_equal(got, got.astype(ml_dtypes.bfloat16).astype(np.float32)):
+        hint = "the finished block is rounded to bfloat16 (the allgather sends 16 bits)"
+    elif rounding == "per_hop":
+        hint = "every partial that travels is rounded to bfloat16, then added in float32"
+    else:
+        hint = "the sum runs in float32; only the result is rounded"
+    return (f"rounding {rounding!r}, p = {p}, block {b} (ranks {order} in ring order, {len(got)} values): "
+            f"{len(bad)} value(s) differ from allreduce_lowp, e.g. [{i}]: yours {float(got[i])!r}, "
+            f"the ring's {float(want[i])!r} -- {hint}")
