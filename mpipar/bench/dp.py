@@ -34,7 +34,7 @@ from mpi4py import MPI
 import numpy as np
 
 from ..cli import comma_list, json_path_problem, write_json
-from ..collectives.progress import thread_level, thread_level_problem
+from ..collectives.progress import ProgressEngine, thread_level, thread_level_problem
 from ..measure.memory import too_big
 from ..models import GPT, PRESETS, init_params
 from ..models.optim import AdamW
@@ -64,6 +64,9 @@ def add_parser(commands):
     c.add_argument("--thread-poll-us", type=float, default=None, metavar="US",
                    help="the communication thread tests its messages every US microseconds, "
                         "sleeping between (default: it waits inside MPI_Waitall, spinning)")
+    c.add_argument("--switch-interval-us", type=float, default=100, metavar="US",
+                   help="Python's thread switch interval while the communication thread runs "
+                        "(default 100; 0: leave Python's own, 5000)")
     c.add_argument("--json", metavar="PATH", help="rank 0 writes the result here")
     c.set_defaults(check=check, run=run, parser=c)
 
@@ -85,6 +88,8 @@ def check(args, comm):
         return f"--modes thread: {thread_level_problem()}"
     if args.thread_poll_us is not None and not 0 < args.thread_poll_us <= 1e6:
         return f"--thread-poll-us must be in (0, 1e6], not {args.thread_poll_us}"
+    if not 0 <= args.switch_interval_us <= 1e6:
+        return f"--switch-interval-us must be in [0, 1e6], not {args.switch_interval_us}"
     config = PRESETS[args.preset]
     if args.seq + 1 > config.n_ctx:
         return f"--seq {args.seq} does not fit the context of {config.n_ctx}"
@@ -117,18 +122,20 @@ def run(args, comm):
     model = GPT(config, init_params(config, 0), MPI.COMM_SELF)
     optimizer = AdamW(model, lr=1e-6)
     poll = None if args.thread_poll_us is None else args.thread_poll_us * 1e-6
+    engine = ProgressEngine(switch_interval=args.switch_interval_us * 1e-6 or None) \
+        if "thread" in modes and comm.Get_size() > 1 else None
     trainers, steps, outputs = {}, {}, {mode: [] for mode in modes}
     for mode in modes:
         trainers[mode] = DataParallel(model, comm, optimizer, bucket_bytes=int(args.bucket_kb * 1024),
-                                      overlap=mode, poll_seconds=poll)
+                                      overlap=mode, poll_seconds=poll, engine=engine)
         steps[mode] = trainer_step(trainers[mode], config, args, outputs[mode])
     figures = run_trials(comm, steps, args.steps, warmup=1,  # the step's own clock, not the loop's
                          figures=lambda out: {key: out[key] for key in FIGURES})
     med = {mode: medians(figures[mode]) for mode in modes}
     timelines = {mode: comm.gather(relative_to_backward(outputs[mode][-1]), root=0)
                  for mode in modes if mode != "none"}
-    for trainer in trainers.values():
-        trainer.close()
+    if engine is not None:
+        engine.close()
     some = next(iter(trainers.values())).buckets
     buffers = some.buffers if some else []
     result = dict(
@@ -136,6 +143,7 @@ def run(args, comm):
         seq=args.seq, bucket_bytes=int(args.bucket_kb * 1024), buckets=len(buffers),
         grad_bytes=int(sum(b.nbytes for b in buffers)), steps=args.steps,
         thread_level=thread_level(), thread_poll_seconds=poll,
+        switch_interval_seconds=args.switch_interval_us * 1e-6 or None,
         mpich_async_progress=os.environ.get(ASYNC_PROGRESS, "0") not in ("", "0"),
         mpi_library=" ".join(MPI.Get_library_version().split()[:3]),
         modes=med, timeline=timelines,

@@ -37,6 +37,14 @@ the job; jobs queued after it are not run (their peers may already have gone). U
 error within ``abort_after`` seconds (the main thread stuck in a message that will never
 come), the engine prints it and aborts the job itself: a failure never hangs.
 
+The GIL: the engine's thread needs Python's lock for the few lines between two MPI calls
+(combine a block, post the next step). While the main thread runs Python code it gets the
+lock only when the main thread is made to drop it, after ``sys.getswitchinterval()``
+(5 ms by default) -- for every ring step, which would leave the rings a step per 5 ms. An
+engine therefore lowers the interval to ``switch_interval`` (0.1 ms) while it runs and
+restores it on ``close()``; the main thread gives the lock up more often only while the
+engine's thread is asking for it, not while that thread waits inside MPI.
+
 Shutdown: ``close()`` (or the ``with`` block, or interpreter exit) lets the queued jobs
 finish, then stops the thread; it is a daemon, so a thread stuck in MPI never keeps the
 process alive.
@@ -108,13 +116,21 @@ class ProgressEngine:
             total = job.wait()
 
     ``abort_after``: seconds an error on the thread may go unclaimed by a ``wait`` before
-    the engine aborts the MPI job (None: never).
+    the engine aborts the MPI job (None: never). ``switch_interval``: Python's thread switch
+    interval while the engine runs, in seconds (None: leave it as it is).
     """
 
-    def __init__(self, level="multiple", abort_after=60.0, name="mpipar-progress"):
-        problem = thread_level_problem(level)
+    def __init__(self, level="multiple", abort_after=60.0, switch_interval=1e-4,
+                 name="mpipar-progress"):
+        problem = thread_level_problem(level) or (
+            None if switch_interval is None or switch_interval > 0
+            else f"switch_interval must be > 0 seconds or None, not {switch_interval!r}")
         if problem:
             raise ValueError(f"ProgressEngine: {problem}")
+        self._interval = None
+        if switch_interval is not None:
+            self._interval = (sys.getswitchinterval(), switch_interval)
+            sys.setswitchinterval(switch_interval)
         self.level, self.abort_after = level, abort_after
         self.rank = MPI.COMM_WORLD.Get_rank()
         self.error_message, self._error, self._claimed = None, None, threading.Event()
@@ -141,6 +157,8 @@ class ProgressEngine:
         if self._closer.alive:
             self._closer.detach()
             _stop(self._queue, self._thread, timeout)
+            if self._interval and sys.getswitchinterval() == self._interval[1]:
+                sys.setswitchinterval(self._interval[0])  # unless someone has changed it since
 
     def __enter__(self):
         return self
