@@ -101,9 +101,9 @@ class DataParallel:
         t_backward = time.perf_counter()
         if self.buckets is not None:
             summed = self.buckets.finish(average=False)
-            for key, g in summed.items():
+            for key, g in summed.items():  # the buckets' views, not a copy (475 MiB for GPT-2)
                 k, name = key.split(":", 1)
-                grads[int(k)][name][...] = g
+                grads[int(k)][name] = g
         elif p > 1:  # deterministic: rank order, like accumulation on one process
             for shard_grads in grads:
                 for g in shard_grads.values():
