@@ -16,10 +16,12 @@ by step, so all see the same background load:
           MPI and posts every step as soon as the last has arrived
           (mpipar.collectives.progress; needs MPI_THREAD_MULTIPLE)
 
-Reported: the median step time of each mode, the backward time (a thread competing
-for the rank's core shows here), the wait for the all-reduces after backward, and
-each overlapping mode's bucket timeline -- every bucket's start and end relative to
-the end of backward, how many finished during backward -- for every rank.
+Reported: the median step time of each mode, the forward + backward time (a thread
+competing for the rank's core shows here), the wait for the all-reduces after backward
+-- on the slowest rank, which includes waiting for a rank still in backward, and after
+the last rank's backward ended, which is the communication not hidden -- and each mode's
+bucket timeline: every bucket's start and end relative to the end of backward, how many
+finished during backward, for every rank.
 
 MPICH's own asynchronous progress thread can only be switched on before MPI starts:
 launch the job with MPIR_CVAR_ASYNC_PROGRESS=1 in the environment (mpirun passes it
@@ -130,10 +132,13 @@ def run(args, comm):
                                       overlap=mode, poll_seconds=poll, engine=engine)
         steps[mode] = trainer_step(trainers[mode], config, args, outputs[mode])
     figures = run_trials(comm, steps, args.steps, warmup=1,  # the step's own clock, not the loop's
-                         figures=lambda out: {key: out[key] for key in FIGURES})
+                         figures=lambda out: dict({key: out[key] for key in FIGURES}, synced_seconds=
+                                                  out["backward_seconds"] + out["sync_wait_seconds"]))
+    for f in figures.values():  # trials start at a barrier: each rank's clock starts together
+        f["wait_after_last_backward"] = [s - b for s, b in zip(f.pop("synced_seconds"),
+                                                                f["backward_seconds"])]
     med = {mode: medians(figures[mode]) for mode in modes}
-    timelines = {mode: comm.gather(relative_to_backward(outputs[mode][-1]), root=0)
-                 for mode in modes if mode != "none"}
+    timelines = {mode: comm.gather(relative_to_backward(outputs[mode][-1]), root=0) for mode in modes}
     if engine is not None:
         engine.close()
     some = next(iter(trainers.values())).buckets
@@ -145,10 +150,10 @@ def run(args, comm):
         thread_level=thread_level(), thread_poll_seconds=poll,
         switch_interval_seconds=args.switch_interval_us * 1e-6 or None,
         mpich_async_progress=os.environ.get(ASYNC_PROGRESS, "0") not in ("", "0"),
-        mpi_library=" ".join(MPI.Get_library_version().split()[:3]),
-        modes=med, timeline=timelines,
+        mpi_library=" ".join(MPI.Get_library_version().split()[:3]).rstrip(","),
+        modes=med, trials=figures, timeline=timelines,
         buckets_during_backward={mode: bucket_summary(t) for mode, t in timelines.items()
-                                 if comm.Get_rank() == 0})
+                                 if mode != "none" and comm.Get_rank() == 0})
     if comm.Get_rank() == 0:
         print_report(result)
     write_json(comm, args.json, result)

@@ -31,19 +31,21 @@ def print_report(result):
     med = r["modes"]
     base = med.get("none")
     columns = [Column("all-reduce", align="<"), Column("step", format_seconds),
-               Column("backward", format_seconds), Column("waiting after backward", format_seconds),
-               Column("step vs none", align=">"), Column("wait vs none", align=">")]
+               Column("fwd + bwd", format_seconds), Column("wait (slowest rank)", format_seconds),
+               Column("wait after last bwd", format_seconds), Column("step vs none", align=">"),
+               Column("waits vs none", align=">")]
     rows = []
     for mode, m in med.items():
         vs_step = vs_wait = "-"
         if base and mode != "none":
             vs_step = f"{100 * (m['seconds'] / base['seconds'] - 1):+.1f}%"
-            if base["sync_wait_seconds"] > 0:
-                vs_wait = f"{100 * m['sync_wait_seconds'] / base['sync_wait_seconds']:.0f}%"
+            vs_wait = " / ".join(f"{100 * m[k] / base[k]:.0f}%" if base[k] > 0 else "-"
+                                 for k in ("sync_wait_seconds", "wait_after_last_backward"))
         rows.append([NAMES[mode], m["seconds"], m["backward_seconds"], m["sync_wait_seconds"],
-                     vs_step, vs_wait])
+                     m["wait_after_last_backward"], vs_step, vs_wait])
     print(format_table(columns, rows, indent="  "))
-    print(f"  (medians of {r['steps']} steps; the slowest rank's figures in each)")
+    print(f"  (medians of {r['steps']} steps; the slowest rank's figures in each; the wait after "
+          "the last rank's backward leaves out waiting for that rank)")
     for mode, s in r["buckets_during_backward"].items():
         if not s["per_rank"] or not s["per_rank"][0]["buckets"]:
             continue
