@@ -147,6 +147,10 @@ def test_dp_benchmark_times_every_mode_and_the_bucket_timeline():
                                         for rank in data["timeline"][mode])
 
 
+def test_dp_benchmark_unknown_mode_is_one_clear_error():
+    bench_fails(2, ["dp", "--modes", "none,bogus"], "--modes: unknown mode 'bogus'")
+
+
 def test_forward_benchmark_splits_compute_and_communication():
     data = launch.run("mpipar.bench", n=2, args=["forward", "--preset", "tiny", "--seq", "8",
                                                   "--trials", "2"], timeout=120).data
