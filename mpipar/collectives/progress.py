@@ -89,8 +89,8 @@ class Job:
 
     ``t_start`` / ``t_end``: perf_counter() when the engine's thread began and ended it."""
 
-    def __init__(self, engine, what, fn, args, kwargs):
-        self.engine, self.what = engine, what
+    def __init__(self, worker, what, fn, args, kwargs):
+        self._worker, self.what = worker, what
         self._call = (fn, args, kwargs)
         self._done = threading.Event()
         self.result = self.error = None
@@ -102,8 +102,8 @@ class Job:
         """Block until the job ran; its return value, or the engine's first error raised here."""
         self._done.wait()
         if self.error is not None:
-            self.engine._claim()
-            raise RuntimeError(self.engine.error_message) from self.error
+            self._worker.claimed.set()
+            raise RuntimeError(self._worker.error_message) from self.error
         return self.result
 
 
@@ -117,7 +117,8 @@ class ProgressEngine:
 
     ``abort_after``: seconds an error on the thread may go unclaimed by a ``wait`` before
     the engine aborts the MPI job (None: never). ``switch_interval``: Python's thread switch
-    interval while the engine runs, in seconds (None: leave it as it is).
+    interval while the engine runs, in seconds (None: leave it as it is). The thread stops
+    at ``close()``, at interpreter exit, or when the engine is garbage-collected.
     """
 
     def __init__(self, level="multiple", abort_after=60.0, switch_interval=1e-4,
@@ -127,38 +128,41 @@ class ProgressEngine:
             else f"switch_interval must be > 0 seconds or None, not {switch_interval!r}")
         if problem:
             raise ValueError(f"ProgressEngine: {problem}")
-        self._interval = None
-        if switch_interval is not None:
-            self._interval = (sys.getswitchinterval(), switch_interval)
-            sys.setswitchinterval(switch_interval)
         self.level, self.abort_after = level, abort_after
-        self.rank = MPI.COMM_WORLD.Get_rank()
-        self.error_message, self._error, self._claimed = None, None, threading.Event()
-        self._queue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        interval = None
+        if switch_interval is not None:
+            old = sys.getswitchinterval()
+            sys.setswitchinterval(switch_interval)
+            interval = (old, sys.getswitchinterval())  # as Python rounded it (microseconds)
+        self._worker = _Worker(MPI.COMM_WORLD.Get_rank(), abort_after)
+        self._thread = threading.Thread(target=self._worker.serve, name=name, daemon=True)
         self._thread.start()
-        self._closer = weakref.finalize(self, _stop, self._queue, self._thread)
+        # the thread holds the worker, not the engine, so an engine nobody holds is collected
+        self._closer = weakref.finalize(self, _stop, self._worker, self._thread, interval)
         atexit.register(self._closer)  # before mpi4py finalizes MPI (atexit runs last-in first)
 
     @property
     def alive(self):
         return self._thread.is_alive()
 
+    @property
+    def error_message(self):
+        """The first error of the engine's thread, as ``wait()`` raises it (None: no error)."""
+        return self._worker.error_message
+
     def submit(self, fn, *args, what=None, **kwargs):
         """Queue ``fn(*args, **kwargs)`` on the engine's thread; returns its :class:`Job`."""
         if not self._closer.alive:
             raise RuntimeError("ProgressEngine: submit() after close()")
-        job = Job(self, what or getattr(fn, "__qualname__", repr(fn)), fn, args, kwargs)
-        self._queue.put(job)
+        job = Job(self._worker, what or getattr(fn, "__qualname__", repr(fn)), fn, args, kwargs)
+        self._worker.jobs.put(job)
         return job
 
     def close(self, timeout=30.0):
         """Let the queued jobs run, then stop the thread (waiting at most ``timeout`` s)."""
         if self._closer.alive:
-            self._closer.detach()
-            _stop(self._queue, self._thread, timeout)
-            if self._interval and sys.getswitchinterval() == self._interval[1]:
-                sys.setswitchinterval(self._interval[0])  # unless someone has changed it since
+            _, _, args, _ = self._closer.detach()
+            _stop(*args, timeout=timeout)
 
     def __enter__(self):
         return self
@@ -167,12 +171,22 @@ class ProgressEngine:
         self.close()
         return False
 
-    def _loop(self):
+
+class _Worker:
+    """What the engine's thread runs and knows: the queue, and the first error."""
+
+    def __init__(self, rank, abort_after):
+        self.rank, self.abort_after = rank, abort_after
+        self.jobs = queue.SimpleQueue()
+        self.error = self.error_message = None
+        self.claimed = threading.Event()
+
+    def serve(self):
         while True:
-            job = self._queue.get()
+            job = self.jobs.get()
             if job is _STOP:
                 return
-            if self.error_message is None:
+            if self.error is None:
                 job.t_start = time.perf_counter()
                 fn, args, kwargs = job._call
                 try:
@@ -182,25 +196,21 @@ class ProgressEngine:
                     self._fail(job, e)
                 job.t_end = time.perf_counter()
             else:  # an earlier job failed: later ones report that error, never run
-                job.error = self._error
+                job.error = self.error
             job._call = None
             job._done.set()
 
     def _fail(self, job, error):
-        self._error = error
         detail = "".join(traceback.format_exception_only(type(error), error)).strip()
         self.error_message = (f"progress engine (rank {self.rank}): {job.what} failed on the "
                               f"communication thread: {detail}")
+        self.error = error
         if self.abort_after is not None:
-            watchdog = threading.Thread(target=self._abort_unless_claimed, daemon=True,
-                                        name="mpipar-progress-abort")
-            watchdog.start()
-
-    def _claim(self):
-        self._claimed.set()
+            threading.Thread(target=self._abort_unless_claimed, daemon=True,
+                             name="mpipar-progress-abort").start()
 
     def _abort_unless_claimed(self):
-        if self._claimed.wait(self.abort_after):
+        if self.claimed.wait(self.abort_after):
             return
         print(f"error: {self.error_message} (no wait() collected it within {self.abort_after:g} s: "
               "stopping every rank)", file=sys.stderr, flush=True)
@@ -208,8 +218,11 @@ class ProgressEngine:
         MPI.COMM_WORLD.Abort(1)
 
 
-def _stop(jobs, thread, timeout=30.0):
-    """Ask the thread to stop after the queued jobs; wait at most ``timeout`` seconds."""
-    jobs.put(_STOP)
+def _stop(worker, thread, interval, timeout=30.0):
+    """Ask the thread to stop after the queued jobs, wait at most ``timeout`` seconds, and put
+    Python's switch interval back (unless someone has changed it since)."""
+    worker.jobs.put(_STOP)
     if thread is not threading.current_thread():
         thread.join(timeout)
+    if interval and sys.getswitchinterval() == interval[1]:
+        sys.setswitchinterval(interval[0])

@@ -6,6 +6,8 @@ The jobs run the very functions the main thread would run (the same ring steps a
 in the same bucket order), so every comparison is bitwise. Each test gathers every rank's
 problems and asserts on the whole list, so all ranks pass or fail together.
 """
+import gc
+import sys
 import threading
 
 from helpers import all_ranks_ok
@@ -105,6 +107,22 @@ def test_close_lets_queued_jobs_finish_and_stops_the_thread():
     with pytest.raises(RuntimeError, match="after close"):
         engine.submit(print)
     assert threading.active_count() == before
+
+
+@pytest.mark.mpi
+@needs_multiple
+def test_an_engine_nobody_holds_stops_its_thread_and_the_switch_interval_comes_back():
+    interval = sys.getswitchinterval()
+    engine = ProgressEngine(switch_interval=interval / 7, name="mpipar-progress-dropped")
+    assert engine.submit(sum, [1, 2]).wait() == 3
+    assert sys.getswitchinterval() == pytest.approx(interval / 7, abs=1e-6)  # Python keeps µs
+    del engine
+    gc.collect()
+    for thread in threading.enumerate():
+        if thread.name == "mpipar-progress-dropped":
+            thread.join(10)
+    assert "mpipar-progress-dropped" not in [t.name for t in threading.enumerate()]
+    assert sys.getswitchinterval() == interval
 
 
 TASK = AdditionTask(digits=2, seed=0, heldout=100)
