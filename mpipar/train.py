@@ -27,11 +27,13 @@ from mpi4py import MPI
 import numpy as np
 
 from .cli import Parser, Progress, json_path_problem, print0, run_main, watchdog, write_json
+from .collectives.progress import thread_level_problem
 from .measure.ledger import CommLedger
 from .measure.memory import too_big
 from .measure.units import format_bytes
 from .models import GPT, GPTConfig, RandomSource, checkpoint
 from .models.optim import AdamW, learning_rate
+from .parallel.buckets import MODES
 from .parallel.data_parallel import DataParallel
 from .parallel.mesh import Mesh
 from .parallel.pipeline_report import describe, pipeline_entry
@@ -70,8 +72,10 @@ def build_parser():
     p.add_argument("--lr", type=float, help="peak learning rate (warm-up, then cosine decay)")
     p.add_argument("--bucket-kb", type=float, default=64,
                    help="gradient bucket size in KiB for the overlapped all-reduce (default 64)")
-    p.add_argument("--no-overlap", action="store_true",
-                   help="all-reduce the gradients after backward instead of during it")
+    p.add_argument("--overlap", choices=MODES, help="gradient all-reduces during backward: "
+                   "poll (started as buckets fill, advanced between layers; the default), thread "
+                   "(on a communication thread; needs MPI_THREAD_MULTIPLE) or none (after backward)")
+    p.add_argument("--no-overlap", action="store_true", help="the same as --overlap none")
     p.add_argument("--deterministic", action="store_true", help="add gradients in fixed rank "
                    "order: the same bits as one process accumulating the same shards")
     p.add_argument("--eval-every", type=int, default=500, help="held-out evaluation interval")
@@ -109,11 +113,19 @@ def settings_from(args, world):
     if not (math.isfinite(args.bucket_kb) and 0 < args.bucket_kb <= MAX_BUCKET_KB):
         raise ValueError(f"--bucket-kb must be a number in (0, {MAX_BUCKET_KB}] (1 GiB), "
                          f"not {args.bucket_kb}")
+    overlap = args.overlap or ("none" if args.no_overlap else "poll")
+    if args.no_overlap and overlap != "none":
+        raise ValueError(f"--no-overlap contradicts --overlap {overlap}")
+    if overlap == "thread" and (pipeline or args.deterministic or thread_level_problem()):
+        raise ValueError("--overlap thread: " + (
+            "pipelines (--pp) reduce their gradients after the schedule" if pipeline else
+            "--deterministic adds the gradients in rank order after backward" if args.deterministic
+            else thread_level_problem()))
     if args.eval_every < 1:
         raise ValueError(f"--eval-every must be >= 1 (steps between evaluations), not {args.eval_every}")
     if tp > s["n_head"]:
         raise ValueError(f"--tp {tp}: the model has {s['n_head']} heads, so at most {s['n_head']}")
-    s.update(dp=dp, tp=tp, pp=pp, seed=args.seed, preset=args.preset, overlap=not args.no_overlap,
+    s.update(dp=dp, tp=tp, pp=pp, seed=args.seed, preset=args.preset, overlap=overlap,
              deterministic=args.deterministic, sp=args.sp, bucket_bytes=int(args.bucket_kb * 1024),
              pipeline=pipeline, schedule=None)
     if pipeline:

@@ -4,7 +4,8 @@ The steps, block split and every combine are those of the blocking ring
 (``mpipar.collectives.allreduce.ring``; the same ``blocks.ring_step``), so the
 result has the same bits.
 Messages advance only while some call is inside MPI: the caller polls with
-``progress()`` between pieces of work (see ``mpipar.parallel.buckets``).
+``progress()`` between pieces of work (see ``mpipar.parallel.buckets``), or a
+communication thread drives it with ``wait()`` (``mpipar.collectives.progress``).
 """
 import time
 
@@ -103,12 +104,18 @@ class RingAllreduce:
             self._advance()
         return self.done
 
-    def wait(self):
-        """Drive the ring to the end (Waitall per step); return the result."""
+    def wait(self, poll_seconds=None):
+        """Drive the ring to the end and return the result: per step one ``Waitall`` (which
+        spins inside MPI), or with ``poll_seconds`` a ``Testall`` every that many seconds,
+        sleeping between -- a communication thread that leaves its core to the computation."""
         if not self.started:
             self.start()
         while not self.done:
-            MPI.Request.Waitall(self._requests)
+            if poll_seconds is None:
+                MPI.Request.Waitall(self._requests)
+            else:
+                while not MPI.Request.Testall(self._requests):
+                    time.sleep(poll_seconds)
             self._advance()
         return self.result
 

@@ -13,7 +13,13 @@ call is inside MPI. Backward calls ``progress()`` between layers; each call test
 the outstanding requests and, when a step's messages have arrived, combines and
 posts the next step. Small messages travel eagerly between polls; large ones
 (rendezvous) wait for both sides to poll. How much hides depends on how often
-backward polls: measure it with ``timeline()`` against ``overlap=False``.
+backward polls: measure it with ``timeline()`` against ``overlap="none"``.
+
+``overlap="thread"`` hands each finished bucket's ring to a communication thread
+(``mpipar.collectives.progress.ProgressEngine``), which waits inside MPI and posts each
+step as soon as the last has arrived while backward computes: the buckets travel
+during backward, not only at its polls. It needs MPI_THREAD_MULTIPLE. The three modes
+run the same ring, in the same bucket order, so their results have the same bits.
 """
 import math
 from numbers import Integral
@@ -25,8 +31,20 @@ import numpy as np
 from ..collectives import DTYPES, allreduce
 from ..collectives.channel import TAG
 from ..collectives.nonblocking import RingAllreduce
+from ..collectives.progress import ProgressEngine, thread_level_problem
 
-__all__ = ["GradBuckets"]
+__all__ = ["GradBuckets", "MODES", "overlap_mode"]
+
+MODES = ("none", "poll", "thread")  #: after backward; started and polled; on a thread
+
+
+def overlap_mode(overlap):
+    """"none", "poll" or "thread"; ``True`` / ``False`` (the older spelling) are "poll" / "none"."""
+    if overlap is True or overlap is False:
+        return "poll" if overlap else "none"
+    if overlap not in MODES:
+        raise ValueError(f"overlap must be one of {', '.join(MODES)}, not {overlap!r}")
+    return overlap
 
 
 class GradBuckets:
@@ -38,8 +56,11 @@ class GradBuckets:
     writes a gradient into ``view(name)`` (no copy) or passes it to ``ready(name,
     grad)``; a bucket's ``RingAllreduce`` (tag 1 + bucket index) starts when its last
     gradient is ready, ``progress()`` moves them on, ``finish()`` waits for all.
-    ``overlap=False`` is the baseline: nothing moves before ``finish()``, which runs a
-    blocking ``collectives.allreduce(..., "ring")`` per bucket -- the same bits.
+    ``overlap="none"`` (or False) is the baseline: nothing moves before ``finish()``, which
+    runs a blocking ``collectives.allreduce(..., "ring")`` per bucket -- the same bits.
+    ``overlap="thread"`` queues each ring on ``engine`` (one is started, and stopped by
+    ``close()``, if none is given); ``poll_seconds`` is its thread's wait (None: inside
+    ``MPI_Waitall``; a number: ``Testall`` and sleep, leaving the core to backward).
 
     ``finish(average=True)`` divides by p: the mean of the replicas' gradients, which
     is the global batch's gradient only if every rank's shard has as many examples.
@@ -50,10 +71,12 @@ class GradBuckets:
     """
 
     def __init__(self, comm, shapes, bucket_bytes=25 * 2**20, dtype=np.float32, *,
-                 overlap=True, check=True):
-        dtype = np.dtype(dtype)
+                 overlap=True, check=True, engine=None, poll_seconds=None):
+        dtype, overlap = np.dtype(dtype), overlap_mode(overlap)
         items, problem = _layout(shapes, bucket_bytes, dtype)
-        signature = (items, bucket_bytes, dtype.str, bool(overlap))
+        if overlap == "thread" and engine is None:
+            problem = problem or thread_level_problem("multiple")
+        signature = (items, bucket_bytes, dtype.str, overlap)
         if check and comm.Get_size() > 1:
             table = comm.allgather((problem, signature))
             problem = next((f"rank {r}: {pr}" for r, (pr, _) in enumerate(table) if pr), None)
@@ -62,6 +85,8 @@ class GradBuckets:
         if problem:
             raise ValueError(f"GradBuckets: {problem}")
         self.comm, self.dtype, self.overlap, self.bucket_bytes = comm, dtype, overlap, bucket_bytes
+        self.poll_seconds, self._own_engine = poll_seconds, overlap == "thread" and engine is None
+        self.engine = ProgressEngine() if self._own_engine else engine
         self.buckets = []  #: list of lists of names, one per bucket, in ready order
         self._where, sizes = {}, []  # name -> (bucket, offset, count, shape); bucket lengths
         for name, shape in items:
@@ -81,6 +106,7 @@ class GradBuckets:
             raise RuntimeError("GradBuckets: reset() while buckets are in flight; finish() first")
         self._missing = [set(names) for names in self.buckets]
         self._rings = [None] * len(self.buckets)
+        self._jobs = [None] * len(self.buckets)  # thread mode: each ring's job on the engine
         self._times = [dict(ready=None, start=None, end=None) for _ in self.buckets]
         self._finished = False
         if zero:
@@ -112,13 +138,20 @@ class GradBuckets:
         self._missing[b].discard(name)
         if not self._missing[b]:
             self._times[b]["ready"] = time.perf_counter()
-            if self.overlap:
+            if self.overlap == "poll":
                 self._rings[b] = RingAllreduce(self.comm, self.buffers[b], tag=1 + b,
                                                inplace=True).start()
                 self._times[b]["start"] = self._rings[b].t_start
+            elif self.overlap == "thread":
+                self._rings[b] = ring = RingAllreduce(self.comm, self.buffers[b], tag=1 + b,
+                                                      inplace=True)
+                self._jobs[b] = self.engine.submit(_run_ring, ring, self.poll_seconds,
+                                                   what=f"bucket {b}'s all-reduce")
 
     def progress(self):
         """Advance every started bucket; True when every bucket is done."""
+        if self.overlap == "thread":  # the engine moves them; nothing to call here
+            return all(job is not None and job.done for job in self._jobs)
         done = True
         for ring in self._rings:
             done = (ring is not None and ring.progress()) and done
@@ -134,8 +167,11 @@ class GradBuckets:
         self._finished = True
         p = self.comm.Get_size()
         for b, buf in enumerate(self.buffers):
-            if self.overlap:
+            if self.overlap == "thread":
+                self._jobs[b].wait()  # re-raises an error of the engine's thread
+            if self.overlap != "none":
                 self._rings[b].wait()
+                self._times[b]["start"] = self._rings[b].t_start
                 self._times[b]["end"] = self._rings[b].t_end
             else:
                 self._times[b]["start"] = time.perf_counter()
@@ -145,6 +181,18 @@ class GradBuckets:
                 buf /= buf.dtype.type(p)
         return {name: self.view(name) for names in self.buckets for name in names}
 
+    def close(self):
+        """Stop the communication thread this object started (thread mode), if any."""
+        if self._own_engine:
+            self.engine.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
     def timeline(self, t0=0.0):
         """One dict per bucket: bucket, nbytes, names, and the ready/start/end times
         relative to ``t0`` (e.g. perf_counter() when backward began); None if not yet."""
@@ -152,6 +200,12 @@ class GradBuckets:
         return [dict(bucket=b, nbytes=int(buf.nbytes), names=list(names),
                      **{k: rel(v) for k, v in times.items()})
                 for b, (buf, names, times) in enumerate(zip(self.buffers, self.buckets, self._times))]
+
+
+def _run_ring(ring, poll_seconds):
+    """The engine's job for one bucket: the whole ring, start to end, on its thread."""
+    ring.start()
+    ring.wait(poll_seconds)
 
 
 def _layout(shapes, bucket_bytes, dtype):

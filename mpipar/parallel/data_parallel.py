@@ -15,7 +15,10 @@ on the seed, so a run's loss history does not depend on the process layout.
 Gradient all-reduces overlap with backward (Li et al. 2020, "PyTorch Distributed",
 sec. 3.2): gradients are grouped into buckets in the order backward produces them
 (last layer first) and each bucket's ring all-reduce starts as soon as its last
-gradient is ready (mpipar.parallel.buckets.GradBuckets). Deterministic mode instead adds
+gradient is ready (mpipar.parallel.buckets.GradBuckets): ``overlap="poll"`` advances the
+rings between layers, ``"thread"`` on a communication thread while backward computes
+(mpipar.collectives.progress), ``"none"`` runs them after backward -- the same bits in
+all three. Deterministic mode instead adds
 every gradient in fixed rank order (naive all-reduce: ((g_0 + g_1) + g_2) + ...),
 which is what gradient accumulation over the same shards on one process computes
 (``accumulated_grads``): the two are then bitwise equal.
@@ -28,7 +31,7 @@ from ..collectives import allreduce
 from ..models.optim import clip_grad_norm
 from ..models.params import is_sharded
 from ..tasks.addition import batch_slice
-from .buckets import GradBuckets
+from .buckets import GradBuckets, overlap_mode
 
 
 def ready_order(model):
@@ -50,16 +53,33 @@ def loss_weights(mask, global_batch, local_batch, dtype):
 
 
 class DataParallel:
-    """One training step of a (possibly tensor-parallel) model replicated over ``dp_comm``."""
+    """One training step of a (possibly tensor-parallel) model replicated over ``dp_comm``.
+
+    ``overlap``: "poll" (or True), "thread" or "none" (or False), see GradBuckets, which
+    also takes ``engine`` and ``poll_seconds`` (thread mode). ``close()`` (or ``with``) stops
+    a communication thread the trainer started."""
 
     def __init__(self, model, dp_comm, optimizer, *, bucket_bytes=1 << 20, overlap=True,
-                 deterministic=False, max_norm=1.0):
+                 deterministic=False, max_norm=1.0, engine=None, poll_seconds=None):
         self.model, self.comm, self.optimizer = model, dp_comm, optimizer
-        self.deterministic, self.max_norm, self.overlap = deterministic, max_norm, overlap
+        self.deterministic, self.max_norm = deterministic, max_norm
+        self.overlap = overlap_mode(overlap)
         self.buckets = None
         if dp_comm.Get_size() > 1 and not deterministic:
             self.buckets = GradBuckets(dp_comm, ready_order(model), bucket_bytes,
-                                       dtype=model.dtype, overlap=overlap)
+                                       dtype=model.dtype, overlap=self.overlap, engine=engine,
+                                       poll_seconds=poll_seconds)
+
+    def close(self):
+        if self.buckets is not None:
+            self.buckets.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
 
     def _hook(self, names, grads):
         for name in names:
@@ -81,9 +101,9 @@ class DataParallel:
         t_backward = time.perf_counter()
         if self.buckets is not None:
             summed = self.buckets.finish(average=False)
-            for key, g in summed.items():
+            for key, g in summed.items():  # the buckets' views, not a copy (475 MiB for GPT-2)
                 k, name = key.split(":", 1)
-                grads[int(k)][name][...] = g
+                grads[int(k)][name] = g
         elif p > 1:  # deterministic: rank order, like accumulation on one process
             for shard_grads in grads:
                 for g in shard_grads.values():

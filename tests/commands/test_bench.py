@@ -124,13 +124,31 @@ def test_ledger_overhead_benchmark_reports_paired_ratio():
     assert "overhead" in job.stdout
 
 
-def test_dp_benchmark_times_both_modes():
+def test_dp_benchmark_times_every_mode_and_the_bucket_timeline():
     data = launch.run("mpipar.bench", n=2, args=["dp", "--preset", "tiny", "--batch", "4",
-                                                  "--seq", "8", "--steps", "1"], timeout=120).data
-    assert data["world_size"] == 2 and data["grad_bytes"] > 0
-    for mode in ("no_overlap", "overlap"):
-        assert data[mode]["seconds"] >= data[mode]["backward_seconds"] > 0
-    assert len(data["timeline"]) == 2 and all(len(t) >= 1 for t in data["timeline"])
+                                                  "--seq", "8", "--steps", "1", "--bucket-kb", "16"],
+                      timeout=120).data
+    assert data["world_size"] == 2 and data["grad_bytes"] > 0 and data["buckets"] > 1
+    modes = ["none", "poll"] + (["thread"] if data["thread_level"] == "multiple" else [])
+    assert list(data["modes"]) == list(data["timeline"]) == modes
+    for mode in modes:
+        m, trials = data["modes"][mode], data["trials"][mode]
+        assert m["seconds"] >= m["backward_seconds"] > 0 and len(trials["seconds"]) == 1
+        # after the last rank's backward: at most the slowest rank's wait, never negative
+        assert 0 <= m["wait_after_last_backward"] <= m["sync_wait_seconds"] + 1e-9
+    for mode in modes[1:]:
+        summary = data["buckets_during_backward"][mode]
+        assert [r["buckets"] for r in summary["per_rank"]] == [data["buckets"]] * 2
+        for rank in data["timeline"][mode]:  # times relative to the end of backward
+            assert len(rank["buckets"]) == data["buckets"] and rank["backward_seconds"] > 0
+            assert all(-rank["backward_seconds"] <= b["ready"] <= b["start"] <= b["end"]
+                       for b in rank["buckets"])
+        assert summary["fewest"] == min(sum(b["end"] < 0 for b in rank["buckets"])
+                                        for rank in data["timeline"][mode])
+
+
+def test_dp_benchmark_unknown_mode_is_one_clear_error():
+    bench_fails(2, ["dp", "--modes", "none,bogus"], "--modes: unknown mode 'bogus'")
 
 
 @pytest.mark.parametrize("logits", ["sharded", "gathered"])
