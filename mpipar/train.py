@@ -38,6 +38,8 @@ from .parallel.pipeline_stage import stage_problem
 from .parallel.pipeline_train import PipelineTraining, micro_batch_problem
 from .parallel.schedule_chart import chart, summary
 from .parallel.schedules import SCHEDULE_NAMES, make_schedule
+from .parallel.zero import Zero, zero_problem
+from .parallel.zero_report import describe_memory, memory_entry
 from .tasks.addition import RECIPES, AdditionTask, batch_slice
 
 
@@ -70,6 +72,9 @@ def build_parser():
                    help="all-reduce the gradients after backward instead of during it")
     p.add_argument("--deterministic", action="store_true", help="add gradients in fixed rank "
                    "order: the same bits as one process accumulating the same shards")
+    p.add_argument("--zero", type=int, default=0, metavar="STAGE", help="ZeRO stage over the "
+                   "data-parallel ranks: 1 shards AdamW's moments, 2 the gradients too, 3 the "
+                   "parameters too (default 0: every replica holds everything); not with --tp, --pp")
     p.add_argument("--eval-every", type=int, default=500, help="held-out evaluation interval")
     p.add_argument("--json", metavar="PATH", help="rank 0 writes the loss history and settings")
     p.add_argument("--out", metavar="DIR", help="save model.safetensors + config.json here")
@@ -106,8 +111,11 @@ def settings_from(args, world):
         raise ValueError(f"--eval-every must be >= 1 (steps between evaluations), not {args.eval_every}")
     if tp > s["n_head"]:
         raise ValueError(f"--tp {tp}: the model has {s['n_head']} heads, so at most {s['n_head']}")
+    problem = zero_problem(args.zero, tp, pipeline)
+    if problem:
+        raise ValueError(problem)
     s.update(dp=dp, tp=tp, pp=pp, seed=args.seed, preset=args.preset, overlap=not args.no_overlap,
-             deterministic=args.deterministic, bucket_bytes=int(args.bucket_kb * 1024),
+             deterministic=args.deterministic, bucket_bytes=int(args.bucket_kb * 1024), zero=args.zero,
              pipeline=pipeline, schedule=None)
     if pipeline:
         name = args.schedule or "1f1b"
@@ -174,6 +182,10 @@ def build_trainer(s, config, mesh):
                                     optimizer=dict(lr=s["lr"]), algorithm="ring")
         return training, lambda: training.whole_model(algorithm="ring")
     model = GPT(config, source, mesh.tp_comm, algorithm="ring")
+    if s["zero"]:
+        trainer = Zero(model, mesh.dp_comm, AdamW(model, lr=s["lr"]), stage=s["zero"],
+                       deterministic=s["deterministic"])
+        return trainer, trainer.full_model
     trainer = DataParallel(model, mesh.dp_comm, AdamW(model, lr=s["lr"]),
                            bucket_bytes=s["bucket_bytes"], overlap=s["overlap"],
                            deterministic=s["deterministic"])
@@ -237,12 +249,15 @@ def main(argv=None):
             for out in steps:
                 out["timeline"] = []  # the pipeline's timelines are in its entry
         timelines = world.gather(steps[-1]["timeline"], root=0)
+        memory = memory_entry(trainer, mesh.dp_comm, led) if not s["pipeline"] else None
     print0(world, f"held-out exact match: {100 * accuracy:.1f}% of {s['heldout']} sums; "
                   f"trained in {train_seconds:.1f} s")
     for text, got, want in examples:
         print0(world, f"  {text} = {got}  ({'ok' if got == want else 'want ' + want})")
     if pipeline:
         print0(world, describe(pipeline))
+    if memory:
+        print0(world, describe_memory(memory))
     if saved:
         print(f"saved {saved}")
     if world.Get_rank() == 0:
@@ -254,7 +269,7 @@ def main(argv=None):
             tp=s["tp"], pp=s["pp"], seconds=dict(total=train_seconds, step_median=med("seconds"),
                                                  backward_median=med("backward_seconds"),
                                                  sync_wait_median=med("sync_wait_seconds")),
-            timeline=timelines, pipeline=pipeline, checkpoint=saved))
+            timeline=timelines, pipeline=pipeline, memory=memory, checkpoint=saved))
     return 0
 
 

@@ -43,13 +43,13 @@ from .zero_gather import LayerGather, gather_counts
 from .zero_layout import STAGES, ZeroLayout, predicted_memory, predicted_step_bytes
 
 
-def zero_problem(stage, tp=1, pp=1):
+def zero_problem(stage, tp=1, pipeline=False):
     """Why ZeRO cannot run this way, or None (the same verdict on every rank)."""
     if isinstance(stage, bool) or stage not in STAGES:
         return f"--zero must be one of 0, 1, 2, 3 (0: plain data parallelism), not {stage!r}"
-    if stage and (tp != 1 or pp != 1):
-        return (f"--zero {stage} shards over data-parallel ranks only: it cannot be combined "
-                f"with --tp {tp} / --pp {pp} (use --zero 0)")
+    if stage and (tp != 1 or pipeline):
+        return (f"--zero {stage} shards over data-parallel ranks only: it does not combine with "
+                f"--tp {tp} or a pipeline (--pp and its options); use --zero 0 there")
     return None
 
 
