@@ -118,8 +118,10 @@ class Zero:
     def _hook(self, names, grads):
         self._reduce(self._index[tuple(names)], grads)
 
-    def step(self, tokens, mask, lr=None):
-        """Train on the global batch ``tokens`` (N, T+1); returns the step's figures."""
+    def sum_gradients(self, tokens, mask):
+        """Forward and backward on this rank's slice of ``tokens``, the gradients summed over
+        the ranks: afterwards ``self.grads[g]`` is this rank's block of group g's sum (before
+        clipping). Returns (this rank's loss sum, seconds of backward, seconds of the sync)."""
         p, rank = self.comm.Get_size(), self.comm.Get_rank()
         local = batch_slice(tokens, rank, p)
         weights = loss_weights(mask, len(tokens), len(local), self.model.dtype)
@@ -135,7 +137,12 @@ class Zero:
         if self.stage == 1:
             for names in self.model.grad_order():
                 self._reduce(self._index[tuple(names)], grads)
-        t_synced = time.perf_counter()
+        return loss, t_backward - t0, time.perf_counter() - t_backward
+
+    def step(self, tokens, mask, lr=None):
+        """Train on the global batch ``tokens`` (N, T+1); returns the step's figures."""
+        t0 = time.perf_counter()
+        loss, backward, sync = self.sum_gradients(tokens, mask)
         total = allreduce(self.comm, np.array([loss]), algorithm="naive")[0]
         norm = self._norm()
         scale = clip_scale(norm, self.max_norm)
@@ -146,10 +153,8 @@ class Zero:
         self.grads = [None] * len(self.shards)
         if self.stage < 3:
             self._gather_parameters()
-        t_end = time.perf_counter()
-        return dict(loss=float(total), grad_norm=norm, seconds=t_end - t0,
-                    backward_seconds=t_backward - t0, sync_wait_seconds=t_synced - t_backward,
-                    timeline=[])
+        return dict(loss=float(total), grad_norm=norm, seconds=time.perf_counter() - t0,
+                    backward_seconds=backward, sync_wait_seconds=sync, timeline=[])
 
     def _norm(self):
         if self.deterministic:
