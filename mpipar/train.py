@@ -249,7 +249,7 @@ def main(argv=None):
             for out in steps:
                 out["timeline"] = []  # the pipeline's timelines are in its entry
         timelines = world.gather(steps[-1]["timeline"], root=0)
-        memory = memory_entry(trainer, mesh.dp_comm, led) if not s["pipeline"] else None
+        memory = memory_entry(trainer, world, led) if not s["pipeline"] else None
     print0(world, f"held-out exact match: {100 * accuracy:.1f}% of {s['heldout']} sums; "
                   f"trained in {train_seconds:.1f} s")
     for text, got, want in examples:

@@ -38,13 +38,14 @@ def sent_by_op(ledger):
 
 
 def memory_entry(trainer, comm, ledger):
-    """Every rank's memory and last-step bytes, gathered on every rank (control data)."""
+    """Every rank's memory and the bytes of the step ``ledger`` recorded, gathered over
+    ``comm`` (every rank of the job) onto every rank (control data)."""
     stage = trainer.stage if isinstance(trainer, Zero) else 0
     mine = trainer_memory(trainer)
     psi = trainer.layout.numel if stage else mine["predicted"]["params"] // trainer.model.dtype.itemsize
     mine.update(peak_rss=peak_rss_bytes(), sent=sent_by_op(ledger),
                 sent_predicted=trainer.predicted_bytes() if stage else None)
-    p = comm.Get_size()
+    p = trainer.comm.Get_size()
     return dict(zero=stage, dp=p, params=int(psi), paper_bytes_per_rank=paper_step_bytes(
         stage, psi, p, trainer.model.dtype.itemsize), ranks=comm.allgather(mine))
 
