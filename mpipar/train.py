@@ -3,6 +3,7 @@
     mpirun -n 2 python -m mpi4py -m mpipar.train                  # ~1500 steps, >= 99% held-out
     mpirun -n 4 python -m mpi4py -m mpipar.train --dp 2 --tp 2    # a 2 x 2 mesh
     mpirun -n 4 python -m mpi4py -m mpipar.train --pp 4           # 4 stages, 1F1B, 8 micro-batches
+    mpirun -n 4 python -m mpi4py -m mpipar.train --zero 3         # ZeRO-3 over 4 data-parallel ranks
     python -m mpipar.train --pp 4 --schedule zb-h1 --show-schedule   # the schedule, drawn
     python -m mpipar.train --preset tiny --steps 20               # seconds, for tests
 
@@ -18,6 +19,10 @@ batch into --micro-batches, run in the order of --schedule (gpipe, 1f1b,
 interleaved with --virtual-stages chunks per rank, zb-h1); see
 mpipar.parallel.pipeline_train. Pipelines need layers: without --n-layer the model
 gets one block per stage if the recipe has fewer.
+
+With --zero 1, 2 or 3 the data-parallel ranks shard AdamW's moments, then the
+gradients, then the parameters (ZeRO; see mpipar.parallel.zero); the report gives
+the memory per rank, predicted and held, and the bytes sent in a step.
 """
 import argparse
 import math
