@@ -105,7 +105,11 @@ def run(args, comm):
     if comm.Get_rank() == 0:
         print(f"{args.preset} ({_numel(config)} parameters): {comm.Get_size()} rank(s), global batch "
               f"{args.batch} x {args.seq} tokens; largest rank of each")
-        print(format_table(*table(rows, max(baseline)), indent="  "), flush=True)
+        print(format_table(*table(rows, max(baseline)), indent="  "))
+        for row in rows:
+            if "skipped" in row:
+                print(f"  {row['config']} skipped: {row['skipped']}")
+        print(flush=True)
     write_json(comm, args.json, dict(
         benchmark="memory", world_size=comm.Get_size(), preset=args.preset, batch=args.batch,
         seq=args.seq, steps=args.steps, rss_baseline=baseline, configs=rows))
@@ -120,10 +124,7 @@ def table(rows, baseline):
                Column("predicted", format_bytes), Column("paper", format_bytes),
                Column("step", format_seconds)]
     out = []
-    for row in rows:
-        if "skipped" in row:
-            out.append([row["config"], f"skipped: {row['skipped']}"] + [None] * 7)
-            continue
+    for row in (r for r in rows if "skipped" not in r):
         ranks = row["ranks"]
         sent = [sum(r["sent"].values()) for r in ranks]
         predicted = [sum(r["sent_predicted"].values()) for r in ranks if r["sent_predicted"]]
