@@ -8,8 +8,10 @@ AdamW moments, and from stage 2 its gradients, from stage 3 its parameters.
     stage 1  backward as in DP (the full gradient); after it, each group's gradient is
              reduce-scattered: rank r gets the sum of block r. It updates that block of
              the parameters with its moments and the ranks allgather the parameters.
-    stage 2  each group's reduce-scatter starts as soon as backward has finished the
-             group; the full gradient is dropped then, only the block is kept.
+    stage 2  each group's reduce-scatter runs as soon as backward has finished the
+             group (blocking: backward waits for it); the full gradient is dropped then,
+             only the block is kept. The tied embedding's gradient lives through all of
+             backward (the LM head starts it, the embedding's backward adds to it).
     stage 3  the parameters stay sharded: each layer's are gathered just before its
              forward and again before its backward, and freed after (``zero_gather``);
              no allgather after the update.
@@ -19,8 +21,7 @@ mask / (predicted positions in the global batch), and the ranks' gradients are a
 The default reduce-scatter is the ring (each rank sends (p-1)/p of the group: half an
 all-reduce; with the allgather, stages 1-2 send what DP's ring all-reduce sends, stage 3
 1.5 times that). Clipping needs the global norm: each rank sums its block's squares in
-float64, one all-reduce of that scalar adds the ranks' sums (within (p-1) u of the
-ranks' total), sqrt.
+float64, one all-reduce of that scalar adds the ranks' sums, sqrt.
 
 Deterministic mode instead all-reduces each group with the naive algorithm (rank 0 adds
 ((g_0 + g_1) + g_2) + ..., the order of DataParallel's deterministic all-reduce) and keeps
@@ -28,8 +29,11 @@ block r: an all-reduce and not a reduce-scatter because the norm must be DP's to
 bit -- DP sums each parameter's squares whole (np.vdot), which a rank holding part of a
 parameter cannot reproduce; with the whole group it computes the same terms. AdamW is
 elementwise, so updating a block gives the bits of updating the whole: parameters and
-losses are bitwise equal to DataParallel(deterministic=True). The price: the naive
-all-reduce sends p-1 group copies from rank 0.
+losses are bitwise equal to DataParallel(deterministic=True). (The naive reduce-scatter
+adds in the same order too -- rank 0 reduces everything, then sends each rank its block --
+so the blocks alone would match; the norm is what needs the whole group.) The price:
+the naive all-reduce sends p-1 group copies from rank 0, and every rank holds one whole
+summed group for a moment.
 """
 import time
 
