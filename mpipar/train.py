@@ -189,7 +189,7 @@ def build_trainer(s, config, mesh):
     model = GPT(config, source, mesh.tp_comm, algorithm="ring")
     if s["zero"]:
         trainer = Zero(model, mesh.dp_comm, AdamW(model, lr=s["lr"]), stage=s["zero"],
-                       deterministic=s["deterministic"])
+                       deterministic=s["deterministic"], overlap=s["overlap"])
         return trainer, trainer.full_model
     trainer = DataParallel(model, mesh.dp_comm, AdamW(model, lr=s["lr"]),
                            bucket_bytes=s["bucket_bytes"], overlap=s["overlap"],

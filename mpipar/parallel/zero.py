@@ -8,13 +8,15 @@ AdamW moments, and from stage 2 its gradients, from stage 3 its parameters.
     stage 1  backward as in DP (the full gradient); after it, each group's gradient is
              reduce-scattered: rank r gets the sum of block r. It updates that block of
              the parameters with its moments and the ranks allgather the parameters.
-    stage 2  each group's reduce-scatter runs as soon as backward has finished the
-             group (blocking: backward waits for it); the full gradient is dropped then,
-             only the block is kept. The tied embedding's gradient lives through all of
+    stage 2  each group's ring reduce-scatter starts as soon as backward has finished
+             the group and advances between layers (``RingReduceScatter``; with
+             ``overlap=False`` backward waits for each); the full gradient is dropped
+             then, only the block is kept. The tied embedding's gradient lives through all of
              backward (the LM head starts it, the embedding's backward adds to it).
     stage 3  the parameters stay sharded: each layer's are gathered just before its
-             forward and again before its backward, and freed after (``zero_gather``);
-             no allgather after the update.
+             forward and again before its backward, and freed after (``zero_gather``;
+             the next layer's gather started meanwhile unless ``overlap=False``); no
+             allgather after the update.
 
 Gradients are summed exactly as in ``data_parallel``: each rank's loss is weighted by
 mask / (predicted positions in the global batch), and the ranks' gradients are added.
@@ -40,6 +42,8 @@ import time
 import numpy as np
 
 from ..collectives import allgather, allreduce, reduce_scatter
+from ..collectives.nonblocking import DEFAULT_TAG
+from ..collectives.nonblocking_reduce_scatter import RingReduceScatter
 from ..models.optim import adamw_update, clip_scale, norm_from_squares
 from ..tasks.addition import batch_slice
 from .data_parallel import loss_weights
@@ -63,12 +67,12 @@ class Zero:
     decay it uses (the moments are this trainer's own, one block per group)."""
 
     def __init__(self, model, dp_comm, optimizer, *, stage, deterministic=False, max_norm=1.0,
-                 prefetch=True):
+                 overlap=True):
         problem = zero_problem(stage, model.tp.ways)
         if problem or stage == 0:
             raise ValueError(problem or "stage 0 is plain data parallelism: use DataParallel")
         self.model, self.comm, self.optimizer, self.stage = model, dp_comm, optimizer, stage
-        self.deterministic, self.max_norm = deterministic, max_norm
+        self.deterministic, self.max_norm, self.overlap = deterministic, max_norm, overlap
         p, rank = dp_comm.Get_size(), dp_comm.Get_rank()
         self.layout = ZeroLayout(model, p)
         self.t = 0
@@ -89,7 +93,8 @@ class Zero:
         self.v = [np.zeros_like(s) for s in self.shards]
         self.grads = [None] * len(self.shards)
         self._index = {tuple(g.names): i for i, g in enumerate(self.layout.groups)}
-        self.gather = LayerGather(model, dp_comm, self.layout, self.shards, prefetch) if stage == 3 else None
+        self.gather = LayerGather(model, dp_comm, self.layout, self.shards, overlap) if stage == 3 else None
+        self._pending = []  # (group, RingReduceScatter) started during backward, not yet done
         self.peak_grad_bytes = 0
 
     def _install(self, flat, group):
@@ -104,7 +109,10 @@ class Zero:
         for name in g.names:
             del grads[0][name]
         rank = self.comm.Get_rank()
-        if self.deterministic:
+        if self.overlap and self.stage >= 2 and not self.deterministic:
+            tag = DEFAULT_TAG + 1 + len(self.layout.groups) + gi  # not a stage-3 gather's
+            self._pending.append((gi, RingReduceScatter(self.comm, flat, tag=tag).start()))
+        elif self.deterministic:
             summed = allreduce(self.comm, flat, algorithm="naive")
             for name, s, e in zip(g.names, g.starts, g.starts[1:]):
                 self._squares[(0, name)] = float(np.vdot(summed[s:e], summed[s:e]))
@@ -114,13 +122,28 @@ class Zero:
 
     def _account(self, grads, bucket):
         """The gradient bytes alive now: backward's whole ones, the group's flat copy being
-        reduced (``bucket`` bytes) and the blocks kept."""
+        reduced (``bucket`` bytes), those of the reductions in flight and the blocks kept."""
         whole = sum(v.nbytes for v in grads[0].values())
         kept = sum(b.nbytes for b in self.grads if b is not None)
-        self.peak_grad_bytes = max(self.peak_grad_bytes, whole + bucket + kept)
+        flying = sum(ring.buf.nbytes for _, ring in self._pending)
+        self.peak_grad_bytes = max(self.peak_grad_bytes, whole + bucket + flying + kept)
 
     def _hook(self, names, grads):
         self._reduce(self._index[tuple(names)], grads)
+        self._collect(wait=False)
+
+    def _collect(self, wait):
+        """Keep the blocks of the reductions in flight that are done (all of them: ``wait``),
+        dropping each group's flat copy."""
+        still = []
+        for gi, ring in self._pending:
+            if wait:
+                ring.wait()
+            if ring.progress():
+                self.grads[gi] = ring.result.copy()
+            else:
+                still.append((gi, ring))
+        self._pending = still
 
     def sum_gradients(self, tokens, mask):
         """Forward and backward on this rank's slice of ``tokens``, the gradients summed over
@@ -138,6 +161,7 @@ class Zero:
         if self.gather:
             self.gather.end_step()
         t_backward = time.perf_counter()
+        self._collect(wait=True)
         if self.stage == 1:
             for names in self.model.grad_order():
                 self._reduce(self._index[tuple(names)], grads)

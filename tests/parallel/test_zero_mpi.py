@@ -68,10 +68,10 @@ def test_groups_are_cut_unevenly_at_three_and_four_ranks():
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("stage, prefetch", [(1, True), (2, True), (3, True), (3, False)])
-def test_deterministic_zero_is_bitwise_deterministic_data_parallelism(stage, prefetch):
+@pytest.mark.parametrize("stage, overlap", [(1, True), (2, True), (3, True), (3, False)])
+def test_deterministic_zero_is_bitwise_deterministic_data_parallelism(stage, overlap):
     ref_losses, ref_norms, ref_params, _ = dp_run(True)
-    losses, norms, params, agree = train(trainer(stage, True, prefetch=prefetch))
+    losses, norms, params, agree = train(trainer(stage, True, overlap=overlap))
     assert agree
     assert losses == ref_losses and norms == ref_norms
     assert ref_norms[0] > 1.0  # clipping is active: the norm's bits matter
@@ -120,6 +120,17 @@ def test_default_mode_training_tracks_data_parallelism(stage):
     # np.vdot in DP too); through 3 AdamW steps of lr = 3e-3 that stays far below the step
     assert np.allclose(losses, ref_losses, rtol=1e-5, atol=0)
     assert max(float(np.max(np.abs(params[k] - ref_params[k]))) for k in params) < 1e-5
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("stage", [2, 3])
+def test_overlap_changes_no_bit(stage):
+    """The non-blocking ring reduce-scatter adds what the blocking one adds, in its order;
+    prefetching a gather only moves it earlier."""
+    losses, norms, params, _ = train(trainer(stage, False, overlap=True), steps=2)
+    ref_losses, ref_norms, ref_params, _ = train(trainer(stage, False, overlap=False), steps=2)
+    assert losses == ref_losses and norms == ref_norms
+    assert all(np.array_equal(params[k], ref_params[k]) for k in ref_params)
 
 
 def one_step_bytes(t):
