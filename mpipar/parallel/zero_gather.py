@@ -51,7 +51,7 @@ class LayerGather:
         self.uses = step_uses(layout, model.config.n_layer)
         self.present, self.pending = {}, {}  # group -> gathered flat numbers / RingAllgather
         self.hold, self.cursor = False, None
-        self.peak_bytes = 0  #: the most bytes of gathered parameters held at once
+        self.peak_bytes = 0  #: the most bytes of gathered parameters held at once in a step
         for method in WRAPPED:
             setattr(model, method, self._wrap(method, getattr(model, method)))
 
@@ -114,6 +114,8 @@ class LayerGather:
                     del self.model.shards[0][name]
 
     def _account(self):
+        if self.cursor is None:  # gather_all for evaluation is not the step's memory
+            return
         held = sum(f.nbytes for f in self.present.values()) + sum(
             g.buf.nbytes for g in self.pending.values())
         self.peak_bytes = max(self.peak_bytes, held)
