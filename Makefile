@@ -33,7 +33,7 @@ demo: install
 test: lint test-serial test-mpi test-lessons
 
 lint: install
-	$(VENV)/bin/ruff check mpipar tests tools
+	$(VENV)/bin/ruff check mpipar tests tools lessons/checks*.py
 
 test-serial: install
 	$(PY) -m pytest -q -p no:cacheprovider -m "not mpi and not lesson" tests

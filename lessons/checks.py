@@ -74,27 +74,21 @@ emit(comm.gather(rows))
 @exercise("00_rotate")
 def rotate_check(rotate):
     """rotate(comm, x, k): every rank returns the array of the rank k places to its left."""
-    from mpipar import launch
     _calls_or_raises(rotate, "rotate")
     problems = []
-    with tempfile.TemporaryDirectory(prefix="mpipar-exercise-") as tmp:
-        script = os.path.join(tmp, "rotate.py")
-        with open(script, "w") as f:
-            f.write(ROTATE_JOB.format(source=_source(rotate), name=rotate.__name__))
-        for p in (1, 2, 3, 4):
-            job = launch.run(script, n=p, timeout=60, check=False)
-            if job.returncode != 0:
-                tail = (job.stdout + job.stderr).strip().splitlines()[-3:]
-                return problems + [f"on {p} rank(s) the job failed: " + " / ".join(tail)]
-            for rank, rows in enumerate(job.data):
-                for k, got in rows:
-                    want = (np.arange(3.0) + 10 * ((rank - k) % p)).tolist()
-                    if got != want:
-                        came = f"rank {int(got[0] // 10)}'s" if got and got[0] % 10 == 0 else repr(got)
-                        problems.append(f"p = {p}, k = {k}: rank {rank} returned {came} array, "
-                                        f"not rank {(rank - k) % p}'s (the rank k places to its left)")
-            if problems:
-                return problems[:3]
+    script = ROTATE_JOB.format(source=_source(rotate), name=rotate.__name__)
+    for p, data in run_in_jobs(script, (1, 2, 3, 4)):
+        if isinstance(data, str):
+            return problems + [data]
+        for rank, rows in enumerate(data):
+            for k, got in rows:
+                want = (np.arange(3.0) + 10 * ((rank - k) % p)).tolist()
+                if got != want:
+                    came = f"rank {int(got[0] // 10)}'s" if got and got[0] % 10 == 0 else repr(got)
+                    problems.append(f"p = {p}, k = {k}: rank {rank} returned {came} array, "
+                                    f"not rank {(rank - k) % p}'s (the rank k places to its left)")
+        if problems:
+            return problems[:3]
     return problems
 
 
@@ -220,6 +214,24 @@ def schedule_check(my_schedule):
 
 # --- helpers ------------------------------------------------------------------------------
 
+def run_in_jobs(script, ranks, timeout=60):
+    """Run ``script`` (the text of a job that emits its result) on each number of ``ranks``; yield
+    (p, rank 0's data), or (p, a sentence saying how the job failed) and stop."""
+    from mpipar import launch
+    with tempfile.TemporaryDirectory(prefix="mpipar-exercise-") as tmp:
+        path = os.path.join(tmp, "exercise.py")
+        with open(path, "w") as f:
+            f.write(script)
+        for p in ranks:
+            print(f"  running it on {p} rank(s) ...", flush=True)   # a few seconds a job
+            job = launch.run(path, n=p, timeout=timeout, check=False)
+            if job.returncode != 0:
+                tail = (job.stdout + job.stderr).strip().splitlines()[-3:]
+                yield p, f"on {p} rank(s) the job failed: " + " / ".join(tail)
+                return
+            yield p, job.data
+
+
 def _source(fn):
     """The source of a function defined in a notebook cell or a module, dedented."""
     return textwrap.dedent(inspect.getsource(fn))
@@ -238,3 +250,9 @@ def _calls_or_raises(fn, name):
 class _NoComm:
     def __getattr__(self, name):
         raise AttributeError(name)
+
+
+# the checks of lessons 01 and 05 (a ring's messages and roundings) and of 06 and 08 (who holds
+# what, and how many bytes) live in their own files; importing them registers them
+import checks_holdings  # noqa: E402,F401
+import checks_rings  # noqa: E402,F401

@@ -76,6 +76,10 @@ def build_parser():
                         "with --compare-serial the serial run emulates the same split (bitwise equal)")
     parser.add_argument("--compare-serial", action="store_true",
                         help="also run the same code on one process and compare")
+    parser.add_argument("--sp", action="store_true", help="sequence parallelism for the prompt's pass "
+                        "(prefill: norms and residual stream 1/p of the positions per rank); every "
+                        "decoding step computes one position, nothing to split: tensor parallelism "
+                        "alone (not with --pp)")
     parser.add_argument("--pp", type=int, default=1, metavar="P", help="pipeline stages (default 1: "
                         "no pipeline); each holds a contiguous range of layers, tp = ranks / P")
     parser.add_argument("--copies", type=int, default=1, metavar="N",
@@ -109,6 +113,8 @@ def check(args, comm):
     if args.pp < 1 or comm.Get_size() % args.pp:
         return (f"--pp {args.pp} must be a whole number >= 1 that divides the {comm.Get_size()} "
                 f"ranks (tp = ranks / pp)")
+    if args.sp and args.pp > 1:
+        return "--sp does not run with --pp: leave one out"
     if args.copies < 1:
         return f"--copies must be >= 1, not {args.copies}"
     if args.pipeline_wait is not None and args.pp == 1:
@@ -167,7 +173,7 @@ def main(argv=None):
                   peak_rss_bytes=max(rss), peak_rss_per_rank=rss,
                   param_bytes_per_rank=comm.allgather(model.param_bytes()), ranks_agree=agree,
                   config=model.config.to_dict(), algorithm=args.algorithm,
-                  deterministic=args.deterministic)
+                  deterministic=args.deterministic, sequence_parallel=args.sp)
     if args.copies > 1:
         report.update(sequences=args.copies, tokens_generated=total)
     if pipeline is not None:
@@ -187,7 +193,8 @@ def generate_serially(args, comm, gguf, config, prompt, stream):
     """The model split over every rank (tensor parallelism only): (model, tokens, this rank's
     seconds, the ledger, the prompt's logits if an option asks for them, None)."""
     model = build(args, comm, gguf, config, lambda params: Llama(
-        config, params, comm, algorithm=args.algorithm, deterministic=args.deterministic))
+        config, params, comm, algorithm=args.algorithm, deterministic=args.deterministic,
+        sequence_parallel=args.sp))
     model.check_tokens(prompt, extra=args.max_new_tokens)
     header(comm, args, config, prompt[0], f"{comm.Get_size()} rank(s)")
     comm.Barrier()

@@ -34,6 +34,7 @@ import numpy as np
 from .cli import Parser, Progress, json_path_problem, print0, run_main, watchdog, write_json
 from .measure.ledger import CommLedger
 from .measure.memory import too_big
+from .measure.units import format_bytes
 from .models import GPT, GPTConfig, RandomSource, checkpoint
 from .models.optim import AdamW, learning_rate
 from .parallel.data_parallel import DataParallel
@@ -58,6 +59,9 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data and held-out set")
     p.add_argument("--dp", type=int, help="data-parallel ranks (default: all ranks / tp)")
     p.add_argument("--tp", type=int, help="tensor-parallel ranks per replica (default 1)")
+    p.add_argument("--sp", action="store_true", help="sequence parallelism in the tensor-parallel "
+                   "group (needs --tp; not with --pp): norms, residual adds and the embedding's "
+                   "output hold 1/tp of the positions per rank (Korthikanti et al. 2022)")
     p.add_argument("--pp", type=int, help="pipeline stages per replica (default 1: no pipeline)")
     p.add_argument("--micro-batches", type=int, metavar="M", help="micro-batches per replica and "
                    "step in the pipeline (default 2 x pp)")
@@ -102,6 +106,9 @@ def settings_from(args, world):
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, not {value}")
     if not 0 <= args.seed < 2**32:
         raise ValueError(f"--seed must be a whole number in [0, 2**32), not {args.seed}")
+    if args.sp and (args.tp is None or pipeline):
+        raise ValueError("--sp needs --tp (it splits the positions over the tensor-parallel ranks)"
+                         if args.tp is None else "--sp does not run with --pp: leave one out")
     tp = 1 if args.tp is None else args.tp
     pp = 1 if args.pp is None else args.pp
     dp = args.dp if args.dp is not None else max(1, world // (tp * pp))
@@ -120,8 +127,8 @@ def settings_from(args, world):
     if problem:
         raise ValueError(problem)
     s.update(dp=dp, tp=tp, pp=pp, seed=args.seed, preset=args.preset, overlap=not args.no_overlap,
-             deterministic=args.deterministic, bucket_bytes=int(args.bucket_kb * 1024), zero=args.zero,
-             pipeline=pipeline, schedule=None)
+             deterministic=args.deterministic, sp=args.sp, bucket_bytes=int(args.bucket_kb * 1024),
+             zero=args.zero, pipeline=pipeline, schedule=None)
     if pipeline:
         name = args.schedule or "1f1b"
         v = args.virtual_stages or (2 if name == "interleaved" else 1)
@@ -168,6 +175,17 @@ def evaluate(model, task, dp_comm, n=None):
     return dp_comm.allreduce(correct) / len(pairs)
 
 
+def activations_entry(world, model, led):
+    """Per rank: the bytes of activations the last step saved for backward, in the regions
+    tensor parallelism leaves replicated and in those it splits (gpt2.activation_bytes), and
+    the bytes it sent in the last step, by collective."""
+    sent = {}
+    for r in led.records:
+        sent[r["op"]] = sent.get(r["op"], 0) + (r["bytes_sent"] or 0)
+    ranks = world.allgather(dict(model.activation_bytes, bytes_sent=sent))
+    return {key: [r[key] for r in ranks] for key in ranks[0]}
+
+
 def show_schedule(s):
     """--show-schedule: the schedule as data, its simulated timeline and its bubble."""
     schedule = make_schedule(s["schedule"], s["pp"], s["micro_batches"], s["virtual_stages"])
@@ -186,7 +204,7 @@ def build_trainer(s, config, mesh):
         training = PipelineTraining(config, source, mesh, schedule, deterministic=s["deterministic"],
                                     optimizer=dict(lr=s["lr"]), algorithm="ring")
         return training, lambda: training.whole_model(algorithm="ring")
-    model = GPT(config, source, mesh.tp_comm, algorithm="ring")
+    model = GPT(config, source, mesh.tp_comm, algorithm="ring", sequence_parallel=s["sp"])
     if s["zero"]:
         trainer = Zero(model, mesh.dp_comm, AdamW(model, lr=s["lr"]), stage=s["zero"],
                        deterministic=s["deterministic"], overlap=s["overlap"])
@@ -254,13 +272,18 @@ def main(argv=None):
             for out in steps:
                 out["timeline"] = []  # the pipeline's timelines are in its entry
         timelines = world.gather(steps[-1]["timeline"], root=0)
-        memory = memory_entry(trainer, world, led) if not s["pipeline"] else None
+        activations = None if s["pipeline"] else activations_entry(world, trainer.model, led)
+        memory = None if s["pipeline"] else memory_entry(trainer, world, led)
     print0(world, f"held-out exact match: {100 * accuracy:.1f}% of {s['heldout']} sums; "
                   f"trained in {train_seconds:.1f} s")
     for text, got, want in examples:
         print0(world, f"  {text} = {got}  ({'ok' if got == want else 'want ' + want})")
     if pipeline:
         print0(world, describe(pipeline))
+    if activations:
+        print0(world, f"rank 0 kept {format_bytes(activations['replicated'][0])} of activations in the "
+                      f"replicated regions{' (sequence-parallel)' if s['sp'] else ''}, "
+                      f"{format_bytes(activations['sharded'][0])} split by tensor parallelism")
     if memory:
         print0(world, describe_memory(memory))
     if saved:
@@ -274,7 +297,8 @@ def main(argv=None):
             tp=s["tp"], pp=s["pp"], seconds=dict(total=train_seconds, step_median=med("seconds"),
                                                  backward_median=med("backward_seconds"),
                                                  sync_wait_median=med("sync_wait_seconds")),
-            timeline=timelines, pipeline=pipeline, memory=memory, checkpoint=saved))
+            timeline=timelines, pipeline=pipeline, activation_bytes_per_rank=activations,
+            memory=memory, checkpoint=saved))
     return 0
 
 

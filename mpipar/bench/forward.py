@@ -9,7 +9,11 @@ generating only its own slices (mpipar.models.random_init): GPT-2's presets, or 
 Llama family's (smollm2-shape: SmolLM2-135M's; llama-tiny). After --warmup rounds,
 --trials rounds each time a forward and the BLAS floor, alternately: barrier, call,
 the slowest rank's time (MPI.MAX). A CommLedger splits each forward into
-communication (the row-parallel allreduces and the logit allgather) and compute.
+communication (the row-parallel allreduces, the embedding's allreduce and, with --logits
+gathered, the logit allgather) and compute. --logits sharded (the default) stops at each
+rank's vocab/p slice of the logits, as training's vocab-parallel loss and the distributed
+greedy argmax use them; --logits gathered assembles all (B, T, vocab) of them on every rank
+(model.forward) -- at gpt2-small, T = 256 that is 51 MB, received by every rank.
 
 The BLAS floor is the forward's matrix products alone -- recorded in one forward,
 replayed back to back at the same shapes, strides and thread count, on the real
@@ -22,7 +26,11 @@ explicit hooks of mpipar.measure.op_profile (off, and free, otherwise).
 their GEMV floor and the memory bandwidth those matrix-vector products reach
 (mpipar.bench.forward_decode). --compare-torch: Hugging Face's GPT2LMHeadModel (or
 LlamaForCausalLM) on the same weights and tokens, on rank 0: its time and the largest
-logit difference (needs torch and transformers). Reported: the medians.
+logit difference (needs torch and transformers). --vs-serial (on 2 or more ranks): rank 0
+also builds the whole model on its own and times its forward and its floor, alone, in the same
+rounds -- the speedup over one rank and its ceiling (the serial floor / the p-rank floor: per
+core the products themselves slow down when all cores run, on a shared memory system and
+clock) measured side by side, not across runs. Reported: the medians.
 """
 import argparse
 
@@ -59,6 +67,12 @@ def add_parser(commands):
     c.add_argument("--algorithm", default="auto", choices=(*ALGORITHMS["allreduce"], "mpi", "auto"),
                    help="allreduce algorithm (default auto)")
     c.add_argument("--deterministic", action="store_true", help="fixed-order reductions")
+    c.add_argument("--logits", choices=("sharded", "gathered"), default="sharded",
+                   help="sharded (default): each rank keeps its vocab/p slice of the logits, as the "
+                   "loss and greedy decoding use them; gathered: the full logits on every rank")
+    c.add_argument("--sp", action="store_true", help="sequence parallelism: norms and residual "
+                   "stream 1/p of the positions per rank, reduce-scatters and allgathers for the "
+                   "allreduces (not with --decode: one position per step, nothing to split)")
     c.add_argument("--trials", type=int, default=5, metavar="N", help="timed rounds (default 5)")
     c.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed rounds (default 1)")
     c.add_argument("--profile", action="store_true",
@@ -69,6 +83,9 @@ def add_parser(commands):
     c.add_argument("--compare-torch", action="store_true",
                    help="also run Hugging Face's model on the same weights (rank 0): time, max logit "
                    "difference (needs torch and transformers)")
+    c.add_argument("--vs-serial", action="store_true",
+                   help="rank 0 also times the whole model alone in the same rounds: the speedup "
+                   "and its ceiling measured side by side (2 or more ranks)")
     c.add_argument("--json", metavar="PATH", help="rank 0 writes the result here")
     c.set_defaults(check=check, run=run, parser=c)
 
@@ -81,14 +98,25 @@ def check(args, comm):
         return f"--seq {args.seq} + --decode {args.decode} is longer than the context of {config.n_ctx}"
     if comm.Get_size() > config.n_head:
         return f"{args.preset} has {config.n_head} heads: run on at most {config.n_head} ranks"
+    if args.sp and args.decode:
+        return "--sp with --decode: a decoding step computes one position, nothing to split; leave one out"
     if args.compare_torch and not forward_torch.available():
         return forward_torch.MISSING
+    if args.vs_serial and comm.Get_size() < 2:
+        return "--vs-serial compares p ranks with one: run it on 2 or more ranks"
     # the logits (vocabulary / p per rank, plus the gathered copy) and ~16 d per token and layer
     p = comm.Get_size()
     per_token = 4 * (2 * config.vocab_size + 16 * config.n_embd * config.n_layer / p)
     need = int(args.batch * (args.seq + args.decode) * per_token)
+    if args.vs_serial:  # rank 0's whole model and its activations, counted on every rank
+        need += 2 * _param_bytes(config) // p + int(args.batch * args.seq * per_token * p)
     return (too_big(f"--batch {args.batch} x --seq {args.seq}", need, p)
             or json_path_problem(comm, args.json))
+
+
+def _param_bytes(config):
+    from ..models.params import param_shapes
+    return 4 * sum(int(np.prod(shape)) for shape in param_shapes(config).values())
 
 
 def build(args, comm):
@@ -96,7 +124,7 @@ def build(args, comm):
     config = SHAPES[args.preset]
     family = Llama if isinstance(config, LlamaConfig) else GPT
     return family(config, RandomSource(config, seed=0), comm, algorithm=args.algorithm,
-                  deterministic=args.deterministic)
+                  deterministic=args.deterministic, sequence_parallel=args.sp)
 
 
 def comm_seconds(led):
@@ -130,7 +158,7 @@ def run(args, comm):
 
     def forward():
         with CommLedger() as led:
-            model.forward(tokens)
+            one_forward(model, tokens, args.logits)
         ledgers.append(led)
         return {"comm_seconds": comm_seconds(led)}
 
@@ -138,28 +166,45 @@ def run(args, comm):
         replay()
         return {}
 
-    figures = run_trials(comm, {"forward": forward, "floor": products_alone},
-                         args.trials, args.warmup, figures=lambda figs: figs)
+    calls = {"forward": forward, "floor": products_alone}
+    if args.vs_serial:
+        more, serial_flops, whole = serial_calls(args, comm, tokens)
+        calls.update(more)
+    figures = run_trials(comm, calls, args.trials, args.warmup, figures=lambda figs: figs)
     t, c = (medians(figures["forward"])[key] for key in ("seconds", "comm_seconds"))
     floor = medians(figures["floor"])["seconds"]
     nbytes = sum(r["nbytes"] for r in ledgers[-1].records)
     by_op = comm.allgather(seconds_by_op(ledgers[-1]))  # the last forward's, per rank
     result = {"benchmark": "forward", "world_size": comm.Get_size(), "preset": args.preset,
               "family": type(model).__name__, "config": config.to_dict(), "batch": args.batch,
-              "seq": args.seq, "algorithm": args.algorithm, "deterministic": args.deterministic,
+              "seq": args.seq, "logits": args.logits, "algorithm": args.algorithm,
+              "deterministic": args.deterministic,
               "trials": args.trials, "seconds": t, "seconds_all": figures["forward"]["seconds"],
               "comm_seconds": c, "compute_seconds": t - c, "comm_seconds_by_op_per_rank": by_op,
               "blas_floor_seconds": floor, "blas_floor_seconds_all": figures["floor"]["seconds"],
               "ratio_to_floor": t / floor, "floor_products_per_rank": len(replay.pairs),
               "floor_flops_per_rank": replay.flops,
-              "payload_bytes_per_rank": int(nbytes),
+              "payload_bytes_per_rank": int(nbytes), "sequence_parallel": args.sp,
+              "bytes_sent_per_rank": comm.allgather(sum(r["bytes_sent"] or 0 for r in ledgers[-1].records)),
               "param_bytes_per_rank": int(model.param_bytes()),
               "param_bytes_all_ranks": comm.allgather(int(model.param_bytes()))}
+    if args.vs_serial:
+        serial, serial_floor = (medians(figures[k])["seconds"] for k in ("serial", "serial_floor"))
+        result.update(serial_seconds=serial, serial_seconds_all=figures["serial"]["seconds"],
+                      serial_floor_seconds=serial_floor, speedup=serial / t,
+                      speedup_ceiling=serial_floor / floor, serial_ratio_to_floor=serial / serial_floor,
+                      serial_floor_flops=serial_flops)
     if args.profile:
-        result["profile_per_rank"] = comm.allgather(profile_forward(model, tokens, args.trials))
+        result["profile_per_rank"] = comm.allgather(
+            profile_forward(model, tokens, args.trials, args.logits))
     if args.decode:
         result["decode"] = forward_decode.measure_decode(comm, model, tokens, args.decode, args.trials,
                                                          args.warmup, args.profile)
+        if args.vs_serial:  # rank 0 alone next, the others asleep: the same run, back to back
+            result["serial_decode"] = serial_decode(comm, whole, tokens, args)
+            alone = result["decode"]["serial_seconds_per_token"] = \
+                result["serial_decode"]["seconds_per_token"]
+            result["decode"]["speedup"] = alone / result["decode"]["seconds_per_token"]
     result["peak_rss_per_rank"] = peak_rss_per_rank(comm)
     # the high-water mark at start, after building the model, after the forwards
     result["peak_rss_stages_per_rank"] = comm.allgather(
@@ -174,14 +219,56 @@ def run(args, comm):
     return 0
 
 
-def profile_forward(model, tokens, trials):
+def serial_calls(args, comm, tokens):
+    """({"serial", "serial_floor"}, the floor's flops): rank 0's whole model (the same weights)
+    and its products alone, timed on rank 0 while the other ranks wait asleep."""
+    from mpi4py import MPI
+    whole = build(args, MPI.COMM_SELF) if comm.Get_rank() == 0 else None
+    replay = None
+    if whole is not None:
+        with OpProfile(persistent=model_arrays(whole)) as recording:
+            one_forward(whole, tokens, args.logits)
+        replay = Replay(recording.products)
+    flops = comm.bcast(replay.flops if replay else None, root=0)
+
+    def serial():
+        if whole is not None:
+            one_forward(whole, tokens, args.logits)
+        return {}
+
+    def serial_floor():
+        if replay is not None:
+            replay()
+        return {}
+    return {"serial": serial, "serial_floor": serial_floor}, flops, whole
+
+
+def serial_decode(comm, whole, tokens, args):
+    """forward_decode.measure_decode of rank 0's whole model, alone; its figures on every rank."""
+    from mpi4py import MPI
+    out = None
+    if whole is not None:
+        out = forward_decode.measure_decode(MPI.COMM_SELF, whole, tokens, args.decode, args.trials,
+                                            args.warmup)
+    quiet_wait(comm.Ibarrier())
+    return comm.bcast(out, root=0)
+
+
+def one_forward(model, tokens, logits):
+    """The forward as ``--logits`` asks: every rank's slice of the logits, or all of them."""
+    if logits == "gathered":
+        return model.forward(tokens)
+    return model.logit_parts(model.final_hidden(tokens))
+
+
+def profile_forward(model, tokens, trials, logits):
     """This rank's profile table (seconds per kind, and calls) of the median of ``trials``
     profiled forwards -- the median by total time, so that its kinds add up to its total."""
     tables = []
     for _ in range(trials):
         model.tp.comm.Barrier()
         with CommLedger() as led, OpProfile() as prof:
-            model.forward(tokens)
+            one_forward(model, tokens, logits)
         tables.append({"total": prof.wall_seconds, **prof.table(prof.wall_seconds, comm_seconds(led)),
                        "calls": dict(prof.calls)})
     return sorted(tables, key=lambda t: t["total"])[len(tables) // 2]

@@ -18,11 +18,14 @@ def profile_table(table, title):
 
 def show(args, result):
     t, floor, c = result["seconds"], result["blas_floor_seconds"], result["comm_seconds"]
-    print(f"{args.preset} forward, B={args.batch} T={args.seq}, {result['world_size']} rank(s), "
-          f"{args.algorithm}{' deterministic' if args.deterministic else ''}: "
+    print(f"{args.preset} forward, B={args.batch} T={args.seq}, logits {args.logits}, "
+          f"{result['world_size']} rank(s), "
+          f"{args.algorithm}{' deterministic' if args.deterministic else ''}"
+          f"{' sequence-parallel' if args.sp else ''}: "
           f"{format_seconds(t)} (median of {args.trials}) = compute {format_seconds(t - c)} "
           f"+ communication {format_seconds(c)}; "
-          f"{format_bytes(result['payload_bytes_per_rank'])} reduced or gathered per rank", flush=True)
+          f"{format_bytes(result['payload_bytes_per_rank'])} reduced or gathered per rank, "
+          f"rank 0 sent {format_bytes(result['bytes_sent_per_rank'][0])}", flush=True)
     by_op = result["comm_seconds_by_op_per_rank"][0]
     if by_op:
         print("communication of rank 0's last forward: " + ", ".join(
@@ -30,6 +33,12 @@ def show(args, result):
     print(f"BLAS floor (its {result['floor_products_per_rank']} matrix products alone, the slowest "
           f"rank): {format_seconds(floor)}, {result['floor_flops_per_rank'] / floor / 1e9:.1f} GFLOP/s "
           f"per rank; forward / floor = {result['ratio_to_floor']:.2f}", flush=True)
+    if "speedup" in result:
+        print(f"the whole model on rank 0 alone, in the same rounds: "
+              f"{format_seconds(result['serial_seconds'])}, its floor "
+              f"{format_seconds(result['serial_floor_seconds'])}; speedup "
+              f"{result['speedup']:.2f}x of a ceiling of {result['speedup_ceiling']:.2f}x (serial floor / "
+              f"{result['world_size']}-rank floor: what the products alone allow)", flush=True)
     if "profile_per_rank" in result:
         print(profile_table(result["profile_per_rank"][0], "forward profile, rank 0"), flush=True)
     if "decode" in result:
@@ -58,5 +67,9 @@ def show_decode(args, d):
           f"{format_bytes(d['gemv_bytes_per_token_per_rank'])} per rank at "
           f"{d['gemv_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s (all ranks); decode / floor = "
           f"{d['ratio_to_floor']:.2f}", flush=True)
+    if "speedup" in d:
+        print(f"rank 0's whole model alone, next in the same run: "
+              f"{format_seconds(d['serial_seconds_per_token'])} per token; speedup {d['speedup']:.2f}x",
+              flush=True)
     if "profile_per_rank" in d:
         print(profile_table(d["profile_per_rank"][0], "decode profile per token, rank 0"), flush=True)

@@ -157,6 +157,33 @@ def table_for(comm):
     return found
 
 
+_MODELS = {}  # (MPIPAR_TUNING, XDG_CACHE_HOME, p) -> the table's CostModel or None
+
+
+def model_for(p):
+    """The calibrated cost model saved in the decision table for p ranks (the file
+    ``MPIPAR_TUNING`` names, else the cache), or None: what the ledger predicts with.
+
+    Read by this process alone, once per place and p, and any problem only means no
+    model: a prediction need not agree across ranks, unlike the choice of algorithm."""
+    key = (os.environ.get(ENV), os.environ.get("XDG_CACHE_HOME"), p)
+    if key not in _MODELS:
+        try:
+            table, error, _ = _find(p)
+        except (OSError, ValueError):
+            table, error = None, "unreadable"
+        saved = table.get("cost_model") if table and not error and table["world_size"] == p else None
+        model = None
+        if isinstance(saved, dict):
+            from ..measure.cost_model import CostModel
+            try:
+                model = CostModel(**saved)
+            except TypeError:  # constants of another version
+                model = None
+        _MODELS[key] = model
+    return _MODELS[key]
+
+
 def decision(comm, op, nbytes):
     """What ``auto`` runs for an n-byte ``op`` on ``comm`` by its table -- the rule's
     algorithm, or the table's own cost model's best -- or None (no table for it)."""

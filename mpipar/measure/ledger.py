@@ -6,9 +6,10 @@
     led.to_dict()["records"][0]["bytes_sent"]
 
 Ledgers nest: a call is recorded in every ledger open on the rank. Each ledger
-predicts with its own :class:`CostModel` (the default constants unless you pass
-``CostModel.calibrate(comm)``). Recording costs one clock read around the call
-and one dict per call, cheap enough to leave on. Every record is built by
+predicts with the :class:`CostModel` you pass (e.g. ``CostModel.calibrate(comm)``), or else,
+per world size, with the constants ``bench tune`` calibrated and saved in that size's
+decision table (mpipar.collectives.tuning), or else the defaults. Recording costs one clock
+read around the call and one dict per call, cheap enough to leave on. Every record is built by
 ``record_call`` (the blocking collectives, the 16-bit wires, the non-blocking
 ring, the point-to-point messages of ``mpipar.parallel.p2p``), so every record has
 the same keys.
@@ -78,7 +79,10 @@ class CommLedger:
     """Records every collective this rank calls while the ledger is open."""
 
     def __init__(self, cost_model=None, trace=False):
-        self.cost_model = cost_model or CostModel()
+        #: the model every record is predicted with; None: per world size, the constants
+        #: saved with that size's decision table (``bench tune``), else the defaults
+        self.cost_model = cost_model
+        self._default = CostModel()
         self.trace = trace  #: keep (step, source, dest, nbytes) for every message
         self._records = []
         self._predicted = 0  # records before this index carry their predictions
@@ -110,13 +114,26 @@ class CommLedger:
         for entry in self._records[self._predicted:]:
             op, alg, p = entry["op"], entry["algorithm"], entry["world_size"]
             n = entry.get("wire_nbytes", entry["nbytes"])  # 16-bit wires move fewer bytes
+            model = self.model_for(p)
             try:
-                entry["predicted_seconds"] = self.cost_model.predict(op, alg, p, n)
-                entry["lower_bound_seconds"] = self.cost_model.lower_bound(op, p, n)
+                entry["predicted_seconds"] = model.predict(op, alg, p, n)
+                entry["lower_bound_seconds"] = model.lower_bound(op, p, n)
             except (ValueError, KeyError):  # an operation the model has no formula for
                 entry["predicted_seconds"] = entry["lower_bound_seconds"] = None
         self._predicted = len(self._records)
         return self._records
+
+    def model_for(self, p):
+        """The cost model that predicts a call on p ranks."""
+        if self.cost_model is not None:
+            return self.cost_model
+        from ..collectives import tuning  # not at the top: the collectives import this module
+        return tuning.model_for(p) or self._default
+
+    def models_used(self):
+        """{source: CostModel} of the models the records are predicted with."""
+        sizes = {r["world_size"] for r in self.records} or {1}
+        return {m.source: m for m in map(self.model_for, sorted(sizes))}
 
     def clear(self):
         self._records.clear()
@@ -124,7 +141,9 @@ class CommLedger:
 
     def to_dict(self):
         """JSON-ready: the records, the model they were predicted with, the open time."""
-        return {"records": list(self.records), "cost_model": self.cost_model.to_dict(),
+        models = list(self.models_used().values())
+        return {"records": list(self.records),
+                "cost_model": models[0].to_dict() if len(models) == 1 else [m.to_dict() for m in models],
                 "wall_seconds": self.wall_seconds}
 
     def totals(self):
@@ -172,7 +191,8 @@ class CommLedger:
                          "  their seconds are the time spent posting and waiting, not in flight")
         if wall > 0:
             lines.append(f"communication took {comm_s:.4g} s of the {wall:.4g} s the ledger was "
-                         f"open ({100 * comm_s / wall:.1f}%); predictions: {self.cost_model.source} model")
+                         f"open ({100 * comm_s / wall:.1f}%); predictions: "
+                         f"{', '.join(self.models_used())} model")
         return "\n".join(lines)
 
 

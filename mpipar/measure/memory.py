@@ -5,8 +5,11 @@ its interpreter, MPI library, parameters, activations and every temporary copy t
 was ever alive at once. Linux reports it in KiB, macOS in bytes. The figure of a job
 is the maximum over its ranks: parallel work fits when its largest rank fits.
 """
+import dataclasses
 import resource
 import sys
+
+import numpy as np
 
 
 def peak_rss_bytes():
@@ -39,3 +42,24 @@ def too_big(what, per_rank, ranks):
         return None
     return (f"{what} needs about {format_bytes(per_rank)} per rank, {format_bytes(per_rank * ranks)} "
             f"for {ranks} rank(s); this machine has {format_bytes(total)}")
+
+
+def held_bytes(*objects):
+    """Bytes of the distinct arrays reachable from ``objects`` (arrays, lists, tuples, dicts,
+    dataclasses): what they keep alive. A view counts as the array it views, once."""
+    seen, total, todo = set(), 0, list(objects)
+    while todo:
+        obj = todo.pop()
+        if isinstance(obj, np.ndarray):
+            while isinstance(obj.base, np.ndarray):
+                obj = obj.base
+            if id(obj) not in seen:
+                seen.add(id(obj))
+                total += obj.nbytes
+        elif isinstance(obj, (list, tuple)):
+            todo.extend(obj)
+        elif isinstance(obj, dict):
+            todo.extend(obj.values())
+        elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            todo.extend(getattr(obj, f.name) for f in dataclasses.fields(obj))
+    return total

@@ -23,16 +23,20 @@ its backward, are in ``layers`` and ``linear``; the split itself in ``params``.
 Training does not average anything over the tensor-parallel group: each rank owns
 distinct slices and computes their gradients exactly. Replicated parameters see
 identical inputs and output gradients on every rank, so their gradients agree
-without any communication.
+without any communication -- except with ``sequence_parallel`` (Korthikanti et al.
+2022, sec. 4.2.2): the LayerNorms, residual adds, positions and row-parallel biases then
+see only this shard's block of positions, and their gradients, sums over positions,
+are summed over the group (``reduce_from_tp``) as each group of ``grad_order()`` is done.
 """
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..measure.memory import held_bytes
 from . import layers, linear
 from .language_model import LanguageModel
 from .loss import vocab_parallel_cross_entropy
-from .params import BLOCK
+from .params import BLOCK, is_sharded
 
 
 @dataclass
@@ -62,13 +66,19 @@ class GPT(LanguageModel):
     def embed(self, tokens, pos0=0):
         """Vocab-parallel token embedding plus the learned positions pos0.. ."""
         x = linear.vocab_parallel_embedding(self.tp, self.shards, "wte.weight", tokens)
-        x += self.shards[0]["wpe.weight"][pos0:pos0 + tokens.shape[1]]  # x is new: add in place
+        wpe = self.shards[0]["wpe.weight"][pos0:pos0 + tokens.shape[1]]
+        if not self.tp.sequence_parallel:
+            x += wpe  # x is new: add in place
+            return x
+        for block, rows in zip(x, self.tp.sequence_slices(tokens.shape[1])):
+            block += wpe[rows]
         return x
 
     def _norm(self, prefix, x):
         """The LayerNorm ``prefix`` (ln_1, ln_2 of a block, or ln_f), replicated on every shard."""
         s0, eps = self.shards[0], self.config.layer_norm_epsilon
-        return layers.layer_norm(x, s0[prefix + "weight"], s0[prefix + "bias"], eps)
+        return self.tp.per_block(
+            lambda b: layers.layer_norm(b, s0[prefix + "weight"], s0[prefix + "bias"], eps), x)
 
     def block(self, i, x, cache=None, pos0=0):
         """Transformer block i on the residual stream x: x + attn(ln_1(x)), then + mlp(ln_2(.)).
@@ -78,9 +88,9 @@ class GPT(LanguageModel):
         """
         h = f"h.{i}."
         a, attn = layers.attention(self.tp, self.shards, h + "attn.", self._norm(h + "ln_1.", x), cache, pos0)
-        mid = x + a
+        mid = self.tp.per_block(np.add, x, a)
         m, mlp_saved = layers.mlp(self.tp, self.shards, h + "mlp.", self._norm(h + "ln_2.", mid))
-        return mid + m, BlockSaved(x, attn, mid, mlp_saved)
+        return self.tp.per_block(np.add, mid, m), BlockSaved(x, attn, mid, mlp_saved)
 
     def decode(self, tokens, cache, pos0):
         """The final hidden states of ``tokens`` at positions pos0.., the earlier positions'
@@ -123,17 +133,41 @@ class GPT(LanguageModel):
         return [["ln_f.weight", "ln_f.bias"], *blocks, ["wte.weight", "wpe.weight"]]
 
     def _norm_backward(self, prefix, x, dy, grads):
-        dx, grads[0][prefix + "weight"], grads[0][prefix + "bias"] = layers.layer_norm_backward(
-            x, self.shards[0][prefix + "weight"], dy, self.config.layer_norm_epsilon)
-        return dx
+        """LayerNorm's input gradient; its gain's and bias's into grads[0] (sequence parallel:
+        each block's into its shard's grads[k], summed by ``reduce_replicated``)."""
+        w, eps = self.shards[0][prefix + "weight"], self.config.layer_norm_epsilon
+        if not self.tp.sequence_parallel:
+            dx, grads[0][prefix + "weight"], grads[0][prefix + "bias"] = layers.layer_norm_backward(
+                x, w, dy, eps)
+            return dx
+        dxs = []
+        for k, (xb, dyb) in enumerate(zip(x, dy)):
+            dx, grads[k][prefix + "weight"], grads[k][prefix + "bias"] = layers.layer_norm_backward(
+                xb, w, dyb, eps)
+            dxs.append(dx)
+        return dxs
+
+    def reduce_replicated(self, names, grads):
+        """With sequence parallelism, the gradients of the replicated parameters among ``names``
+        -- each shard's, of its own positions -- summed over the group into grads[0]: one
+        all-reduce of them side by side. Without it, nothing to do."""
+        names = [n for n in names if not is_sharded(n)]
+        if not self.tp.sequence_parallel or not names:
+            return
+        flat = [np.concatenate([g.pop(n).reshape(-1) for n in names]) for g in grads]
+        total, at = self.tp.reduce_from_tp(flat), 0
+        for n in names:
+            size = self.shards[0][n].size
+            grads[0][n] = total[at:at + size].reshape(self.shards[0][n].shape)
+            at += size
 
     def block_backward(self, i, saved, dy, grads):
         """The gradient of block i's input from its output's; its parameters' into ``grads``."""
         h = f"h.{i}."
         dm = layers.mlp_backward(self.tp, self.shards, h + "mlp.", saved.mlp, dy, grads)
-        dy = dy + self._norm_backward(h + "ln_2.", saved.mid, dm, grads)
+        dy = self.tp.per_block(np.add, dy, self._norm_backward(h + "ln_2.", saved.mid, dm, grads))
         da = layers.attention_backward(self.tp, self.shards, h + "attn.", saved.attn, dy, grads)
-        return dy + self._norm_backward(h + "ln_1.", saved.x, da, grads)
+        return self.tp.per_block(np.add, dy, self._norm_backward(h + "ln_1.", saved.x, da, grads))
 
     def loss_and_grads(self, inputs, targets, weights, on_layer_done=None):
         """Forward with saved activations, vocab-parallel cross-entropy, backward.
@@ -145,8 +179,14 @@ class GPT(LanguageModel):
         of ``name``; replicated parameters' only in grads[0]. ``on_layer_done(names,
         grads)`` is called with each group of ``grad_order()`` as soon as those
         gradients are final -- where data parallelism starts their all-reduce.
+        ``activation_bytes`` afterwards: the bytes of the activations this forward saved.
         """
-        done = on_layer_done or (lambda names, grads: None)
+        user_done = on_layer_done or (lambda names, grads: None)
+
+        def done(names, grads):
+            self.reduce_replicated(names, grads)
+            user_done(names, grads)
+
         order = iter(self.grad_order())
         tokens = self.check_tokens(inputs)
         x, saved = self.embed(tokens), []
@@ -154,6 +194,7 @@ class GPT(LanguageModel):
             x, block = self.block(i, x)
             saved.append(block)
         loss, losses, head = self.head_loss(x, targets, weights)
+        self.activation_bytes = activation_bytes(saved, head)
         grads = [{} for _ in self.shards]
         dx = self.head_backward(head, grads)
         done(next(order), grads)
@@ -182,6 +223,22 @@ class GPT(LanguageModel):
     def embed_backward(self, tokens, dx, grads):
         """The embeddings' gradients from the first block's input gradient dx, into ``grads``
         (wte's added to the LM head's where it is already there: the weights are tied)."""
-        grads[0]["wpe.weight"] = np.zeros_like(self.shards[0]["wpe.weight"])
-        grads[0]["wpe.weight"][:tokens.shape[1]] = dx.sum(0)
+        if self.tp.sequence_parallel:  # each block's positions, in its shard's dict
+            for g, rows, d in zip(grads, self.tp.sequence_slices(tokens.shape[1]), dx):
+                g["wpe.weight"] = np.zeros_like(self.shards[0]["wpe.weight"])
+                g["wpe.weight"][rows] = d.sum(0)
+        else:
+            grads[0]["wpe.weight"] = np.zeros_like(self.shards[0]["wpe.weight"])
+            grads[0]["wpe.weight"][:tokens.shape[1]] = dx.sum(0)
         linear.vocab_parallel_embedding_backward(self.tp, self.shards, "wte.weight", tokens, dx, grads)
+
+
+def activation_bytes(saved, head):
+    """Bytes of the activations one training forward keeps for backward (``held_bytes``: views
+    counted once): ``replicated``, those of the regions tensor parallelism leaves whole on every
+    rank -- the blocks' and norms' inputs, what c_attn, c_fc and the head read -- which
+    sequence parallelism cuts to 1/p, and ``sharded``, those already split by heads, hidden
+    units and vocabulary (attention's q, k, v, probabilities, the MLP's, the logits' gradient)."""
+    x, xf, dparts = head
+    replicated = held_bytes([(b.x, b.mid, b.attn.x, b.mlp.x) for b in saved], x, xf)
+    return dict(replicated=replicated, sharded=held_bytes(saved, head) - replicated)

@@ -34,7 +34,7 @@ class Subset:
         return self.source.take(name, axis, index)
 
 
-def _problem(config, p, ways, algorithm, deterministic, comm_dtype, rounding):
+def _problem(config, p, ways, algorithm, deterministic, comm_dtype, rounding, sequence_parallel):
     """What makes this model unbuildable, or None -- decided before any message."""
     problem = config.problems()
     if algorithm not in (*ALGORITHMS["allreduce"], "mpi", "auto"):
@@ -46,6 +46,8 @@ def _problem(config, p, ways, algorithm, deterministic, comm_dtype, rounding):
         problem = lowp.problems(comm_dtype, rounding, algorithm)
         if problem is None and deterministic:
             problem = "deterministic mode reduces in float32: drop the 16-bit comm dtype"
+    if problem is None and sequence_parallel and comm_dtype != "float32":
+        problem = "sequence parallelism sends float32 blocks: drop the 16-bit comm dtype"
     if problem is None and p > config.n_head:
         problem = (f"cannot split {config.n_head} attention heads over {p} ranks: "
                    f"use at most {config.n_head} ranks")
@@ -63,21 +65,26 @@ class LanguageModel:
     ``once`` (mpipar.collectives.lowp). ``params``: a dict of full arrays, or a source that
     hands out only the slices a shard owns (``params.ArraySource``). ``names``: keep only
     these parameters (a pipeline stage's layers; see mpipar.parallel.pipeline_stage).
+    ``sequence_parallel``: the norms and residual stream hold 1/p of the positions per shard
+    (Korthikanti et al. 2022; see mpipar.parallel.tensor_parallel): the forward, training and
+    generation's prefill; its decoding steps run with tensor parallelism alone.
     """
 
     def __init__(self, config, params, comm=None, algorithm="auto", deterministic=False, ways=None,
-                 comm_dtype="float32", rounding="per_hop", names=None):
+                 comm_dtype="float32", rounding="per_hop", names=None, sequence_parallel=False):
         if comm is None:
             from mpi4py import MPI
             comm = MPI.COMM_WORLD
         p = comm.Get_size() if ways is None else ways
-        problem = _problem(config, p, ways, algorithm, deterministic, comm_dtype, rounding)
+        problem = _problem(config, p, ways, algorithm, deterministic, comm_dtype, rounding,
+                           sequence_parallel)
         if problem:
             raise ValueError(problem)  # the same verdict on every rank, before any message
         check_params(config, params)
         self.config = config
         self.tp = TPGroup(comm, ways=p, algorithm=algorithm, deterministic=deterministic,
-                          comm_dtype=comm_dtype, rounding=rounding)
+                          comm_dtype=comm_dtype, rounding=rounding,
+                          sequence_parallel=sequence_parallel)
         self.dtype = np.dtype(config.dtype)
         if names is not None:
             params = Subset(as_source(params), names)
@@ -140,6 +147,9 @@ class LanguageModel:
         ``argmax="gather"`` gathers the full logits for greedy steps instead (to compare bytes).
         ``on_token(new)`` is called with each step's (B,) new token ids; if it returns True,
         generation stops there (every rank holds the same tokens, so every rank stops alike).
+        With sequence parallelism the prompt's pass (prefill) splits its positions; each
+        decoding step computes one position (T = 1, nothing to split) with tensor parallelism
+        alone, on the same weights and KV cache.
         """
         if argmax not in ("distributed", "gather"):
             raise ValueError(f"argmax must be 'distributed' or 'gather', not {argmax!r}")
@@ -151,20 +161,26 @@ class LanguageModel:
         B, T = prompt.shape
         cache, rng = self.new_cache(B, T + max_new_tokens), np.random.default_rng(seed)
         out, step_tokens, pos0 = [prompt], prompt, 0
-        for _ in range(max_new_tokens):
-            x = self.decode(step_tokens, cache, pos0)
-            pos0 += step_tokens.shape[1]
-            if temperature == 0 and argmax == "distributed":
-                nxt = self.argmax_last(x)
-            else:
-                logits = self.tp.gather_from_tp(self.logit_parts(x[:, -1]), axis=-1)
-                if temperature == 0:
-                    nxt = logits.argmax(-1)
+        sequence_parallel = self.tp.sequence_parallel
+        try:
+            for _ in range(max_new_tokens):
+                x = self.decode(step_tokens, cache, pos0)
+                if self.tp.sequence_parallel:  # the prefill's blocks: from now on T = 1
+                    x, self.tp.sequence_parallel = self.tp.gather_from_sp(x), False
+                pos0 += step_tokens.shape[1]
+                if temperature == 0 and argmax == "distributed":
+                    nxt = self.argmax_last(x)
                 else:
-                    probs = softmax(logits.astype(np.float64) / temperature)
-                    nxt = np.array([rng.choice(len(row), p=row) for row in probs])
-            step_tokens = nxt[:, None].astype(np.int64)
-            out.append(step_tokens)
-            if on_token is not None and on_token(step_tokens[:, 0]):
-                break
+                    logits = self.tp.gather_from_tp(self.logit_parts(x[:, -1]), axis=-1)
+                    if temperature == 0:
+                        nxt = logits.argmax(-1)
+                    else:
+                        probs = softmax(logits.astype(np.float64) / temperature)
+                        nxt = np.array([rng.choice(len(row), p=row) for row in probs])
+                step_tokens = nxt[:, None].astype(np.int64)
+                out.append(step_tokens)
+                if on_token is not None and on_token(step_tokens[:, 0]):
+                    break
+        finally:
+            self.tp.sequence_parallel = sequence_parallel
         return np.concatenate(out, axis=1)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..measure.op_profile import matmul, timed
-from . import rotary
+from . import linear, rotary
 from .kv_cache import extend
 from .linear import column_parallel, column_parallel_backward, row_parallel, row_parallel_backward
 
@@ -197,7 +197,7 @@ def attend(q, k, v, entry=None, pos0=0, kv_of_head=None):
 class AttentionSaved:
     """What attention's backward needs; the lists hold one array per shard."""
 
-    x: np.ndarray  #: the input (B, T, d), the same for every shard
+    x: np.ndarray  #: the input (B, T, d), the same for every shard (sequence parallel: blocks)
     q: list        #: queries (B, heads, T, d_h)
     k: list        #: keys (B, heads, T, d_h)
     v: list        #: values (B, heads, T, d_h)
@@ -214,10 +214,9 @@ def attention(tp, shards, prefix, x, cache=None, pos0=0):
     ``kv_cache``) holds earlier positions' keys and values; x holds positions
     pos0.. . Returns (output, AttentionSaved).
     """
-    B, T, _ = x.shape
     saved = AttentionSaved(x, [], [], [], [], [])
     for k, (s, qkv) in enumerate(zip(shards, column_parallel(tp, shards, prefix + "c_attn", x))):
-        nh = s["heads"].stop - s["heads"].start
+        (B, T, _), nh = qkv.shape, s["heads"].stop - s["heads"].start  # x may be blocks (SP)
         q, key, val = qkv.reshape(B, T, 3, nh, -1).transpose(2, 0, 3, 1, 4)
         y, key, val, probs = attend(q, key, val, None if cache is None else cache[k], pos0)
         for field, value in zip((saved.q, saved.k, saved.v, saved.probs, saved.y), (q, key, val, probs, y)):
@@ -240,7 +239,7 @@ def attention_backward(tp, shards, prefix, saved, dy, grads):
 class MLPSaved:
     """What the MLP's backward needs; the lists hold one array per shard."""
 
-    x: np.ndarray  #: the input (B, T, d), the same for every shard
+    x: np.ndarray  #: the input (B, T, d), the same for every shard (sequence parallel: blocks)
     pre: list      #: c_fc's output, GELU's input (B, T, own hidden units)
     act: list      #: GELU's output, c_proj's input
 
@@ -271,8 +270,9 @@ def grouped_query_attention(tp, shards, prefix, x, group, rope, cache=None, pos0
     row-parallel: one all-reduce. ``cache`` (this layer's per-shard (K, V)) keeps the
     shard's own key/value heads, rotated. Forward only: returns the output.
     """
+    x = linear.column_input(tp, x)  # once for q, k and v
     (B, T, _), head_dim = x.shape, rope[0].shape[-1]
-    q, k, v = (column_parallel(tp, shards, prefix + name, x) for name in ("q_proj", "k_proj", "v_proj"))
+    q, k, v = (linear.column_matmul(shards, prefix + name, x) for name in ("q_proj", "k_proj", "v_proj"))
     ys = []
     for i, (s, *qkv) in enumerate(zip(shards, q, k, v)):
         qi, ki, vi = (t.reshape(B, T, -1, head_dim).transpose(0, 2, 1, 3) for t in qkv)
@@ -287,6 +287,6 @@ def swiglu_mlp(tp, shards, prefix, x):
     """Llama's MLP, down(silu(gate x) * up x) (Shazeer 2020, "GLU Variants Improve Transformer"):
     gate_proj and up_proj column-parallel, the product on each shard's own hidden
     units, down_proj row-parallel -- one all-reduce. Forward only: returns the output."""
-    gate = column_parallel(tp, shards, prefix + "gate_proj", x)
-    up = column_parallel(tp, shards, prefix + "up_proj", x)
+    x = linear.column_input(tp, x)  # once for gate and up
+    gate, up = (linear.column_matmul(shards, prefix + name, x) for name in ("gate_proj", "up_proj"))
     return row_parallel(tp, shards, prefix + "down_proj", [silu(g) * u for g, u in zip(gate, up)])

@@ -12,6 +12,14 @@ layer's output gradient reaches every shard whole (``reduce_from_tp_backward``).
 Gradients go into ``grads`` (one dict per shard); those of replicated parameters --
 the bias of a row-parallel layer, added once after the sum -- into ``grads[0]`` only.
 A layer whose table has no ``name + ".bias"`` row (Llama's) is ``x W`` alone.
+
+With sequence parallelism (Korthikanti et al. 2022, sec. 4.2.2; ``tp.sequence_parallel``)
+the replicated input of a column-parallel layer arrives as blocks of positions and is
+all-gathered instead of f (``column_input``); a row-parallel layer's sum is
+reduce-scattered into blocks instead of g (``row_output``), its bias added to each block
+and its bias gradient a per-block sum, into ``grads[k]`` of every shard (summed over the
+group by the model). A column-parallel layer keeps its input as the blocks, 1/p of the
+activation, and backward all-gathers them again -- the paper's choice of memory over bytes.
 """
 import numpy as np
 
@@ -62,34 +70,69 @@ def _plus_bias(y, s, name):
     return y
 
 
+def column_input(tp, x):
+    """The input every shard of a column-parallel layer reads: f (the identity) of x, or with
+    sequence parallelism the blocks of x all-gathered along the sequence."""
+    return tp.gather_from_sp(x) if tp.sequence_parallel else tp.copy_to_tp(x)
+
+
+def column_input_backward(tp, parts):
+    """``column_input``'s backward: the shards' input gradients summed -- all-reduced (f's
+    backward), or with sequence parallelism reduce-scattered into blocks of positions."""
+    return tp.gather_from_sp_backward(parts) if tp.sequence_parallel else tp.copy_to_tp_backward(parts)
+
+
+def row_output(tp, partials):
+    """The sum of the shards' partial outputs: all-reduced (g), or with sequence parallelism
+    reduce-scattered into blocks of positions."""
+    return tp.reduce_scatter_to_sp(partials) if tp.sequence_parallel else tp.reduce_from_tp(partials)
+
+
+def row_output_backward(tp, dy):
+    """``row_output``'s backward: the whole output gradient on every shard -- the identity (g's
+    backward), or with sequence parallelism the blocks all-gathered."""
+    return tp.reduce_scatter_to_sp_backward(dy) if tp.sequence_parallel else tp.reduce_from_tp_backward(dy)
+
+
+def column_matmul(shards, name, x):
+    """Each shard's block of output columns, x W_k + b_k, of the input x every shard reads."""
+    return [_plus_bias(matmul(x, s[name + ".weight"]), s, name) for s in shards]
+
+
 def column_parallel(tp, shards, name, x):
     """Each shard's block of output columns, x W_k + b_k, from the same input x."""
-    x = tp.copy_to_tp(x)
-    return [_plus_bias(matmul(x, s[name + ".weight"]), s, name) for s in shards]
+    return column_matmul(shards, name, column_input(tp, x))
 
 
 def column_parallel_backward(tp, shards, name, x, dys, grads):
     """dW_k = x^T dy_k, db_k = sum dy_k; the input gradient sum_k dy_k W_k^T (f's backward)."""
+    if tp.sequence_parallel:  # kept as blocks: gathered again
+        x = tp.gather_from_sp(x)
     parts = []
     for k, (s, dy) in enumerate(zip(shards, dys)):
         weight_grad(grads, k, name + ".weight", x, dy)
         if name + ".bias" in s:
             grads[k][name + ".bias"] = _flat(dy).sum(0)
         parts.append(dy @ s[name + ".weight"].T)
-    return tp.copy_to_tp_backward(parts)
+    return column_input_backward(tp, parts)
 
 
 def row_parallel(tp, shards, name, xs):
-    """sum_k x_k W_k over the shards (g), then the bias once."""
+    """sum_k x_k W_k over the shards (g), then the bias once (on each block of positions)."""
     partials = [matmul(x, s[name + ".weight"]) for s, x in zip(shards, xs)]
-    return _plus_bias(tp.reduce_from_tp(partials), shards[0], name)
+    return tp.per_block(lambda y: _plus_bias(y, shards[0], name), row_output(tp, partials))
 
 
 def row_parallel_backward(tp, shards, name, xs, dy, grads):
-    """dW_k = x_k^T dy, db = sum dy (replicated: grads[0]); each shard's input gradient dy W_k^T."""
-    dy = tp.reduce_from_tp_backward(dy)
+    """dW_k = x_k^T dy, db = sum dy (replicated: grads[0]; with sequence parallelism each block's
+    sum in grads[k]); each shard's input gradient dy W_k^T."""
     if name + ".bias" in shards[0]:
-        grads[0][name + ".bias"] = _flat(dy).sum(0)
+        if tp.sequence_parallel:
+            for k, d in enumerate(dy):
+                grads[k][name + ".bias"] = _flat(d).sum(0)
+        else:
+            grads[0][name + ".bias"] = _flat(dy).sum(0)
+    dy = row_output_backward(tp, dy)
     dxs = []
     for k, (s, x) in enumerate(zip(shards, xs)):
         weight_grad(grads, k, name + ".weight", x, dy)
@@ -116,14 +159,14 @@ def lookup(s, name, tokens):
 
 def vocab_parallel_embedding(tp, shards, name, tokens):
     """Rows of the embedding ``name``: each shard looks up the tokens it owns (zeros for the
-    others) and g adds the shards' parts -- one all-reduce."""
-    return tp.reduce_from_tp([lookup(s, name, tokens) for s in shards])
+    others) and g adds the shards' parts -- one all-reduce (``row_output``)."""
+    return row_output(tp, [lookup(s, name, tokens) for s in shards])
 
 
 def vocab_parallel_embedding_backward(tp, shards, name, tokens, dx, grads):
     """Each shard adds the rows of dx to the rows of the tokens it owns (g's backward: all of
     dx on every shard), into ``grads[k][name]`` -- where the tied LM head's gradient already is."""
-    dx = tp.reduce_from_tp_backward(dx)
+    dx = row_output_backward(tp, dx)
     for k, s in enumerate(shards):
         mine = _mine(s, tokens)
         if name not in grads[k]:
@@ -133,12 +176,14 @@ def vocab_parallel_embedding_backward(tp, shards, name, tokens, dx, grads):
 
 def lm_head(tp, shards, name, x):
     """Each shard's slice of the logits, x @ its rows of the (tied) embedding ``name``, transposed."""
-    x = tp.copy_to_tp(x)
+    x = column_input(tp, x)
     return [matmul(x, s[name].T) for s in shards]
 
 
 def lm_head_backward(tp, shards, name, x, dparts, grads):
     """d emb_k = dz_k^T x, and the input gradient sum_k dz_k emb_k (f's backward)."""
+    if tp.sequence_parallel:  # kept as blocks: gathered again
+        x = tp.gather_from_sp(x)
     for k, dz in enumerate(dparts):
         weight_grad(grads, k, name, dz, x)
-    return tp.copy_to_tp_backward([dz @ s[name] for s, dz in zip(shards, dparts)])
+    return column_input_backward(tp, [dz @ s[name] for s, dz in zip(shards, dparts)])

@@ -20,9 +20,12 @@ column-parallel by heads -- a shard computes the key/value heads its query heads
 read, so a key/value head is replicated where p > n_kv_head -- o_proj row-parallel,
 one all-reduce; gate and up column-parallel, down row-parallel, one all-reduce;
 the vocab-parallel embedding and LM head. The KV cache keeps each shard's own
-key/value heads. Parameter names, shapes and splits are in ``params`` (LLAMA_TOP,
-LLAMA_BLOCK).
+key/value heads. ``sequence_parallel`` (forward only) splits the norms and residual
+stream by positions, as GPT-2's (mpipar.parallel.tensor_parallel). Parameter names,
+shapes and splits are in ``params`` (LLAMA_TOP, LLAMA_BLOCK).
 """
+import numpy as np
+
 from . import layers, linear, rotary
 from .config import LlamaConfig
 from .language_model import LanguageModel
@@ -39,11 +42,11 @@ class Llama(LanguageModel):
     """
 
     def __init__(self, config, params, comm=None, algorithm="auto", deterministic=False, ways=None,
-                 comm_dtype="float32", rounding="per_hop", names=None):
+                 comm_dtype="float32", rounding="per_hop", names=None, sequence_parallel=False):
         if not isinstance(config, LlamaConfig):
             raise ValueError(f"Llama needs a LlamaConfig, not {type(config).__name__}")
         super().__init__(config, params, comm, algorithm, deterministic, ways, comm_dtype, rounding,
-                         names)
+                         names, sequence_parallel)
         self.head = "embed_tokens.weight" if config.tie_embeddings else "lm_head.weight"
 
     def embed(self, tokens):
@@ -51,8 +54,10 @@ class Llama(LanguageModel):
         return linear.vocab_parallel_embedding(self.tp, self.shards, "embed_tokens.weight", tokens)
 
     def _norm(self, name, x):
-        """The RMSNorm whose gain is ``name``, replicated on every shard."""
-        return layers.rms_norm(x, self.shards[0][name], self.config.rms_norm_eps)
+        """The RMSNorm whose gain is ``name``, replicated on every shard (on each block of
+        positions with sequence parallelism)."""
+        weight, eps = self.shards[0][name], self.config.rms_norm_eps
+        return self.tp.per_block(lambda b: layers.rms_norm(b, weight, eps), x)
 
     def rope(self, pos0, length):
         """The rotary tables (cos, sin) of positions pos0 .. pos0+length-1."""
@@ -66,9 +71,10 @@ class Llama(LanguageModel):
         a = layers.grouped_query_attention(self.tp, self.shards, b + "self_attn.",
                                            self._norm(b + "input_layernorm.weight", x), group, rope,
                                            cache, pos0)
-        x = x + a
-        return x + layers.swiglu_mlp(self.tp, self.shards, b + "mlp.",
-                                     self._norm(b + "post_attention_layernorm.weight", x))
+        x = self.tp.per_block(np.add, x, a)
+        m = layers.swiglu_mlp(self.tp, self.shards, b + "mlp.",
+                              self._norm(b + "post_attention_layernorm.weight", x))
+        return self.tp.per_block(np.add, x, m)
 
     def decode(self, tokens, cache, pos0, hidden=None):
         """The final hidden states of ``tokens`` at positions pos0.., the earlier positions'

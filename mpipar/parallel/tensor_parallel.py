@@ -21,6 +21,20 @@ Operators, each method beside its backward (the conjugate, used by training):
 f sits where a column-parallel layer reads its input, g where a row-parallel layer
 sums its partial outputs: in backward each turns into the other.
 
+Sequence parallelism (Korthikanti et al. 2022, "Reducing Activation Recomputation in
+Large Transformer Models", sec. 4.2.2) cuts the regions that f and g leave replicated
+(norms, residual adds, the embedding's output) along the sequence: each shard holds
+the positions ``split(T, p, r)`` of (B, T, d) -- a list of blocks, one per shard this
+process computes. Two more conjugate operators replace f and g there:
+    gather_from_sp        all-gather the positions forward     gather_from_sp_backward: reduce-scatter
+    reduce_scatter_to_sp  reduce-scatter the partial sums      reduce_scatter_to_sp_backward: all-gather
+An all-reduce is a reduce-scatter followed by an all-gather (the ring all-reduce is
+literally both), so the pair moves the bytes g did, while every activation between
+them is 1/p as large. Parameters replicated over the group (norm gains and biases,
+row-parallel biases, positions) now see different positions on each shard: their
+gradients are summed over the group (``reduce_from_tp``), the one gradient tensor
+parallelism ever communicates.
+
 A ``TPGroup`` is the communicator plus the shards this process computes. On p
 ranks each rank holds one shard. On one process it may hold all p shards of a
 p-way split: that *emulates* p ranks -- the same blocks, the same matmul shapes,
@@ -35,7 +49,7 @@ every mpipar entry point sets).
 """
 import numpy as np
 
-from ..collectives import ALGORITHMS, allgather, allreduce
+from ..collectives import ALGORITHMS, allgather, allreduce, reduce_scatter
 from ..collectives.blocks import split
 from ..collectives.lowp import WIRE, allreduce_lowp
 
@@ -47,10 +61,11 @@ class TPGroup:
     ``rank``; with ``comm`` of size 1 and ``ways`` > 1 the process holds every shard.
     ``deterministic`` reduces partial sums in fixed rank order: all partials are
     gathered and added ((P_0 + P_1) + P_2) + ... on every rank, identically.
+    ``sequence_parallel``: the replicated regions hold blocks of positions (see above).
     """
 
     def __init__(self, comm, ways=None, algorithm="auto", deterministic=False,
-                 comm_dtype="float32", rounding="per_hop"):
+                 comm_dtype="float32", rounding="per_hop", sequence_parallel=False):
         size = comm.Get_size()
         self.comm = comm
         self.ways = size if ways is None else ways
@@ -60,7 +75,11 @@ class TPGroup:
         self.algorithm = algorithm  #: the allreduce algorithm of every reduce_from_tp
         # allgathers use the same algorithm where allgather has one of that name
         self.gather_algorithm = algorithm if algorithm in (*ALGORITHMS["allgather"], "mpi") else "auto"
+        # reduce-scatters too; deterministic: "naive", rank 0 adds in rank order, as reduce_from_tp
+        self.scatter_algorithm = "naive" if deterministic else (
+            algorithm if algorithm in (*ALGORITHMS["reduce_scatter"], "mpi") else "auto")
         self.deterministic = deterministic
+        self.sequence_parallel = sequence_parallel
         #: the wire type of reductions and logit gathers (see mpipar.collectives.lowp)
         self.comm_dtype, self.rounding = comm_dtype, rounding
 
@@ -137,3 +156,44 @@ class TPGroup:
     def scatter_to_tp_backward(self, grads, axis=-1):
         """scatter's backward: the shards' gradients side by side again (a gather)."""
         return self.gather_from_tp(grads, axis)
+
+    # --- sequence parallelism (Korthikanti et al. 2022, sec. 4.2.2) ---------------------------
+
+    def sequence_slices(self, n):
+        """The positions of each shard this process computes, of a sequence of n."""
+        return [split(n, self.ways, r) for r in self.shard_ids]
+
+    def per_block(self, fn, *xs):
+        """``fn`` on the replicated region's activations: on the whole arrays, or with sequence
+        parallelism on each block of positions (``xs`` lists of blocks; a list back)."""
+        if not self.sequence_parallel:
+            return fn(*xs)
+        return [fn(*blocks) for blocks in zip(*xs)]
+
+    def gather_from_sp(self, blocks, axis=1):
+        """Every shard's positions, concatenated along the sequence ``axis``: the whole input of a
+        column-parallel layer, identical on every rank (an all-gather: no arithmetic)."""
+        if self.comm.Get_size() == 1:
+            return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=axis)
+        return allgather(self.comm, blocks[0], axis=axis, algorithm=self.gather_algorithm)
+
+    def gather_from_sp_backward(self, grads, axis=1):
+        """gather's backward: each shard's input gradient is a partial sum over the whole
+        sequence; a reduce-scatter adds them and leaves each shard its own positions."""
+        return self.reduce_scatter_to_sp(grads, axis)
+
+    def reduce_scatter_to_sp(self, partials, axis=1):
+        """The sum of every shard's partial result, cut along the sequence ``axis``: the blocks of
+        this process's shards (a list). Deterministic: added in rank order, as reduce_from_tp."""
+        if self.comm.Get_size() == 1:
+            total = partials[0].copy()
+            for part in partials[1:]:
+                total += part
+            return [total[(slice(None),) * (axis % total.ndim) + (s,)]
+                    for s in self.sequence_slices(total.shape[axis])]
+        return [reduce_scatter(self.comm, partials[0], axis=axis, algorithm=self.scatter_algorithm)]
+
+    def reduce_scatter_to_sp_backward(self, grads, axis=1):
+        """reduce-scatter's backward: every shard needs the gradient of every position -- an
+        all-gather of the blocks."""
+        return self.gather_from_sp(grads, axis)

@@ -75,6 +75,24 @@ def test_auto_follows_the_table(comm, tmp_path, monkeypatch):
 
 
 @pytest.mark.mpi
+def test_the_ledger_predicts_with_the_tables_constants(comm, tmp_path, monkeypatch):
+    """A table saved with calibrated constants: the ledger's predictions use them (and the
+    defaults where there is none), without being told."""
+    tuned = CostModel(alpha=3e-5, beta=1e-9, gamma=4e-10, o=2e-6, source="contention, test")
+    path = shared_path(tmp_path, "tuned.json")
+    write_on_rank0(path, json.dumps({**table(**RULES), "cost_model": tuned.to_dict()}))
+    y = np.ones(1000, np.float32)
+    for env, model in ((path, tuned), ("off", CostModel())):
+        monkeypatch.setenv("MPIPAR_TUNING", env)
+        with CommLedger() as led:
+            collectives.allreduce(comm, y, algorithm="ring")
+        r = led.records[-1]
+        assert r["predicted_seconds"] == model.predict("allreduce", "ring", P, 4000)
+        assert led.to_dict()["cost_model"] == model.to_dict()
+        assert f"predictions: {model.source} model" in led.summary()
+
+
+@pytest.mark.mpi
 def test_a_table_for_another_size_is_not_used(comm, tmp_path, monkeypatch):
     path = shared_path(tmp_path, "other.json")
     write_on_rank0(path, json.dumps(table(p=P + 1, **RULES)))

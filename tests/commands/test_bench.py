@@ -133,14 +133,18 @@ def test_dp_benchmark_times_both_modes():
     assert len(data["timeline"]) == 2 and all(len(t) >= 1 for t in data["timeline"])
 
 
-def test_forward_benchmark_splits_compute_and_communication():
+@pytest.mark.parametrize("logits", ["sharded", "gathered"])
+def test_forward_benchmark_splits_compute_and_communication(logits):
     data = launch.run("mpipar.bench", n=2, args=["forward", "--preset", "tiny", "--seq", "8",
-                                                  "--trials", "2"], timeout=120).data
+                                                  "--trials", "2", "--logits", logits],
+                      timeout=120).data
     assert data["world_size"] == 2 and data["comm_seconds"] > 0
     assert abs(data["seconds"] - data["comm_seconds"] - data["compute_seconds"]) < 1e-12
     # 2 allreduces per layer + the embedding's, of B*T*d float32 each, and the logit gather
     c = data["config"]
-    expected = (2 * c["n_layer"] + 1) * 8 * c["n_embd"] * 4 + 8 * c["vocab_size"] * 4
+    expected = (2 * c["n_layer"] + 1) * 8 * c["n_embd"] * 4
+    if logits == "gathered":
+        expected += 8 * c["vocab_size"] * 4
     assert data["payload_bytes_per_rank"] == expected
     assert len(data["peak_rss_per_rank"]) == 2 and data["peak_rss_bytes"] == max(data["peak_rss_per_rank"])
     assert data["peak_rss_bytes"] > data["param_bytes_per_rank"]

@@ -41,10 +41,12 @@ def check_profile(table, calls):
         assert table["calls"].get(kind) == n, (kind, table["calls"])
 
 
-@pytest.mark.parametrize("preset, n", [("tiny", 1), ("tiny", 2), ("llama-tiny", 2)])
-def test_forward_floor_profile_and_decode(preset, n):
+@pytest.mark.parametrize("preset, n, logits", [("tiny", 1, "sharded"), ("tiny", 2, "gathered"),
+                                               ("llama-tiny", 2, "sharded")])
+def test_forward_floor_profile_and_decode(preset, n, logits):
     job = launch.run("mpipar.bench", n=n, timeout=180,
-                     args=["forward", "--preset", preset, *SMALL, "--profile", "--decode", "3"])
+                     args=["forward", "--preset", preset, *SMALL, "--profile", "--decode", "3",
+                           "--logits", logits])
     data, c = job.data, job.data["config"]
     gpt2 = "layer_norm_epsilon" in c
     assert data["family"] == ("GPT" if gpt2 else "Llama") and data["world_size"] == n
@@ -62,8 +64,8 @@ def test_forward_floor_profile_and_decode(preset, n):
     for table in data["profile_per_rank"]:
         check_profile(table, calls)
         assert (table["communication"] > 0) == (n > 1)
-    # the row-parallel allreduces apart from the logits' allgather
-    expected_ops = {"allreduce", "allgather"} if n > 1 else set()
+    # the embedding's and the row-parallel allreduces; the logits' allgather only if gathered
+    expected_ops = ({"allreduce", "allgather"} if logits == "gathered" else {"allreduce"}) if n > 1 else set()
     assert all(set(by_op) == expected_ops for by_op in data["comm_seconds_by_op_per_rank"])
 
     d = data["decode"]
@@ -80,11 +82,19 @@ def test_forward_floor_profile_and_decode(preset, n):
 
 
 def test_floor_halves_with_two_ranks(tmp_path, capsys):
-    """Each rank replays its own shard's products: half of the flops on each of 2 ranks; and
-    tools/forward_table.py puts the two runs in one table, the speedup against p = 1."""
+    """Each rank replays its own shard's products: half of the flops on each of 2 ranks; with
+    --vs-serial rank 0's whole model replays all of them, and the speedup and its ceiling are
+    the same run's ratios; tools/forward_table.py puts the runs in one table."""
     one, two = (launch.run("mpipar.bench", n=n, timeout=120,
-                           args=["forward", "--preset", "small", *SMALL]).data for n in (1, 2))
+                           args=["forward", "--preset", "small", *SMALL, *extra]).data
+                for n, extra in ((1, []), (2, ["--vs-serial", "--decode", "2"])))
     assert two["floor_flops_per_rank"] / one["floor_flops_per_rank"] == pytest.approx(0.5)
+    assert two["serial_floor_flops"] == one["floor_flops_per_rank"]
+    assert two["speedup"] == two["serial_seconds"] / two["seconds"]
+    assert two["speedup_ceiling"] == two["serial_floor_seconds"] / two["blas_floor_seconds"]
+    d, alone = two["decode"], two["serial_decode"]
+    assert alone["gemv_bytes_per_token_per_rank"] > 1.9 * d["gemv_bytes_per_token_per_rank"]
+    assert d["speedup"] == alone["seconds_per_token"] / d["seconds_per_token"]
     paths = []
     for n, data in ((2, two), (1, one)):
         paths.append(tmp_path / f"p{n}.json")
@@ -102,6 +112,11 @@ def test_compare_torch_without_torch_names_the_option():
     proc = assert_one_clear_error("mpipar.bench", 2, ["forward", "--preset", "tiny", "--compare-torch"],
                                   "--compare-torch needs torch and transformers", timeout=60)
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_vs_serial_needs_two_ranks():
+    assert_one_clear_error("mpipar.bench", 1, ["forward", "--preset", "tiny", "--vs-serial"],
+                           "--vs-serial compares p ranks with one", timeout=60)
 
 
 def test_decode_must_fit_the_context():
@@ -131,3 +146,18 @@ def test_hf_state_dict_names_and_layouts(preset):
                               params["layers.0.mlp.gate_proj.weight"])
         assert state["model.norm.weight"] is params["norm.weight"]
         assert state["lm_head.weight"] is params["embed_tokens.weight"]
+
+
+def test_sequence_parallel_forward_sends_the_allreduces_bytes():
+    """--sp: reduce-scatters and allgathers in place of the allreduces, the same ring bytes over
+    all ranks (the logits' gather is the same in both)."""
+    runs = [launch.run("mpipar.bench", n=2, timeout=120, args=[
+        "forward", "--preset", "tiny", "--algorithm", "ring", *SMALL, *sp]).data for sp in ([], ["--sp"])]
+    assert [r["sequence_parallel"] for r in runs] == [False, True]
+    assert sum(runs[0]["bytes_sent_per_rank"]) == sum(runs[1]["bytes_sent_per_rank"]) > 0
+
+
+def test_sequence_parallel_decoding_is_refused():
+    assert_one_clear_error("mpipar.bench", 1, ["forward", "--preset", "tiny", "--seq", "8", "--sp",
+                                                  "--decode", "2"],
+                           "--sp with --decode")

@@ -93,6 +93,7 @@ def test_pipelined_generation_equals_hugging_face_and_the_serial_run(tmp_path):
     (["--copies", "0"], "--copies must be >= 1"),
     (["--micro-batches", "2", "--copies", "2"], "--micro-batches needs --pp > 1"),
     (["--pp", "2", "--micro-batches", "3", "--copies", "2"], "3 micro-batches need at least 3 sequences"),
+    (["--pp", "2", "--sp"], "--sp does not run with --pp"),
 ])
 def test_bad_pipeline_options_are_one_clear_error(args, message):
     assert_one_clear_error("mpipar.generate", 2, args, message)

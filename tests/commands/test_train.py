@@ -43,6 +43,22 @@ def test_checkpoint_is_read_back_by_the_demo(tmp_path):
     assert demo["task"]["accuracy_parallel"] == demo["task"]["accuracy_serial"] == meta["accuracy"]
 
 
+def test_sequence_parallel_trains_like_tensor_parallel_on_half_the_activations():
+    tp, sp = (launch.run("mpipar.train", n=2, args=TINY + ["--tp", "2", *extra]).data
+              for extra in ([], ["--sp"]))
+    # the same model and batches; the reductions add in another order (ring reduce-scatter
+    # blocks of positions instead of the all-reduce's), float32 rounding amplified by 12 steps
+    assert np.allclose(sp["loss"], tp["loss"], rtol=1e-4)
+    whole, blocks = (run["activation_bytes_per_rank"] for run in (tp, sp))
+    assert whole["replicated"][0] == whole["replicated"][1] == sum(blocks["replicated"])
+    assert blocks["sharded"] == whole["sharded"]
+    assert "reduce_scatter" in blocks["bytes_sent"][0] and "reduce_scatter" not in whole["bytes_sent"][0]
+
+
+def test_sp_without_tp_is_one_clear_error():
+    assert_one_clear_error("mpipar.train", 1, TINY + ["--sp"], "--sp needs --tp")
+
+
 def test_impossible_layout_is_one_clear_error():
     assert_one_clear_error("mpipar.train", 3, TINY + ["--tp", "3"], "at most 2")
 

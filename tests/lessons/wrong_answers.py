@@ -81,6 +81,117 @@ def buckets_first_layer_first(shapes, bucket_bytes):
     return out
 
 
+
+def reduce_scatter_even_blocks(comm, x):
+    "Cuts n // p elements per block and leaves the remainder to the last: right only when p divides n."
+    p, r = comm.Get_size(), comm.Get_rank()
+    size = len(x) // p
+    bounds = [i * size for i in range(p)] + [len(x)]
+    blocks = [x[bounds[i]:bounds[i + 1]].copy() for i in range(p)]
+    for s in range(p - 1):
+        send, mine = blocks[(r - s - 1) % p], blocks[(r - s - 2) % p]
+        part = np.empty_like(mine)
+        comm.Sendrecv(send, dest=(r + 1) % p, recvbuf=part, source=(r - 1) % p)
+        mine += part
+    return blocks[r]
+
+
+def reduce_scatter_off_by_one(comm, x):
+    "The numbering of lesson 01's allreduce (rank r starts with block r): rank r ends with block r + 1."
+    p, r = comm.Get_size(), comm.Get_rank()
+    blocks = [b.copy() for b in np.array_split(x, p)]
+    incoming = np.empty_like(blocks[0])
+    for s in range(p - 1):
+        send, mine = blocks[(r - s) % p], blocks[(r - s - 1) % p]
+        part = incoming[:mine.size]
+        comm.Sendrecv(send, dest=(r + 1) % p, recvbuf=part, source=(r - 1) % p)
+        mine += part
+    return blocks[(r + 1) % p]
+
+
+def reduce_scatter_whole_vectors(comm, x):
+    "Right answer, wrong traffic: passes whole vectors round the ring, p - 1 times n elements."
+    p, r = comm.Get_size(), comm.Get_rank()
+    total, travelling = x.copy(), x.copy()
+    for _ in range(p - 1):
+        arriving = np.empty_like(x)
+        comm.Sendrecv(travelling, dest=(r + 1) % p, recvbuf=arriving, source=(r - 1) % p)
+        total += arriving
+        travelling = arriving
+    return np.array_split(total, p)[r]
+
+
+def reduce_scatter_with_allreduce(comm, x):
+    "The library's collective instead of point-to-point calls."
+    total = np.empty_like(x)
+    comm.Allreduce(x, total)
+    return np.array_split(total, comm.Get_size())[comm.Get_rank()]
+
+
+def ring_sum_rounding_once_always(parts, rounding):
+    "Ignores rounding: the float32 sum, rounded once."
+    import ml_dtypes
+    total = parts[0].astype(np.float32)
+    for part in parts[1:]:
+        total = total + part
+    return total.astype(ml_dtypes.bfloat16).astype(np.float32)
+
+
+def ring_sum_rounding_the_parts(parts, rounding):
+    "Rounds every rank's own part to bfloat16 too, not only what travels."
+    import ml_dtypes
+    def bf16(a):
+        return a.astype(ml_dtypes.bfloat16).astype(np.float32)
+    total = bf16(parts[0])
+    for part in parts[1:]:
+        total = (bf16(total) if rounding == "per_hop" else total) + bf16(part)
+    return bf16(total)
+
+
+def ring_sum_no_final_rounding(parts, rounding):
+    "Forgets that the finished block is sent in 16 bits by the allgather."
+    import ml_dtypes
+    total = parts[0].astype(np.float32)
+    for part in parts[1:]:
+        if rounding == "per_hop":
+            total = total.astype(ml_dtypes.bfloat16).astype(np.float32)
+        total = total + part
+    return total
+
+
+def kv_heads_split_on_their_own(n_head, n_kv_head, p, r):
+    "Cuts the key/value heads like the query heads, as if they were independent."
+    blocks = np.array_split(np.arange(n_kv_head), p)
+    return (int(blocks[r][0]), int(blocks[r][-1]) + 1) if len(blocks[r]) else (0, 0)
+
+
+def kv_heads_whole_groups_only(n_head, n_kv_head, p, r):
+    "Forgets a group only partly covered by the rank's last query heads."
+    sizes = [len(b) for b in np.array_split(np.arange(n_head), p)]
+    first, stop = sum(sizes[:r]), sum(sizes[:r + 1])
+    group = n_head // n_kv_head
+    return first // group, max(stop // group, first // group + 1)
+
+
+def memory_budget_divided_by_dp(config, dp, tp, pp, tp_rank, pp_rank):
+    "Right per replica, then divided over the data-parallel ranks (ZeRO would; plain DP does not)."
+    from mpipar.models.params import param_shapes, shard_index, spec
+    from mpipar.parallel.pipeline_stage import stage_names
+    total = 0
+    for name in stage_names(config, pp_rank, pp):
+        shape, split = list(param_shapes(config)[name]), spec(name).split
+        if split is not None:
+            shape[split.axis] = len(shard_index(config, split, tp, tp_rank))
+        total += int(np.prod(shape))
+    return 16 * total // dp
+
+
+def memory_budget_everything_divided(config, dp, tp, pp, tp_rank, pp_rank):
+    "All parameters divided by tp * pp: forgets the replicated ones and the tied embedding's copy."
+    from mpipar.models.params import param_shapes
+    n = sum(int(np.prod(s)) for s in param_shapes(config).values())
+    return 16 * n // (tp * pp)
+
 WRONG = {
     "02_columns": [(columns_even_only, "n = 8, p = 3: rank 0 got columns (0, 2), want (0, 3)"),
                    (columns_extra_at_the_end, "want (0, 3)")],
@@ -89,6 +200,18 @@ WRONG = {
                   (rotate_by_one_always, "k = 2")],
     "03_argmax": [(combine_highest_index_on_ties, "on a tie the lowest index"),
                   (combine_first_shard, "want")],
+    "01_reduce_scatter": [(reduce_scatter_even_blocks, "p = 2, n = 1001: rank 0 returned 500 element(s), want 501"),
+                          (reduce_scatter_off_by_one, "p = 2, n = 12: rank 0 returned the sum of block 1, not of block 0"),
+                          (reduce_scatter_whole_vectors, "p = 2, n = 12: rank 0 sent 96 bytes in 1 message(s); "
+                                                         "mpipar's ring sends 48 bytes"),
+                          (reduce_scatter_with_allreduce, "comm.Allreduce: this exercise builds the collective")],
+    "05_ring_sum": [(ring_sum_rounding_once_always, "rounding 'per_hop', p = 2"),
+                    (ring_sum_rounding_the_parts, "differ from allreduce_lowp"),
+                    (ring_sum_no_final_rounding, "the finished block is rounded to bfloat16")],
+    "06_kv_heads": [(kv_heads_split_on_their_own, "n_head = 9, n_kv_head = 3, p = 2: rank 1 got kv heads (2, 3), want (1, 3)"),
+                    (kv_heads_whole_groups_only, "want (0, 2)")],
+    "08_memory_budget": [(memory_budget_divided_by_dp, "dp replicates, it does not divide"),
+                         (memory_budget_everything_divided, "want")],
     "07_schedule": [(schedule_gpipe, "rule 3 broken -- rank 0 holds 4 micro-batches"),
                     (schedule_forgotten_step, "rule 1 broken"),
                     (schedule_one_at_a_time, "rule 2 broken")],

@@ -62,11 +62,12 @@ LLAMA = Family(Llama, functools.cache(ref_llama.lively), ref_llama.forward, _lla
                ref_llama.error_bound)
 
 
-def check_against_serial(comm, config, tok, family=GPT2):
+def check_against_serial(comm, config, tok, family=GPT2, **options):
     """Default mode within the bound of the serial run; deterministic mode bitwise equal to
-    the emulated split; replicated results identical on every rank. Returns the report."""
+    the emulated split; replicated results identical on every rank. Returns the report.
+    ``options`` (sequence_parallel=True) go to the parallel and the emulated model."""
     params, p, model = family.params(config), comm.Get_size(), family.model
-    par = model(config, params, comm).forward(tok)
+    par = model(config, params, comm, **options).forward(tok)
     serial = model(config, params, SELF).forward(tok)
     exact = family.exact(config, params, tok)
     # the error bound derives the float32 error of a whole forward pass; serial and
@@ -76,8 +77,8 @@ def check_against_serial(comm, config, tok, family=GPT2):
     assert numerics.ranks_agree(comm, par)
     assert np.abs(par - exact).max() <= scale, report
     assert np.abs(par - serial).max() <= 2 * scale, report
-    det = model(config, params, comm, deterministic=True).forward(tok)
-    emulated = model(config, params, SELF, ways=p, deterministic=True).forward(tok)
+    det = model(config, params, comm, deterministic=True, **options).forward(tok)
+    emulated = model(config, params, SELF, ways=p, deterministic=True, **options).forward(tok)
     assert numerics.bitwise_equal(det, emulated)
     return report
 
