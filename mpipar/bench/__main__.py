@@ -8,7 +8,7 @@ every algorithm of every collective), ledger (what recording in a CommLedger
 costs), forward (the tensor-parallel model's forward and decoding time beside their
 BLAS floor, with a profile and PyTorch alongside), dp (a data-parallel
 training step with and without overlapping the gradient all-reduce), memory (memory
-per rank, bytes and step time of DP, ZeRO-1/2/3 and TP, predicted and measured), tradeoff
+per rank, bytes and step time of DP, ZeRO-1/2/3 and TP with and without SP), tradeoff
 (accuracy against bytes and time of float16/bfloat16 wires, rounding and
 deterministic mode), pp (pipeline step time and bubble of every schedule as the
 number of micro-batches grows, beside the formulas), tune (every algorithm

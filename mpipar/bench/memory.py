@@ -1,13 +1,15 @@
-"""python -m mpipar.bench memory -- memory per rank and step time of DP, ZeRO-1/2/3 and TP.
+"""python -m mpipar.bench memory -- memory per rank and step time of DP, ZeRO-1/2/3, TP and SP.
 
     mpirun -n 4 python -m mpi4py -m mpipar.bench memory --preset small --batch 16
 
 One training step of a GPT preset (random weights and tokens) in each configuration at
 this world size: dp (every rank a replica), zero1, zero2, zero3 (mpipar.parallel.zero)
-and tp (one replica split over every rank, where the heads allow). Per configuration:
-memory per rank predicted (16 Psi for DP, ZeRO's sharded terms: zero_layout) beside what
-the trainer counts it holds, the peak RSS, the bytes each rank sent in one step (from
-the ledger) beside the exact prediction and the paper's volume, and the median step time.
+and tp (one replica split over every rank, where the heads allow; tp-sp with sequence
+parallelism). Per configuration: memory per rank predicted (16 Psi for DP, ZeRO's sharded
+terms: zero_layout) beside what the trainer counts it holds, the activations the forward
+saved for backward (gpt2.activation_bytes), the peak RSS, the bytes each rank sent in one
+step (from the ledger) beside the exact prediction and the paper's volume, and the median
+step time.
 
 The peak RSS is the process's maximum so far (getrusage): the configurations run from
 the one expected to need least (zero3) to the most (dp), so each one's peak is its own
@@ -33,11 +35,11 @@ from .dp import trainer_step
 from .table import Column, format_table
 from .timing import medians, time_call
 
-CONFIGS = ("zero3", "tp", "zero2", "zero1", "dp")  #: the order they run in: least memory first
+CONFIGS = ("zero3", "tp-sp", "tp", "zero2", "zero1", "dp")  #: the order they run in: least memory first
 
 
 def add_parser(commands):
-    c = commands.add_parser("memory", help="memory per rank and step time of DP, ZeRO-1/2/3, TP",
+    c = commands.add_parser("memory", help="memory per rank and step time of DP, ZeRO-1/2/3, TP, SP",
                             description=__doc__.split("\n\n", 1)[1],
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("--preset", choices=list(PRESETS), default="small", help="model (default small)")
@@ -71,10 +73,11 @@ def _numel(config):
 
 def build(name, config, comm):
     """The trainer of configuration ``name`` on ``comm``, or None where it cannot run."""
-    if name == "tp":
+    if name in ("tp", "tp-sp"):
         if comm.Get_size() > config.n_head:
             return None
-        model = GPT(config, init_params(config, 0), comm, algorithm="ring")
+        model = GPT(config, init_params(config, 0), comm, algorithm="ring",
+                    sequence_parallel=name == "tp-sp")
         return DataParallel(model, MPI.COMM_SELF, AdamW(model, lr=1e-4))
     model = GPT(config, init_params(config, 0), MPI.COMM_SELF)
     if name == "dp":
@@ -96,10 +99,13 @@ def run(args, comm):
         with CommLedger() as led:
             step()
         entry = memory_entry(trainer, comm, led)
+        saved = trainer.model.activation_bytes
+        activations = max(comm.allgather(saved["replicated"] + saved["sharded"]))
         figures = time_call(comm, step, args.steps, figures=lambda out: {"seconds": out["seconds"]})
         peaks = comm.allgather(peak_rss_bytes())  # after the timed steps too
         entry["ranks"] = [dict(r, peak_rss=p) for r, p in zip(entry["ranks"], peaks)]
-        rows.append(dict(config=name, step_seconds=medians(figures)["seconds"], **entry))
+        rows.append(dict(config=name, step_seconds=medians(figures)["seconds"],
+                         activation_bytes=activations, **entry))
         del trainer, step, outputs
         gc.collect()
     if comm.Get_rank() == 0:
@@ -119,7 +125,8 @@ def run(args, comm):
 def table(rows, baseline):
     """(columns, rows) of the readable table: one row per configuration."""
     columns = [Column("config", align="<"), Column("predicted", format_bytes),
-               Column("held", format_bytes), Column("peak RSS", format_bytes),
+               Column("held", format_bytes), Column("activations", format_bytes),
+               Column("peak RSS", format_bytes),
                Column("RSS - start", format_bytes), Column("sent/step", format_bytes),
                Column("predicted", format_bytes), Column("paper", format_bytes),
                Column("step", format_seconds)]
@@ -130,8 +137,9 @@ def table(rows, baseline):
         predicted = [sum(r["sent_predicted"].values()) for r in ranks if r["sent_predicted"]]
         rss = max(r["peak_rss"] for r in ranks)
         out.append([row["config"], max(r["predicted"]["total"] for r in ranks),
-                    max(r["held"]["total"] for r in ranks), rss, rss - baseline, max(sent),
+                    max(r["held"]["total"] for r in ranks), row["activation_bytes"], rss,
+                    rss - baseline, max(sent),
                     max(predicted) if predicted else None,
-                    None if row["config"] == "tp" else row["paper_bytes_per_rank"],
+                    None if row["config"].startswith("tp") else row["paper_bytes_per_rank"],
                     row["step_seconds"]])
     return columns, out
