@@ -7,7 +7,8 @@ Subcommands, one file each beside this one: collectives (a message-size sweep of
 every algorithm of every collective), ledger (what recording in a CommLedger
 costs), forward (the tensor-parallel model's forward and decoding time beside their
 BLAS floor, with a profile and PyTorch alongside), dp (a data-parallel
-training step with and without overlapping the gradient all-reduce), tradeoff
+training step with and without overlapping the gradient all-reduce), memory (memory
+per rank, bytes and step time of DP, ZeRO-1/2/3 and TP with and without SP), tradeoff
 (accuracy against bytes and time of float16/bfloat16 wires, rounding and
 deterministic mode), pp (pipeline step time and bubble of every schedule as the
 number of micro-batches grows, beside the formulas), tune (every algorithm
@@ -23,9 +24,9 @@ returns the exit status.
 from mpi4py import MPI
 
 from ..cli import Parser, run_main, watchdog
-from . import collectives, dp, forward, ledger, pp, tradeoff, tune
+from . import collectives, dp, forward, ledger, memory, pp, tradeoff, tune
 
-SUBCOMMANDS = (collectives, tune, ledger, forward, dp, pp, tradeoff)
+SUBCOMMANDS = (collectives, tune, ledger, forward, dp, memory, pp, tradeoff)
 
 
 def build_parser():

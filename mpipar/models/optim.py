@@ -33,14 +33,26 @@ class AdamW:
                 key = (k, name)
                 if key not in self.m:
                     self.m[key], self.v[key] = np.zeros_like(p), np.zeros_like(p)
-                m, v = self.m[key], self.v[key]
-                m *= b1
-                m += (1 - b1) * g
-                v *= b2
-                v += (1 - b2) * g * g
-                if self.wd and p.ndim >= 2:
-                    p -= (lr * self.wd) * p
-                p -= lr * (m / c1) / (np.sqrt(v / c2) + self.eps)
+                adamw_update(p, g, self.m[key], self.v[key], lr, self.betas, self.eps,
+                             self.wd if p.ndim >= 2 else 0.0, c1, c2)
+
+    def state_bytes(self):
+        """Bytes of the moments m and v this optimizer holds."""
+        return sum(a.nbytes for a in (*self.m.values(), *self.v.values()))
+
+
+def adamw_update(p, g, m, v, lr, betas, eps, wd, c1, c2):
+    """One AdamW update of ``p`` in place from ``g``, moments ``m``, ``v`` (updated too), weight
+    decay ``wd`` (0: none), bias corrections c1 = 1 - b1^t, c2 = 1 - b2^t. Elementwise: a
+    slice of p, g, m and v updated alone gets the same bits as inside the whole array."""
+    b1, b2 = betas
+    m *= b1
+    m += (1 - b1) * g
+    v *= b2
+    v += (1 - b2) * g * g
+    if wd:
+        p -= (lr * wd) * p
+    p -= lr * (m / c1) / (np.sqrt(v / c2) + eps)
 
 
 def global_grad_norm(tp, grads):
@@ -49,20 +61,39 @@ def global_grad_norm(tp, grads):
     Replicated gradients are the same on every tensor-parallel rank and counted
     once; the sharded ones are summed per shard and the shards' sums added with
     ``reduce_from_tp`` -- so every rank gets the same bits (in deterministic mode in
-    fixed rank order). Accumulated in float64, names in sorted order.
+    fixed rank order). Each sum of squares is np.vdot in the gradient's dtype; the terms
+    are added as Python floats, names in sorted order.
     """
-    replicated = sum(float(np.vdot(g, g)) for name, g in sorted(grads[0].items())
-                     if not is_sharded(name))
-    sharded = [np.array([sum(float(np.vdot(g, g)) for name, g in sorted(shard.items())
-                             if is_sharded(name))]) for shard in grads]
+    return norm_from_squares(tp, square_sums(grads), len(grads))
+
+
+def square_sums(grads):
+    """{(k, name): sum of gradient grads[k][name] squared} -- replicated ones from shard 0 only."""
+    return {(k, name): float(np.vdot(g, g)) for k, shard in enumerate(grads)
+            for name, g in shard.items() if k == 0 or is_sharded(name)}
+
+
+def norm_from_squares(tp, squares, n_shards):
+    """The global norm from ``square_sums``' terms (which may come from pieces of several
+    trainers, see mpipar.parallel.zero): replicated names first, in sorted order, then each
+    shard's sharded names in sorted order, added across shards by ``reduce_from_tp``."""
+    terms = sorted(squares.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+    replicated = sum(v for (k, name), v in terms if k == 0 and not is_sharded(name))
+    sharded = [np.array([sum(v for (k2, name), v in terms if k2 == k and is_sharded(name))])
+               for k in range(n_shards)]
     return float(np.sqrt(replicated + tp.reduce_from_tp(sharded)[0]))
+
+
+def clip_scale(norm, max_norm):
+    """The factor clipping multiplies every gradient by: min(1, max_norm / norm), None for 1."""
+    return max_norm / (norm + 1e-6) if max_norm and norm > max_norm else None
 
 
 def clip_grad_norm(tp, grads, max_norm):
     """Scale every gradient by min(1, max_norm / norm) in place; returns the norm before."""
     norm = global_grad_norm(tp, grads)
-    if max_norm and norm > max_norm:
-        scale = max_norm / (norm + 1e-6)
+    scale = clip_scale(norm, max_norm)
+    if scale is not None:
         for shard in grads:
             for g in shard.values():
                 g *= scale

@@ -4,8 +4,9 @@ import json
 
 from jobs import assert_one_clear_error
 import numpy as np
+import pytest
 
-from mpipar import launch
+from mpipar import launch, train
 
 TINY = ["--preset", "tiny", "--steps", "12", "--quiet"]
 
@@ -100,3 +101,23 @@ def test_bad_pipeline_options_are_one_clear_error():
                                                       "--micro-batches", "3"],
                            "must be a multiple of --pp")
     assert_one_clear_error("mpipar.train", 3, TINY + ["--pp", "2"], "Mesh:")
+
+
+
+def test_zero_trains_the_bits_of_deterministic_data_parallelism_and_reports_memory():
+    args = TINY + ["--deterministic", "--steps", "4"]
+    dp = launch.run("mpipar.train", n=3, args=args).data
+    zero = launch.run("mpipar.train", n=3, args=args + ["--zero", "3"]).data
+    assert zero["loss"] == dp["loss"] and zero["accuracy"] == dp["accuracy"]
+    assert (zero["memory"]["zero"], dp["memory"]["zero"]) == (3, 0)
+    mine, full = zero["memory"]["ranks"][0], dp["memory"]["ranks"][0]
+    assert len(zero["memory"]["ranks"]) == 3 and mine["held"]["optimizer"] < full["held"]["optimizer"]
+
+
+def test_bad_zero_stage_is_one_clear_error():
+    assert_one_clear_error("mpipar.train", 2, TINY + ["--zero", "4"], "--zero must be one of 0, 1, 2, 3")
+    parser = train.build_parser()
+    for extra, message in ((["--tp", "2"], "does not combine with --tp 2"),
+                           (["--pp", "2", "--n-layer", "2"], "or a pipeline")):
+        with pytest.raises(ValueError, match=message):
+            train.settings_from(parser.parse_args(TINY + ["--zero", "2"] + extra), 4)

@@ -1,0 +1,97 @@
+"""A non-blocking ring allgather: started now, advanced by polling, finished later.
+
+The steps and blocks are those of the blocking ring (``mpipar.collectives.allgather.ring``,
+the same ``blocks.ring_step``): p-1 steps, each rank passing the block it received last
+to its right-hand neighbour, so it sends and costs what the blocking ring does
+((p-1) alpha + (p-1)/p n beta; Thakur, Rabenseifner & Gropp 2005, sec. 4.1). Blocks
+may differ in size. Messages advance only while some call is inside MPI: the first
+step's messages are posted by ``start()``; later steps wait for ``progress()`` or
+``wait()`` (see ``nonblocking.py`` for why).
+"""
+import time
+
+from mpi4py import MPI
+import numpy as np
+
+from ..measure import ledger
+from .blocks import block, ring_step
+from .channel import Channel
+from .nonblocking import DEFAULT_TAG
+
+__all__ = ["RingAllgather"]
+
+
+class RingAllgather:
+    """Every rank's ``mine`` concatenated in rank order, ``lengths[r]`` numbers from rank r:
+    ``start()``, then ``progress()`` until True or ``wait()``; the result is ``.result``.
+
+    Every rank must pass the same ``lengths`` and dtype (nothing is sent to check);
+    gathers in flight together on one communicator need different ``tag`` s.
+    """
+
+    def __init__(self, comm, mine, lengths, *, tag=DEFAULT_TAG):
+        mine = np.asarray(mine).reshape(-1)
+        self.p, self.rank = comm.Get_size(), comm.Get_rank()
+        if len(lengths) != self.p or mine.size != lengths[self.rank]:
+            raise ValueError(f"RingAllgather: rank {self.rank} holds {mine.size} numbers, "
+                             f"lengths say {list(lengths)}")
+        self.offsets = [0]
+        for n in lengths:
+            self.offsets.append(self.offsets[-1] + int(n))
+        self.buf = np.empty(self.offsets[-1], mine.dtype)
+        block(self.buf, self.offsets, self.rank)[...] = mine
+        self.ch = Channel(comm, trace=ledger.tracing(), tag=tag)
+        self._step, self._requests = 0, []
+        self.t_start = self.t_end = None
+
+    started = property(lambda self: self.t_start is not None)
+    done = property(lambda self: self.t_end is not None)
+
+    @property
+    def result(self):
+        if not self.done:
+            raise RuntimeError("RingAllgather: result before the gather is done")
+        return self.buf
+
+    def start(self):
+        if self.started:
+            raise RuntimeError("RingAllgather: already started")
+        self.t_start = time.perf_counter()
+        self._post()
+        return self
+
+    def _post(self):
+        """Post step ``self._step``: Irecv from the left, Isend to the right (or finish)."""
+        p, r = self.p, self.rank
+        if self._step == p - 1:
+            return self._finish()
+        self.ch.step()
+        send_b, recv_b = ring_step(p, r, self._step, "allgather")
+        self._requests = [self.ch.irecv(block(self.buf, self.offsets, recv_b), (r - 1) % p),
+                          self.ch.isend(block(self.buf, self.offsets, send_b), (r + 1) % p)]
+
+    def progress(self):
+        """Advance as far as arrived messages allow; True when done."""
+        if not self.started:
+            raise RuntimeError("RingAllgather: progress() before start()")
+        while not self.done and MPI.Request.Testall(self._requests):
+            self._step += 1
+            self._post()
+        return self.done
+
+    def wait(self):
+        """Drive the ring to the end; the result."""
+        if not self.started:
+            self.start()
+        while not self.done:
+            MPI.Request.Waitall(self._requests)
+            self._step += 1
+            self._post()
+        return self.buf
+
+    def _finish(self):
+        self.t_end = time.perf_counter()
+        self._requests = []
+        if ledger.recording():  # seconds: start to finish, including the work between polls
+            ledger.record_call(self.ch, "allgather", "ring", self.buf.dtype, self.buf.size,
+                               self.buf.nbytes, self.t_end - self.t_start, nonblocking=True)
