@@ -192,6 +192,35 @@ def memory_budget_everything_divided(config, dp, tp, pp, tp_rank, pp_rank):
     n = sum(int(np.prod(s)) for s in param_shapes(config).values())
     return 16 * n // (tp * pp)
 
+def zero1_averaged(grads, params, m, v, t, lr, betas=(0.9, 0.98), eps=1e-8):
+    "Averages the ranks' gradients instead of summing them (each rank's loss is already a share)."
+    from mpipar.collectives.blocks import split_offsets
+    from mpipar.models.optim import adamw_update
+    p, offsets = len(grads), split_offsets(len(params), len(grads))
+    out = []
+    for r in range(p):
+        mine = slice(offsets[r], offsets[r + 1])
+        g = sum(x[mine] for x in grads) / np.float32(p)
+        block = params[mine].copy()
+        adamw_update(block, g.astype(np.float32), m[r], v[r], lr, betas, eps, 0.0,
+                     1 - betas[0] ** t, 1 - betas[1] ** t)
+        out.append(block)
+    return np.concatenate(out)
+
+
+def zero1_whole_moments(grads, params, m, v, t, lr, betas=(0.9, 0.98), eps=1e-8):
+    "Keeps AdamW's moments for every parameter on rank 0: plain data parallelism's optimizer."
+    from mpipar.models.optim import adamw_update
+    g = grads[0].copy()
+    for other in grads[1:]:
+        g += other
+    if m[0].shape != params.shape:
+        m[0], v[0] = np.zeros_like(params), np.zeros_like(params)
+    out = params.copy()
+    adamw_update(out, g, m[0], v[0], lr, betas, eps, 0.0, 1 - betas[0] ** t, 1 - betas[1] ** t)
+    return out
+
+
 WRONG = {
     "02_columns": [(columns_even_only, "n = 8, p = 3: rank 0 got columns (0, 2), want (0, 3)"),
                    (columns_extra_at_the_end, "want (0, 3)")],
@@ -212,6 +241,8 @@ WRONG = {
                     (kv_heads_whole_groups_only, "want (0, 2)")],
     "08_memory_budget": [(memory_budget_divided_by_dp, "dp replicates, it does not divide"),
                          (memory_budget_everything_divided, "want")],
+    "09_zero1": [(zero1_averaged, "AdamW on the gradients summed in rank order"),
+                 (zero1_whole_moments, "each rank keeps only its own block")],
     "07_schedule": [(schedule_gpipe, "rule 3 broken -- rank 0 holds 4 micro-batches"),
                     (schedule_forgotten_step, "rule 1 broken"),
                     (schedule_one_at_a_time, "rule 2 broken")],
