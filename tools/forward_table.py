@@ -4,7 +4,7 @@
 
 Per file (sorted by rank count): the forward, its BLAS floor and their ratio, the speedup over
 the file with the fewest ranks of the same preset, with --vs-serial the speedup over rank 0
-alone measured in the same run and its ceiling (serial floor / p-rank floor), communication's
+alone measured in the same run and the products' own (serial floor / p-rank floor), communication's
 share, and with --decode the time per token, its GEMV floor, their ratio, the bandwidth and
 the speedup per token; with --compare-torch the PyTorch time, mpipar / PyTorch and the largest
 logit difference.
@@ -24,7 +24,7 @@ def rows(results):
         d, fd, th = r.get("decode"), first.get("decode"), r.get("torch")
         yield [r["preset"], r["world_size"], r["seconds"], r["blas_floor_seconds"],
                f"{r['ratio_to_floor']:.2f}", f"{first['seconds'] / r['seconds']:.2f}",
-               "speedup" in r and f"{r['speedup']:.2f} / {r['speedup_ceiling']:.2f}",
+               "speedup" in r and f"{r['speedup']:.2f} / {r['floor_speedup']:.2f}",
                f"{100 * r['comm_seconds'] / r['seconds']:.0f} %",
                d and d["seconds_per_token"], d and d["gemv_floor_seconds_per_token"],
                d and f"{d['ratio_to_floor']:.2f}",
@@ -39,7 +39,7 @@ def main(paths):
     s = Column("", format_seconds)
     columns = [Column("preset", align="<"), Column("p", str), Column("forward", s.format),
                Column("floor", s.format), Column("fwd/floor"), Column("speedup"),
-               Column("same run / ceiling"), Column("comm"),
+               Column("same run / floors'"), Column("comm"),
                Column("token", s.format), Column("GEMV floor", s.format), Column("tok/floor"),
                Column("GB/s"), Column("tok speedup"), Column("torch", s.format),
                Column("/torch"), Column("max |dlogit|")]

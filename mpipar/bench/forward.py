@@ -28,7 +28,7 @@ their GEMV floor and the memory bandwidth those matrix-vector products reach
 LlamaForCausalLM) on the same weights and tokens, on rank 0: its time and the largest
 logit difference (needs torch and transformers). --vs-serial (on 2 or more ranks): rank 0
 also builds the whole model on its own and times its forward and its floor, alone, in the same
-rounds -- the speedup over one rank and its ceiling (the serial floor / the p-rank floor: per
+rounds -- the speedup over one rank, beside the products' own (the serial floor / the p-rank floor: per
 core the products themselves slow down when all cores run, on a shared memory system and
 clock) measured side by side, not across runs. Reported: the medians.
 """
@@ -85,7 +85,7 @@ def add_parser(commands):
                    "difference (needs torch and transformers)")
     c.add_argument("--vs-serial", action="store_true",
                    help="rank 0 also times the whole model alone in the same rounds: the speedup "
-                   "and its ceiling measured side by side (2 or more ranks)")
+                   "and the products' own speedup, measured side by side (2 or more ranks)")
     c.add_argument("--json", metavar="PATH", help="rank 0 writes the result here")
     c.set_defaults(check=check, run=run, parser=c)
 
@@ -192,7 +192,7 @@ def run(args, comm):
         serial, serial_floor = (medians(figures[k])["seconds"] for k in ("serial", "serial_floor"))
         result.update(serial_seconds=serial, serial_seconds_all=figures["serial"]["seconds"],
                       serial_floor_seconds=serial_floor, speedup=serial / t,
-                      speedup_ceiling=serial_floor / floor, serial_ratio_to_floor=serial / serial_floor,
+                      floor_speedup=serial_floor / floor, serial_ratio_to_floor=serial / serial_floor,
                       serial_floor_flops=serial_flops)
     if args.profile:
         result["profile_per_rank"] = comm.allgather(

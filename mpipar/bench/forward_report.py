@@ -37,8 +37,8 @@ def show(args, result):
         print(f"the whole model on rank 0 alone, in the same rounds: "
               f"{format_seconds(result['serial_seconds'])}, its floor "
               f"{format_seconds(result['serial_floor_seconds'])}; speedup "
-              f"{result['speedup']:.2f}x of a ceiling of {result['speedup_ceiling']:.2f}x (serial floor / "
-              f"{result['world_size']}-rank floor: what the products alone allow)", flush=True)
+              f"{result['speedup']:.2f}x; the products alone {result['floor_speedup']:.2f}x (serial floor / "
+              f"{result['world_size']}-rank floor)", flush=True)
     if "profile_per_rank" in result:
         print(profile_table(result["profile_per_rank"][0], "forward profile, rank 0"), flush=True)
     if "decode" in result:
