@@ -8,26 +8,24 @@ may differ in size. Messages advance only while some call is inside MPI: the fir
 step's messages are posted by ``start()``; later steps wait for ``progress()`` or
 ``wait()`` (see ``nonblocking.py`` for why).
 """
-import time
 
-from mpi4py import MPI
 import numpy as np
 
-from ..measure import ledger
 from .blocks import block, ring_step
-from .channel import Channel
-from .nonblocking import DEFAULT_TAG
+from .nonblocking import DEFAULT_TAG, PolledRing
 
 __all__ = ["RingAllgather"]
 
 
-class RingAllgather:
+class RingAllgather(PolledRing):
     """Every rank's ``mine`` concatenated in rank order, ``lengths[r]`` numbers from rank r:
     ``start()``, then ``progress()`` until True or ``wait()``; the result is ``.result``.
 
     Every rank must pass the same ``lengths`` and dtype (nothing is sent to check);
     gathers in flight together on one communicator need different ``tag`` s.
     """
+
+    OP = "allgather"
 
     def __init__(self, comm, mine, lengths, *, tag=DEFAULT_TAG):
         mine = np.asarray(mine).reshape(-1)
@@ -40,25 +38,13 @@ class RingAllgather:
             self.offsets.append(self.offsets[-1] + int(n))
         self.buf = np.empty(self.offsets[-1], mine.dtype)
         block(self.buf, self.offsets, self.rank)[...] = mine
-        self.ch = Channel(comm, trace=ledger.tracing(), tag=tag)
-        self._step, self._requests = 0, []
-        self.t_start = self.t_end = None
-
-    started = property(lambda self: self.t_start is not None)
-    done = property(lambda self: self.t_end is not None)
+        self._begin(comm, tag)
 
     @property
     def result(self):
         if not self.done:
             raise RuntimeError("RingAllgather: result before the gather is done")
         return self.buf
-
-    def start(self):
-        if self.started:
-            raise RuntimeError("RingAllgather: already started")
-        self.t_start = time.perf_counter()
-        self._post()
-        return self
 
     def _post(self):
         """Post step ``self._step``: Irecv from the left, Isend to the right (or finish)."""
@@ -70,28 +56,5 @@ class RingAllgather:
         self._requests = [self.ch.irecv(block(self.buf, self.offsets, recv_b), (r - 1) % p),
                           self.ch.isend(block(self.buf, self.offsets, send_b), (r + 1) % p)]
 
-    def progress(self):
-        """Advance as far as arrived messages allow; True when done."""
-        if not self.started:
-            raise RuntimeError("RingAllgather: progress() before start()")
-        while not self.done and MPI.Request.Testall(self._requests):
-            self._step += 1
-            self._post()
-        return self.done
-
-    def wait(self):
-        """Drive the ring to the end; the result."""
-        if not self.started:
-            self.start()
-        while not self.done:
-            MPI.Request.Waitall(self._requests)
-            self._step += 1
-            self._post()
-        return self.buf
-
-    def _finish(self):
-        self.t_end = time.perf_counter()
-        self._requests = []
-        if ledger.recording():  # seconds: start to finish, including the work between polls
-            ledger.record_call(self.ch, "allgather", "ring", self.buf.dtype, self.buf.size,
-                               self.buf.nbytes, self.t_end - self.t_start, nonblocking=True)
+    def _combine(self):
+        pass  # an allgather only copies: the block arrived where it belongs

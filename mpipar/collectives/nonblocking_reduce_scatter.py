@@ -8,20 +8,16 @@ returns, having sent every block but its own ((p-1) alpha + (p-1)/p n (beta + ga
 Thakur, Rabenseifner & Gropp 2005, sec. 4.3). Messages advance only while some call is
 inside MPI: the caller polls with ``progress()`` (see ``nonblocking.py``).
 """
-import time
 
-from mpi4py import MPI
 import numpy as np
 
-from ..measure import ledger
 from .blocks import block, combine, ring_step, split_offsets
-from .channel import Channel
-from .nonblocking import DEFAULT_TAG
+from .nonblocking import DEFAULT_TAG, PolledRing
 
 __all__ = ["RingReduceScatter"]
 
 
-class RingReduceScatter:
+class RingReduceScatter(PolledRing):
     """Non-blocking ring reduce-scatter (sum) of the flat array ``x``: ``start()``, then
     ``progress()`` until True or ``wait()``; ``.result`` is this rank's block.
 
@@ -30,31 +26,22 @@ class RingReduceScatter:
     reductions in flight together on one communicator need different ``tag`` s.
     """
 
+    OP = "reduce_scatter"
+
     def __init__(self, comm, x, *, tag=DEFAULT_TAG):
         if x.ndim != 1 or not x.flags.c_contiguous:
             raise ValueError("RingReduceScatter: x must be a C-contiguous 1-D array")
         self.buf, self.p, self.rank = x, comm.Get_size(), comm.Get_rank()
         self.offsets = split_offsets(x.size, self.p)
         self._incoming = np.empty(self.offsets[1] if self.p > 1 else 0, x.dtype)  # largest block
-        self.ch = Channel(comm, trace=ledger.tracing(), tag=tag)
-        self._step, self._requests, self._sum_into = 0, [], None
-        self.t_start = self.t_end = None
-
-    started = property(lambda self: self.t_start is not None)
-    done = property(lambda self: self.t_end is not None)
+        self._sum_into = None
+        self._begin(comm, tag)
 
     @property
     def result(self):
         if not self.done:
             raise RuntimeError("RingReduceScatter: result before the reduction is done")
         return block(self.buf, self.offsets, self.rank)
-
-    def start(self):
-        if self.started:
-            raise RuntimeError("RingReduceScatter: already started")
-        self.t_start = time.perf_counter()
-        self._post()
-        return self
 
     def _post(self):
         """Post step ``self._step``: Irecv a partial from the left, Isend one to the right."""
@@ -69,33 +56,7 @@ class RingReduceScatter:
                           self.ch.isend(block(self.buf, self.offsets, send_b), (r + 1) % p)]
         self._sum_into = (part, mine)
 
-    def _advance(self):
+    def _combine(self):
         part, mine = self._sum_into
         if mine.size:  # the partial from earlier ranks of the ring, then ours
             combine("sum", part, mine, out=mine)
-        self._step += 1
-        self._post()
-
-    def progress(self):
-        """Advance as far as arrived messages allow; True when done."""
-        if not self.started:
-            raise RuntimeError("RingReduceScatter: progress() before start()")
-        while not self.done and MPI.Request.Testall(self._requests):
-            self._advance()
-        return self.done
-
-    def wait(self):
-        """Drive the ring to the end; this rank's block."""
-        if not self.started:
-            self.start()
-        while not self.done:
-            MPI.Request.Waitall(self._requests)
-            self._advance()
-        return self.result
-
-    def _finish(self):
-        self.t_end = time.perf_counter()
-        self._requests = []
-        if ledger.recording():  # seconds: start to finish, including the work between polls
-            ledger.record_call(self.ch, "reduce_scatter", "ring", self.buf.dtype, self.buf.size,
-                               self.buf.nbytes, self.t_end - self.t_start, nonblocking=True)
