@@ -43,7 +43,7 @@ from .parallel.pipeline_train import PipelineTraining
 from .parallel.schedule_chart import chart, summary
 from .parallel.schedules import make_schedule
 from .parallel.zero import Zero
-from .parallel.zero_report import describe_memory, memory_entry
+from .parallel.zero_report import describe_memory, memory_entry, sent_by_op
 from .tasks.addition import AdditionTask, batch_slice
 from .train_options import memory_problem, settings_from  # noqa: F401 (the tests use them)
 
@@ -67,10 +67,7 @@ def activations_entry(world, model, led):
     """Per rank: the bytes of activations the last step saved for backward, in the regions
     tensor parallelism leaves replicated and in those it splits (gpt2.activation_bytes), and
     the bytes it sent in the last step, by collective."""
-    sent = {}
-    for r in led.records:
-        sent[r["op"]] = sent.get(r["op"], 0) + (r["bytes_sent"] or 0)
-    ranks = world.allgather(dict(model.activation_bytes, bytes_sent=sent))
+    ranks = world.allgather(dict(model.activation_bytes, bytes_sent=sent_by_op(led)))
     return {key: [r[key] for r in ranks] for key in ranks[0]}
 
 

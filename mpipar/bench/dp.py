@@ -29,7 +29,6 @@ on), and the "poll" and "none" rows then show what the library's thread does wit
 same rings. The output says whether it was on. Open MPI has no such thread.
 """
 import argparse
-import math
 import os
 
 from mpi4py import MPI
@@ -40,7 +39,7 @@ from ..collectives.progress import ProgressEngine, thread_level, thread_level_pr
 from ..measure.memory import too_big
 from ..models import GPT, PRESETS, init_params
 from ..models.optim import AdamW
-from ..models.params import param_shapes
+from ..models.params import param_count
 from ..parallel.buckets import MODES
 from ..parallel.data_parallel import DataParallel
 from .dp_report import bucket_summary, print_report
@@ -98,7 +97,7 @@ def check(args, comm):
     # a replica keeps ~16 d float32 per token and layer for backward, and the logits; the
     # parameters, their gradients, AdamW's two moments and every mode's buckets
     per_token = 4 * (16 * config.n_embd * config.n_layer + 2 * config.vocab_size)
-    n_params = sum(math.prod(shape) for shape in param_shapes(config).values())
+    n_params = param_count(config)
     need = -(-args.batch // comm.Get_size()) * args.seq * per_token \
         + 4 * n_params * (4 + len(modes_of(args)))
     return (too_big(f"--batch {args.batch} x --seq {args.seq}", need, comm.Get_size())

@@ -43,6 +43,7 @@ from ..measure.ledger import CommLedger
 from ..measure.memory import peak_rss_bytes, peak_rss_per_rank, too_big
 from ..measure.op_profile import OpProfile, model_arrays
 from ..models import GPT, PRESETS, Llama, LlamaConfig
+from ..models.params import param_count
 from ..models.random_init import RandomSource, random_params
 from . import forward_decode, forward_report, forward_torch
 from .floor import Replay
@@ -109,14 +110,9 @@ def check(args, comm):
     per_token = 4 * (2 * config.vocab_size + 16 * config.n_embd * config.n_layer / p)
     need = int(args.batch * (args.seq + args.decode) * per_token)
     if args.vs_serial:  # rank 0's whole model and its activations, counted on every rank
-        need += 2 * _param_bytes(config) // p + int(args.batch * args.seq * per_token * p)
+        need += 2 * 4 * param_count(config) // p + int(args.batch * args.seq * per_token * p)
     return (too_big(f"--batch {args.batch} x --seq {args.seq}", need, p)
             or json_path_problem(comm, args.json))
-
-
-def _param_bytes(config):
-    from ..models.params import param_shapes
-    return 4 * sum(int(np.prod(shape)) for shape in param_shapes(config).values())
 
 
 def build(args, comm):

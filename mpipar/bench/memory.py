@@ -17,7 +17,6 @@ or an earlier one's; run one configuration per job (--configs dp) for clean figu
 """
 import argparse
 import gc
-import math
 
 from mpi4py import MPI
 
@@ -27,7 +26,7 @@ from ..measure.memory import peak_rss_bytes, too_big
 from ..measure.units import format_bytes, format_seconds
 from ..models import GPT, PRESETS, init_params
 from ..models.optim import AdamW
-from ..models.params import param_shapes
+from ..models.params import param_count
 from ..parallel.data_parallel import DataParallel
 from ..parallel.zero import Zero
 from ..parallel.zero_report import memory_entry
@@ -62,13 +61,9 @@ def check(args, comm):
     if args.seq + 1 > config.n_ctx:
         return f"--seq {args.seq} does not fit the context of {config.n_ctx}"
     per_token = 4 * (16 * config.n_embd * config.n_layer + 2 * config.vocab_size)
-    need = -(-args.batch // comm.Get_size()) * args.seq * per_token + 16 * 4 * _numel(config)
+    need = -(-args.batch // comm.Get_size()) * args.seq * per_token + 16 * 4 * param_count(config)
     return (too_big(f"--preset {args.preset}, --batch {args.batch} x --seq {args.seq}", need,
                     comm.Get_size()) or json_path_problem(comm, args.json))
-
-
-def _numel(config):
-    return sum(math.prod(shape) for shape in param_shapes(config).values())
 
 
 def build(name, config, comm):
@@ -109,7 +104,7 @@ def run(args, comm):
         del trainer, step, outputs
         gc.collect()
     if comm.Get_rank() == 0:
-        print(f"{args.preset} ({_numel(config)} parameters): {comm.Get_size()} rank(s), global batch "
+        print(f"{args.preset} ({param_count(config)} parameters): {comm.Get_size()} rank(s), global batch "
               f"{args.batch} x {args.seq} tokens; largest rank of each")
         print(format_table(*table(rows, max(baseline)), indent="  "))
         for row in rows:

@@ -30,6 +30,7 @@ checkpoint (``safetensors_source.SafetensorsSource``), the random model
 (``random_init.RandomSource``).
 """
 from dataclasses import dataclass
+import math
 
 import numpy as np
 
@@ -143,6 +144,11 @@ def param_shapes(config):
     """Every parameter's name and full shape."""
     size = dims(config)
     return {name: tuple(size[n] for n in param.shape) for name, param in param_table(config).items()}
+
+
+def param_count(config):
+    """Psi: how many numbers the whole model has (a tied weight counted once)."""
+    return sum(math.prod(shape) for shape in param_shapes(config).values())
 
 
 def spec(name):

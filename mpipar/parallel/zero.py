@@ -48,7 +48,7 @@ from ..models.optim import adamw_update, clip_scale, norm_from_squares
 from ..tasks.addition import batch_slice
 from .data_parallel import loss_weights
 from .zero_gather import LayerGather, gather_counts
-from .zero_layout import STAGES, ZeroLayout, predicted_memory, predicted_step_bytes
+from .zero_layout import STAGES, ZeroLayout, naive_allreduce_bytes, predicted_memory, predicted_step_bytes
 
 
 def zero_problem(stage, tp=1, pipeline=False):
@@ -187,7 +187,7 @@ class Zero:
     def _norm(self):
         if self.deterministic:
             return norm_from_squares(self.model.tp, self._squares, 1)
-        mine = sum(float(np.dot(g.astype(np.float64), g.astype(np.float64))) for g in self.grads)
+        mine = sum(float(np.dot(g64, g64)) for g64 in (g.astype(np.float64) for g in self.grads))
         return float(np.sqrt(allreduce(self.comm, np.array([mine]), algorithm="naive")[0]))
 
     def _update(self, lr):
@@ -239,5 +239,5 @@ class Zero:
         out = predicted_step_bytes(self.layout, self.stage, rank, self.deterministic, counts,
                                    self.model.dtype.itemsize)
         scalars = 1 if self.deterministic else 2
-        out["allreduce"] += scalars * (0 if p == 1 else 8 * (p - 1 if rank == 0 else 1))
+        out["allreduce"] += scalars * naive_allreduce_bytes(1, rank, p, itemsize=8)  # float64
         return out
