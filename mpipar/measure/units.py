@@ -9,7 +9,9 @@ def format_bytes(n):
     """4096 -> '4 KiB', 1536 -> '1.5 KiB', 12 -> '12 B', 4092 -> '~4 KiB' (~: rounded)."""
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if abs(n) >= scale:
-            text = f"{n / scale:.3g}"
+            value = n / scale
+            # 3 significant digits, but never an exponent: 1000-1023 of a unit print whole
+            text = f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
             return f"{text} {unit}" if float(text) * scale == n else f"~{text} {unit}"
     return f"{n:.0f} B"
 
