@@ -53,6 +53,11 @@ from . import p2p
 BELL = 1  #: the doorbell's tag on the loop's own communicator
 
 
+def wait_any(requests, status):
+    """``MPI_Waitany``: the index of a completed request (one place, for tests to break)."""
+    return MPI.Request.Waitany(requests, status)
+
+
 class Claim:
     """One handed-over message: its completion as the loop saw it."""
 
@@ -133,7 +138,7 @@ class MessageLoop:
         while owned or bell is not None:
             requests = [c.msg.request for c in owned] + ([bell] if bell is not None else [])
             status = MPI.Status()
-            index = MPI.Request.Waitany(requests, status)
+            index = wait_any(requests, status)
             done_at = time.perf_counter()
             if index == len(owned):  # the bell: take what was handed over
                 with self._lock:
@@ -153,7 +158,7 @@ class ThreadMessages:
     a :class:`MessageLoop` running on ``engine``; claim receives before their steps and the
     sends at the end."""
 
-    def __init__(self, engine, bell_comm, what="pipeline messages"):
+    def __init__(self, engine, bell_comm, what="the pipeline's messages"):
         self.loop = MessageLoop(bell_comm)
         self.job = engine.submit(self.loop.serve, what=what)
         self.sends = []
