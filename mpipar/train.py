@@ -18,7 +18,9 @@ With --pp the blocks are cut into stages on different ranks and every replica's
 batch into --micro-batches, run in the order of --schedule (gpipe, 1f1b,
 interleaved with --virtual-stages chunks per rank, zb-h1); see
 mpipar.parallel.pipeline_train. Pipelines need layers: without --n-layer the model
-gets one block per stage if the recipe has fewer.
+gets one block per stage if the recipe has fewer. There --overlap says what moves the
+activations and gradients between stages while a stage computes: poll (tests between
+steps), thread (a communication thread inside MPI) or none; the results are the same bits.
 
 With --zero 1, 2 or 3 the data-parallel ranks shard AdamW's moments, then the
 gradients, then the parameters (ZeRO; see mpipar.parallel.zero); the report gives
@@ -87,7 +89,8 @@ def build_trainer(s, config, mesh):
     if s["pipeline"]:
         schedule = make_schedule(s["schedule"], s["pp"], s["micro_batches"], s["virtual_stages"])
         training = PipelineTraining(config, source, mesh, schedule, deterministic=s["deterministic"],
-                                    optimizer=dict(lr=s["lr"]), algorithm="ring")
+                                    optimizer=dict(lr=s["lr"]), overlap=s["overlap"],
+                                    algorithm="ring")
         return training, lambda: training.whole_model(algorithm="ring")
     model = GPT(config, source, mesh.tp_comm, algorithm="ring", sequence_parallel=s["sp"])
     if s["zero"]:
@@ -154,6 +157,7 @@ def main(argv=None):
         pipeline = None
         if s["pipeline"]:
             pipeline = pipeline_entry(mesh, trainer.schedule, steps, led)
+            trainer.close()  # its communication thread, if --overlap thread started one
             for out in steps:
                 out["timeline"] = []  # the pipeline's timelines are in its entry
         timelines = world.gather(steps[-1]["timeline"], root=0)

@@ -44,7 +44,11 @@ def build_parser(description):
                    help="gradient bucket size in KiB for the overlapped all-reduce (default 64)")
     p.add_argument("--overlap", choices=MODES, help="gradient all-reduces during backward: "
                    "poll (started as buckets fill, advanced between layers; the default), thread "
-                   "(on a communication thread; needs MPI_THREAD_MULTIPLE) or none (after backward)")
+                   "(on a communication thread; needs MPI_THREAD_MULTIPLE) or none (after backward). "
+                   "With --pp it is the activations and gradients between stages instead: poll "
+                   "(receives posted ahead, sends tested between steps), thread (a communication "
+                   "thread waits inside MPI on every message while the stage computes, so large "
+                   "messages travel during compute) or none (messages move only in the waits)")
     p.add_argument("--no-overlap", action="store_true", help="the same as --overlap none")
     p.add_argument("--deterministic", action="store_true", help="add gradients in fixed rank "
                    "order: the same bits as one process accumulating the same shards")
@@ -89,12 +93,13 @@ def settings_from(args, world):
     overlap = args.overlap or ("none" if args.no_overlap else "poll")
     if args.no_overlap and overlap != "none":
         raise ValueError(f"--no-overlap contradicts --overlap {overlap}")
-    if overlap == "thread" and (pipeline or args.deterministic or args.zero or thread_level_problem()):
-        raise ValueError("--overlap thread: " + (
-            "pipelines (--pp) reduce their gradients after the schedule" if pipeline else
+    # with --pp the thread carries the pipeline's messages (any mode, deterministic or not);
+    # without, the gradient buckets, which deterministic mode and ZeRO reduce otherwise
+    if overlap == "thread" and (thread_level_problem() or not pipeline and (args.deterministic
+                                                                             or args.zero)):
+        raise ValueError("--overlap thread: " + (thread_level_problem() or (
             "--deterministic adds the gradients in rank order after backward" if args.deterministic
-            else "ZeRO polls its reduce-scatters between layers; use --overlap poll or none"
-            if args.zero else thread_level_problem()))
+            else "ZeRO polls its reduce-scatters between layers; use --overlap poll or none")))
     if args.eval_every < 1:
         raise ValueError(f"--eval-every must be >= 1 (steps between evaluations), not {args.eval_every}")
     if tp > s["n_head"]:

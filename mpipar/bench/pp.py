@@ -31,6 +31,18 @@ predicts:
 * p2p: the bytes sent between stages in one step (a CommLedger), beside
   2 (S - 1) m b T d x 4 bytes for S = p v stages: per micro-batch an activation forward
   and a gradient back across each of the S - 1 cuts, (b, T, d) float32 each.
+
+--overlap: what moves the messages while a stage computes (mpipar.parallel.pipeline_parallel),
+one PipelineTraining per mode, their steps alternating trial by trial (the same background
+load): poll tests the sends between steps, thread completes every message on a communication
+thread inside MPI (pipeline_engine; MPI_THREAD_MULTIPLE), none only waits. An MPI library
+moves a large (rendezvous) message only while both ranks are inside MPI, so without the
+thread an activation may wait for its sender's next step. Default poll,thread (poll alone
+where the library lacks MPI_THREAD_MULTIPLE). A second table puts the modes side by side:
+the step's median per mode, the first mode's step over each other's, and the main thread's
+wait per stage (median over trials of each rank's time blocked on receives: its bubble).
+The thread spins in MPI_Waitany: give each rank two cores (Open MPI: mpirun --map-by
+slot:PE=2 --bind-to core), or the thread takes turns with the stage's compute.
 """
 import argparse
 import math
@@ -39,17 +51,19 @@ from mpi4py import MPI
 import numpy as np
 
 from ..cli import Progress, comma_list, json_path_problem, write_json
+from ..collectives.progress import ProgressEngine, thread_level_problem
 from ..measure.ledger import CommLedger
 from ..measure.memory import too_big
 from ..measure.units import format_seconds
 from ..models import GPTConfig, RandomSource
+from ..parallel.buckets import MODES
 from ..parallel.mesh import Mesh
 from ..parallel.pipeline_report import pipeline_entry
 from ..parallel.pipeline_stage import stage_problem
 from ..parallel.pipeline_train import PipelineTraining
 from ..parallel.schedules import SCHEDULE_NAMES, make_schedule
-from .pp_report import print_table, row_of
-from .timing import time_call
+from .pp_report import comparison, print_comparison, print_table, row_of
+from .timing import run_trials
 
 SEED = 0  #: of the weights and of the tokens
 LR = 1e-4  #: AdamW's learning rate (only the time of the update matters)
@@ -87,9 +101,21 @@ def add_parser(commands):
                    help="sequences per micro-batch b (default 4; a step trains on m b sequences)")
     c.add_argument("--trials", type=int, default=3, metavar="N",
                    help="timed steps per schedule and m, after one warm-up step (default 3)")
+    c.add_argument("--overlap", type=comma_list, metavar="LIST",
+                   help=f"how messages move while a stage computes, comma-separated among "
+                        f"{','.join(MODES)}: poll tests the sends between steps, thread waits on "
+                        f"them on a communication thread inside MPI, none only in the waits "
+                        f"(default poll,thread; poll without MPI_THREAD_MULTIPLE)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.add_argument("--json", metavar="PATH", help="rank 0 writes the rows and settings here")
     c.set_defaults(check=check, run=run, parser=c)
+
+
+def modes_of(args):
+    """The overlap modes asked for (default poll and, if this MPI allows it, thread)."""
+    if args.overlap:
+        return args.overlap
+    return ["poll"] + (["thread"] if thread_level_problem() is None else [])
 
 
 def micro_batch_counts(args, p):
@@ -130,6 +156,11 @@ def check(args, comm):
     unknown = [name for name in args.schedules if name not in SCHEDULE_NAMES]
     if unknown:
         return f"unknown schedule {unknown[0]!r} in --schedules; choose among {', '.join(SCHEDULE_NAMES)}"
+    unknown = [mode for mode in modes_of(args) if mode not in MODES]
+    if unknown:
+        return f"unknown mode {unknown[0]!r} in --overlap; choose among {', '.join(MODES)}"
+    if "thread" in modes_of(args) and thread_level_problem():
+        return f"--overlap thread: {thread_level_problem()}"
     bad = [m for m in micro_batch_counts(args, p) if m < 1]
     if bad:
         return f"--micro-batches must be at least 1, got {bad[0]}"
@@ -162,50 +193,68 @@ def check(args, comm):
     return json_path_problem(comm, args.json)
 
 
-def measure(args, config, mesh, schedule):
-    """Time ``schedule``'s steps on ``mesh``; the row on rank 0 (None elsewhere)."""
-    training = PipelineTraining(config, RandomSource(config, SEED), mesh, schedule,
-                                optimizer=dict(lr=LR))
-    rng, mask = np.random.default_rng(SEED), np.ones(args.seq)
-    n = schedule.m * args.batch_per_micro
-    steps, ledgers = [], []
+def measure(args, config, mesh, schedule, engine):
+    """Time ``schedule``'s steps on ``mesh`` in every overlap mode, alternating; the rows (one
+    per mode) on rank 0 (None elsewhere)."""
+    modes = modes_of(args)
+    trainings = {mode: PipelineTraining(config, RandomSource(config, SEED), mesh, schedule,
+                                        optimizer=dict(lr=LR), overlap=mode, engine=engine)
+                 for mode in modes}
+    steps, ledgers = {mode: [] for mode in modes}, {}
 
-    def step():  # the same tokens on every rank: the same generator, the same calls
-        tokens = rng.integers(0, config.vocab_size, (n, args.seq + 1))
-        with CommLedger() as led:
-            steps.append(training.step(tokens, mask))
-        ledgers[:] = [led]  # the last step's messages are the ones reported
-        return steps[-1]
+    def stepper(mode):
+        rng, mask = np.random.default_rng(SEED), np.ones(args.seq)
+        n = schedule.m * args.batch_per_micro
 
-    figures = time_call(mesh.world, step, args.trials, warmup=1,
-                        figures=lambda out: {key: out[key] for key in TIMED})
-    entry = pipeline_entry(mesh, schedule, steps, ledgers[0])  # drops the warm-up step
-    if mesh.world.Get_rank() != 0:
-        return None
-    return row_of(entry, figures, args.batch_per_micro, args.seq, config)
+        def step():  # the same tokens on every rank and in every mode: the same generator
+            tokens = rng.integers(0, config.vocab_size, (n, args.seq + 1))
+            with CommLedger() as led:
+                steps[mode].append(trainings[mode].step(tokens, mask))
+            ledgers[mode] = led  # the last step's messages are the ones reported
+            return steps[mode][-1]
+        return step
+
+    figures = run_trials(mesh.world, {mode: stepper(mode) for mode in modes}, args.trials,
+                         warmup=1, figures=lambda out: {key: out[key] for key in TIMED})
+    rows = []
+    for mode in modes:
+        trainings[mode].close()
+        entry = pipeline_entry(mesh, schedule, steps[mode], ledgers[mode])  # drops the warm-up
+        if mesh.world.Get_rank() == 0:
+            rows.append(dict(row_of(entry, figures[mode], args.batch_per_micro, args.seq, config),
+                             overlap=mode))
+    return rows if mesh.world.Get_rank() == 0 else None
 
 
 def run(args, comm):
     p = comm.Get_size()
     config = model_config(args, p)
     runs, skipped = cases(args, p)
-    rows = []
+    rows, modes = [], modes_of(args)
     bar = Progress(comm, len(runs), quiet=args.quiet, unit="case")
+    engine = ProgressEngine() if "thread" in modes else None  # one thread for every case
     with Mesh(comm, 1, 1, pp=p) as mesh:
         for name, m, v in runs:
             bar.start("timing pipeline steps", f"{name} m={m}")
-            rows.append(measure(args, config, mesh, make_schedule(name, p, m, v)))
-            bar.update(step=format_seconds(rows[-1]["step_seconds"]) if rows[-1] else "")
+            case = measure(args, config, mesh, make_schedule(name, p, m, v), engine)
+            rows += case or []
+            bar.update(step=format_seconds(case[0]["step_seconds"]) if case else "")
     bar.close()
+    if engine is not None:
+        engine.close()
+    compared = comparison(rows, modes) if comm.Get_rank() == 0 else None
     if comm.Get_rank() == 0:
         print_table(rows, p, config, args.batch_per_micro, args.trials)
         for name, m, why in skipped:
             print(f"  skipped {name} at m = {m}: {why}")
-    settings = dict(world_size=p, pp=p, dp=1, tp=1, schedules=args.schedules,
+        if len(modes) > 1:
+            print_comparison(compared, modes, p, args.trials)
+    settings = dict(world_size=p, pp=p, dp=1, tp=1, schedules=args.schedules, overlap=modes,
                     micro_batches=micro_batch_counts(args, p), virtual_stages=args.virtual_stages,
                     batch_per_micro=args.batch_per_micro, seq=args.seq, trials=args.trials,
                     warmup=1, seed=SEED, mpi_library=MPI.Get_library_version().splitlines()[0])
     write_json(comm, args.json, dict(
         benchmark="pp", world_size=p, settings=settings, config=config.to_dict(), rows=rows,
+        comparison=compared,
         skipped=[dict(schedule=name, micro_batches=m, reason=why) for name, m, why in skipped]))
     return 0

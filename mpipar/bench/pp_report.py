@@ -60,7 +60,8 @@ def _share(x):
     return f"{x:.3f}"
 
 
-COLUMNS = [Column("schedule", align="<"), Column("m"), Column("step", format_seconds),
+COLUMNS = [Column("schedule", align="<"), Column("m"), Column("overlap", align="<"),
+           Column("step", format_seconds),
            Column("pipeline", format_seconds), Column("measured", _share), Column("max", _share),
            Column("formula", _share), Column("of ideal", _share), Column("simulated", _share),
            Column("peak held", format_bytes), Column("rank 0 held"), Column("p2p", format_bytes)]
@@ -70,7 +71,7 @@ def table_row(row):
     """The cells of one row: the medians, the bubbles, memory and bytes."""
     name = row["schedule"] + (f" v={row['virtual_stages']}" if row["virtual_stages"] > 1 else "")
     held = f"{row['peak_in_flight'][0]} ({row['peak_in_flight_predicted'][0]})"
-    return [name, row["micro_batches"], row["step_seconds"], row["pipeline_seconds"],
+    return [name, row["micro_batches"], row["overlap"], row["step_seconds"], row["pipeline_seconds"],
             row["bubble_measured_mean"], row["bubble_measured_max"], row["bubble_predicted"],
             row["bubble_predicted_of_ideal"], row["bubble_simulated_mean"],
             row["peak_activation_bytes_max"], held, row["p2p_bytes"]]
@@ -81,7 +82,8 @@ def print_table(rows, p, config, batch_per_micro, trials):
     title = (f"pipeline on {p} rank(s): GPT-2 d={config.n_embd}, {config.n_layer} layers, "
              f"micro-batches of {batch_per_micro} x {config.n_ctx} tokens, medians of {trials} step(s)")
     print(format_table(COLUMNS, [table_row(r) for r in rows], title=title, rule="-"))
-    print("  step, pipeline: the slowest rank's step and its pipeline part (forwards and backwards)\n"
+    print("  overlap: what moved the messages while stages computed (poll, thread, none)\n"
+          "  step, pipeline: the slowest rank's step and its pipeline part (forwards and backwards)\n"
           "  measured, max: bubble = 1 - compute / pipeline time, mean and max over ranks\n"
           "  formula: (p-1)/(m+p-1) (gpipe, 1f1b), (p-1)/(vm+p-1) (interleaved), (p-1)/(3m+p-1) "
           "(zb-h1, m >= p); of ideal: the same idle time / (m t)\n"
@@ -89,3 +91,48 @@ def print_table(rows, p, config, batch_per_micro, trials):
           "  peak held: activations kept for backward, max over ranks; rank 0 held: micro-batches "
           "(chunks) in flight (predicted)\n"
           "  p2p: bytes sent between stages per step, all ranks", flush=True)
+
+
+def _label(row):
+    return row["schedule"] + (f" v={row['virtual_stages']}" if row["virtual_stages"] > 1 else "")
+
+
+def comparison(rows, modes):
+    """The modes side by side, one entry per (schedule, m): each mode's step and pipeline
+    medians, the main thread's wait per stage (median over trials, per rank: its time blocked
+    on receives), and ``speedup``: the first mode's step over each mode's."""
+    cases = {}
+    for r in rows:
+        cases.setdefault((r["schedule"], r["virtual_stages"], r["micro_batches"]), {})[r["overlap"]] = r
+    out = []
+    for (name, v, m), by_mode in cases.items():
+        base = by_mode[modes[0]]["step_seconds"]
+        out.append(dict(schedule=name, virtual_stages=v, micro_batches=m, modes={
+            mode: dict(step_seconds=r["step_seconds"], pipeline_seconds=r["pipeline_seconds"],
+                       wait_seconds=r["wait_seconds"], bubble_measured_mean=r["bubble_measured_mean"],
+                       speedup=base / r["step_seconds"])
+            for mode, r in by_mode.items()}))
+    return out
+
+
+def _waits(seconds):
+    return " ".join(format_seconds(s) for s in seconds)
+
+
+def print_comparison(compared, modes, p, trials):
+    """The side-by-side table on stdout (rank 0)."""
+    columns = [Column("schedule", align="<"), Column("m")]
+    columns += [Column(f"step {mode}", format_seconds) for mode in modes]
+    columns += [Column(f"{modes[0]}/{mode}", lambda x: f"{x:.2f}x") for mode in modes[1:]]
+    columns += [Column(f"wait per stage, {mode}", align="<") for mode in modes]
+    rows = []
+    for c in compared:
+        by = c["modes"]
+        rows.append([_label(c), c["micro_batches"]] + [by[m]["step_seconds"] for m in modes]
+                    + [by[m]["speedup"] for m in modes[1:]]
+                    + [_waits(by[m]["wait_seconds"]) for m in modes])
+    print(format_table(columns, rows, title=f"overlap modes side by side on {p} rank(s), "
+                       f"alternating trials, medians of {trials}", rule="-"))
+    print(f"  {modes[0]}/mode: the step in {modes[0]} over the step in that mode (> 1: faster)\n"
+          "  wait per stage: each pipeline rank's main thread blocked on receives per step, "
+          "rank 0 first", flush=True)

@@ -19,6 +19,11 @@ bytes_sent, a receive's are its ``bytes_received`` (its bytes_sent is 0), so the
 "sent" column counts every byte once, on the rank that sent it. Their seconds are
 the time spent posting and waiting, not the time in flight (see ``p2p``); the
 summary lists them per peer ("p2p to rank 1", "p2p from rank 0").
+
+Threads: a record is one ``list.append`` per open ledger, atomic under Python's GIL, so a
+communication thread may record while the main thread computes; each record goes to the
+ledgers open at that moment. Recording on the thread that posted a message (as
+``pipeline_engine`` does) also keeps the records' order that thread's.
 """
 import time
 
@@ -43,11 +48,12 @@ def tracing():
 
 def record(entry):
     """Add one collective call's entry to every open ledger (each gets its own copy)."""
-    if not _OPEN:
+    opened = tuple(_OPEN)  # one snapshot: a ledger closed meanwhile by another thread is fine
+    if not opened:
         return
-    for led in _OPEN[:-1]:
+    for led in opened[:-1]:
         led._add(dict(entry))
-    _OPEN[-1]._add(entry)
+    opened[-1]._add(entry)
 
 
 def record_call(ch, op, algorithm, dtype, count, nbytes, seconds, *, requested=None,

@@ -68,7 +68,8 @@ from ..collectives.channel import Channel
 from ..measure import ledger
 from ..measure.cost_model import Algorithm, message
 
-__all__ = ["Message", "isend", "irecv", "send", "recv", "wait", "waitall", "test", "ALGORITHMS"]
+__all__ = ["Message", "isend", "irecv", "send", "recv", "wait", "waitall", "test", "completed_elsewhere",
+           "ALGORITHMS"]
 
 _TAG_UB = []  # MPI.TAG_UB, read once: the standard makes it the same on every communicator
 
@@ -150,10 +151,11 @@ def irecv(comm, buffer, source, tag=0):
     return _post("recv", comm, buffer, source, tag)
 
 
-def _complete(msg, status, t0, t1, error=None):
-    """Book-keeping once the request is done: times, the size check, the ledger record."""
+def _complete(msg, status, t0, t1, error=None, completed_at=None):
+    """Book-keeping once the request is done: times, the size check, the ledger record.
+    ``completed_at``: when another thread saw it complete (default ``t1``)."""
     msg.seconds += t1 - t0
-    msg.in_flight_seconds = t1 - msg.posted_at
+    msg.in_flight_seconds = (t1 if completed_at is None else completed_at) - msg.posted_at
     msg.done = True
     buf = msg.buffer
     where = f"recv from rank {msg.peer} with tag {msg.tag} into a {buf.dtype} buffer of shape {buf.shape}"
@@ -226,6 +228,17 @@ def waitall(messages):
     if errors:
         raise errors[0]
     return [msg.buffer for msg in messages]
+
+
+def completed_elsewhere(msg, status, waited, completed_at):
+    """Book-keeping of a message whose request another thread completed (a progress engine's,
+    ``pipeline_engine``), called by the thread that posted it: ``status`` is the completed
+    request's, ``waited`` the seconds this thread blocked for it (its ``seconds`` stay this
+    thread's time inside calls and waits), ``completed_at`` the perf_counter() of completion.
+    The size check and the ledger record happen here, on the calling thread."""
+    if not msg.done:
+        _complete(msg, status, 0.0, waited, completed_at=completed_at)
+    return msg.buffer
 
 
 def send(comm, array, dest, tag=0):

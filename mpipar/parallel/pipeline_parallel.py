@@ -10,11 +10,21 @@ step first receives what ``schedule_comm.transfers`` says it needs (a point-to-p
 (forward, backward, or the weight gradients of a split backward), then posts the ``Isend`` of
 its result and goes on without waiting for it; the sends are completed at the end of the step.
 
-Two things keep messages moving, as an MPI library moves them only while a rank is inside
-MPI: the receives of the next ``receives_ahead`` receiving steps are posted early (a message
-that arrives finds its buffer), and the sends in flight are tested before every step. Measured
-with Open MPI on 16 cores (``bench pp``, p = 4, m = 16): 1F1B's bubble 0.25 with neither,
-0.51 with tests alone, 0.17 with both (the formula: 0.16); GPipe's 0.60, 0.39, 0.29.
+An MPI library moves a message only while a rank is inside MPI (a large one, by the
+rendezvous protocol, only while both are), so ``overlap`` says what keeps them moving -- the
+same names as data parallelism's (``buckets.MODES``):
+
+* ``"poll"`` (the default): the receives of the next ``receives_ahead`` receiving steps are
+  posted early (a message that arrives finds its buffer), and the sends in flight are tested
+  before every step.
+* ``"none"``: neither; each receive is posted when its step comes, and messages move only in
+  the waits.
+* ``"thread"``: the same posts as ``"poll"``, completed by a communication thread that sits
+  in ``MPI_Waitany`` while the stage computes (``pipeline_engine``; MPI_THREAD_MULTIPLE).
+
+Measured with Open MPI on 16 cores (``bench pp``, p = 4, m = 16): 1F1B's bubble 0.25 with
+none, 0.51 with tests alone, 0.17 with poll (the formula: 0.16); GPipe's 0.60, 0.39, 0.29. All
+modes send the same messages and compute the same things: their results have the same bits.
 
 Sends never block, and the simulator (``schedule_sim``) has proved that no
 rank waits for a message that is never sent, so the executor cannot deadlock.
@@ -27,9 +37,13 @@ array is handed over in memory.
 """
 import time
 
+from mpi4py import MPI
 import numpy as np
 
+from ..collectives.progress import ProgressEngine, thread_level_problem
 from . import p2p
+from .buckets import overlap_mode
+from .pipeline_engine import ThreadMessages
 from .pipeline_stage import PipelineStage, stage_problem
 from .schedule_comm import transfers
 from .schedules import stage_of
@@ -42,15 +56,19 @@ RECEIVES_AHEAD = 8
 class Pipeline:
     """This rank's chunks of a pipeline-parallel GPT-2 (``schedule.v`` of them, model stages
     rank, rank + p, ...), each tensor-parallel over ``tp_comm``, and the schedule that runs
-    them over ``pp_comm`` (the pipeline's ranks in stage order)."""
+    them over ``pp_comm`` (the pipeline's ranks in stage order). ``overlap``: "poll", "none" or
+    "thread" (module docstring); with "thread" the messages are completed on ``engine``, a
+    ``ProgressEngine`` (one is started, and stopped by ``close()``, if none is given)."""
 
     def __init__(self, config, params, pp_comm, tp_comm, schedule, receives_ahead=RECEIVES_AHEAD,
-                 **model_options):
+                 overlap="poll", engine=None, **model_options):
         p = pp_comm.Get_size()
         if schedule.p != p:
             raise ValueError(f"the schedule is for {schedule.p} pipeline ranks, the pipeline "
                              f"communicator has {p}")
-        problem = stage_problem(config.n_layer, schedule.n_stages)
+        self.overlap = overlap_mode(overlap)
+        problem = stage_problem(config.n_layer, schedule.n_stages) or (
+            thread_level_problem() if self.overlap == "thread" and engine is None else None)
         if problem:
             raise ValueError(problem)
         self.config, self.comm, self.schedule = config, pp_comm, schedule
@@ -59,7 +77,27 @@ class Pipeline:
                                      tp_comm, split=schedule.split_backward, **model_options)
                        for c in range(schedule.v)]
         self.dtype = self.chunks[0].model.dtype
-        self.receives_ahead = receives_ahead
+        self.receives_ahead = receives_ahead if self.overlap != "none" else 0
+        self._own_engine = self.overlap == "thread" and engine is None
+        self.engine = ProgressEngine() if self._own_engine else engine
+        # the doorbell of the thread's message loop: a communicator only it listens on
+        self._bell = MPI.COMM_SELF.Dup() if self.overlap == "thread" else None
+
+    def close(self):
+        """Stop the engine this pipeline started (thread mode), free the doorbell's communicator."""
+        if self._own_engine:
+            self.engine.close()
+            self._own_engine = False
+        if self._bell is not None:
+            self._bell.Free()
+            self._bell = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
 
     def _shape(self, micro_batches, micro):
         inputs = micro_batches[micro][0]
@@ -77,7 +115,9 @@ class Pipeline:
                              f"{len(micro_batches)}")
         for chunk in self.chunks:
             chunk.reset()
-        local, sends, timeline = {}, [], []
+        local, timeline = {}, []
+        messages = (ThreadMessages(self.engine, self._bell) if self.overlap == "thread"
+                    else MainMessages(self.overlap == "poll"))
         peak_in_flight = peak_bytes = 0
         steps = self.schedule.steps[self.rank]
         plans = [transfers(self.schedule, self.rank, step) for step in steps]
@@ -85,16 +125,15 @@ class Pipeline:
         posted = {}
         t_run = time.perf_counter()
         for k, step in enumerate(steps):
-            # a large message moves only while its sender is inside MPI (rendezvous): testing
-            # the sends in flight between steps lets the receivers' handshakes through
-            sends = [msg for msg in sends if not p2p.test(msg)]
+            messages.between_steps()
             for j in [j for j in receiving if j >= k][:1 + self.receives_ahead]:
                 if j not in posted:
-                    posted[j] = self._post_receive(plans[j][0], micro_batches, steps[j])
+                    posted[j] = messages.received(
+                        self._post_receive(plans[j][0], micro_batches, steps[j]))
             chunk = self.chunks[step.chunk]
             receives, planned = plans[k]
             t0 = time.perf_counter()
-            given = self._receive(posted.pop(k, None), step, chunk, local)
+            given = self._receive(messages, posted.pop(k, None), step, chunk, local)
             t1 = time.perf_counter()
             inputs, targets, weights = micro_batches[step.micro]
             if step.kind == "F":
@@ -102,17 +141,17 @@ class Pipeline:
                 peak_in_flight = max(peak_in_flight, sum(c.in_flight() for c in self.chunks))
                 peak_bytes = max(peak_bytes, sum(c.activation_bytes() for c in self.chunks))
                 if not chunk.last:
-                    sends += self._send(planned, step, out, "activation", chunk.stage + 1, local)
+                    messages.sent(self._send(planned, step, out, "activation", chunk.stage + 1, local))
             elif step.kind == "B":
                 out = chunk.backward(step.micro, None if chunk.last else given)
                 if not chunk.first:
-                    sends += self._send(planned, step, out, "gradient", chunk.stage - 1, local)
+                    messages.sent(self._send(planned, step, out, "gradient", chunk.stage - 1, local))
             else:
                 chunk.weights(step.micro)
             t2 = time.perf_counter()
             timeline.append(dict(kind=step.kind, micro=step.micro, chunk=step.chunk,
                                  start=t0 - t_run, compute_start=t1 - t_run, end=t2 - t_run))
-        p2p.waitall(sends)
+        messages.finish()
         last = [c for c in self.chunks if c.last]
         wait = sum(t["compute_start"] - t["start"] for t in timeline)
         return dict(loss=last[0].loss if last else None, timeline=timeline,
@@ -126,7 +165,7 @@ class Pipeline:
         buffer = np.empty(self._shape(micro_batches, step.micro), self.dtype)
         return p2p.irecv(self.comm, buffer, transfer.src, TAG_BASE + transfer.tag)
 
-    def _receive(self, message, step, chunk, local):
+    def _receive(self, messages, message, step, chunk, local):
         """The array ``step`` needs from another stage: its posted receive waited for, or the
         array handed over in memory by a stage on this rank."""
         if step.kind == "W" or (step.kind == "F" and chunk.first) or (step.kind == "B" and chunk.last):
@@ -134,7 +173,7 @@ class Pipeline:
         if message is None:  # the neighbouring stage is on this rank
             what = "activation" if step.kind == "F" else "gradient"
             return local.pop((what, chunk.stage, step.micro))
-        return p2p.wait(message)
+        return messages.wait(message)
 
     def _send(self, sends, step, array, what, to_stage, local):
         """Post ``step``'s planned ``sends`` of ``array`` (or keep it for a stage on this rank)."""
@@ -143,3 +182,28 @@ class Pipeline:
             return []
         array = np.ascontiguousarray(array, self.dtype)
         return [p2p.isend(self.comm, array, t.dst, TAG_BASE + t.tag) for t in sends]
+
+
+class MainMessages:
+    """``overlap="poll"`` or ``"none"``: the main thread completes every message. With ``poll``
+    the sends in flight are tested between steps: a large message moves only while its sender
+    is inside MPI (rendezvous), and a test lets the receiver's handshake through."""
+
+    def __init__(self, poll):
+        self.poll, self.sends = poll, []
+
+    def received(self, msg):
+        return msg
+
+    def wait(self, msg):
+        return p2p.wait(msg)
+
+    def sent(self, messages):
+        self.sends += messages
+
+    def between_steps(self):
+        if self.poll:
+            self.sends = [msg for msg in self.sends if not p2p.test(msg)]
+
+    def finish(self):
+        p2p.waitall(self.sends)

@@ -9,7 +9,9 @@ micro-batches, then what the step owes across stages and replicas.
    loss weight is mask / (predicted positions in the global batch), as in
    ``data_parallel``, so gradients of micro-batches and of replicas simply add up.
 2. ``Pipeline.run`` executes the schedule; each stage sums its micro-batches' gradients in
-   micro-batch order -- the order of gradient accumulation on one process.
+   micro-batch order -- the order of gradient accumulation on one process. ``overlap``
+   ("poll", "none", "thread") says what moves the messages meanwhile (``pipeline_parallel``);
+   it changes when bytes travel, never which: every mode gives the same bits.
 3. The tied embedding: the first stage's embedding gradient E and the last stage's head
    gradient H are added, E + H, over the two ranks that hold them (``mesh.embedding_comm``)
    or locally where one rank holds both -- one addition, the same bits either way.
@@ -48,14 +50,27 @@ class PipelineTraining:
     """A pipeline-parallel GPT-2 replica on ``mesh`` (``Mesh`` with pp), its optimizers, its step."""
 
     def __init__(self, config, params, mesh, schedule, *, deterministic=False, max_norm=1.0,
-                 optimizer=None, **model_options):
+                 optimizer=None, overlap="poll", engine=None, **model_options):
         self.mesh, self.schedule, self.config = mesh, schedule, config
         self.deterministic, self.max_norm = deterministic, max_norm
         self.pipe = Pipeline(config, params, mesh.pp_comm, mesh.tp_comm, schedule,
-                             deterministic=deterministic, **model_options)
+                             overlap=overlap, engine=engine, deterministic=deterministic,
+                             **model_options)
+        self.overlap = self.pipe.overlap
         self.chunks = self.pipe.chunks
         self.optimizers = [AdamW(c.model, **(optimizer or {})) for c in self.chunks]
         self.dtype = self.pipe.dtype
+
+    def close(self):
+        """Stop the pipeline's communication thread, if it started one (``overlap="thread"``)."""
+        self.pipe.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
 
     def micro_batches(self, tokens, mask):
         """This replica's m micro-batches of the global batch: (inputs, targets, weights)."""

@@ -1,4 +1,4 @@
-"""python -m mpipar.bench pp as a notebook runs it: one row per (schedule, m), and the
+"""python -m mpipar.bench pp as a notebook runs it: one row per (schedule, m, overlap mode), and the
 figures that do not depend on the machine checked exactly.
 
 These tests launch mpirun themselves (through ``mpipar.launch``), so they are ordinary
@@ -17,6 +17,7 @@ from jobs import assert_one_clear_error
 import pytest
 
 from mpipar import launch
+from mpipar.collectives.progress import thread_level_problem
 from mpipar.parallel.schedule_sim import simulate
 from mpipar.parallel.schedules import make_schedule
 
@@ -40,20 +41,22 @@ def job(request):
                       args=TINY + ["--micro-batches", ",".join(map(str, MICRO[p]))])
 
 
-def test_one_row_per_schedule_and_m_and_a_note_per_skip(job):
-    data, p = job.data, job.data["world_size"]
+def test_one_row_per_schedule_m_and_mode_and_a_note_per_skip(job):
+    data, p, modes = job.data, job.data["world_size"], job.data["settings"]["overlap"]
     assert data["benchmark"] == "pp" and data["settings"]["pp"] == p
     assert data["config"]["n_layer"] == V * p  # the default: one block per interleaved chunk
-    want = [(s, m) for s in SCHEDULES for m in MICRO[p] if not (s == "interleaved" and m % p)]
-    assert [(r["schedule"], r["micro_batches"]) for r in data["rows"]] == want
+    assert modes == ["poll"] + (["thread"] if thread_level_problem() is None else [])
+    cases = [(s, m) for s in SCHEDULES for m in MICRO[p] if not (s == "interleaved" and m % p)]
+    want = [(s, m, mode) for s, m in cases for mode in modes]
+    assert [(r["schedule"], r["micro_batches"], r["overlap"]) for r in data["rows"]] == want
     skips = [(s["schedule"], s["micro_batches"]) for s in data["skipped"]]
     assert skips == [("interleaved", m) for m in MICRO[p] if m % p]
     for name, m in skips:
         assert job.stdout.count(f"skipped {name} at m = {m}") == 1
     lines = job.stdout.splitlines()
-    for name, m in want:  # the table: one line each
+    for name, m, mode in want:  # the table: one line each
         label = name + (f" v={V}" if name == "interleaved" else "")
-        assert sum(line.split()[:len(label.split()) + 1] == [*label.split(), str(m)]
+        assert sum(line.split()[:len(label.split()) + 2] == [*label.split(), str(m), mode]
                    for line in lines) == 1, job.stdout
     assert "Traceback" not in job.stdout + job.stderr
 
@@ -95,9 +98,28 @@ def test_measurements_are_shares_and_medians(job):
         assert r["global_batch"] == r["micro_batches"] * B
 
 
+def test_the_modes_side_by_side_send_the_same_bytes(job):
+    """One comparison entry per (schedule, m) with every mode's step, its speedup against
+    the first mode, and the main thread's wait on every stage."""
+    p, modes = job.data["world_size"], job.data["settings"]["overlap"]
+    rows = {(r["schedule"], r["micro_batches"], r["overlap"]): r for r in job.data["rows"]}
+    assert len(job.data["comparison"]) == len(rows) // len(modes)
+    for c in job.data["comparison"]:
+        assert list(c["modes"]) == modes and c["modes"][modes[0]]["speedup"] == 1.0
+        for mode, figures in c["modes"].items():
+            row = rows[(c["schedule"], c["micro_batches"], mode)]
+            assert figures["step_seconds"] == row["step_seconds"] > 0
+            assert len(figures["wait_seconds"]) == p and all(w >= 0 for w in figures["wait_seconds"])
+            assert row["p2p_bytes"] == row["p2p_bytes_predicted"]  # the same messages in every mode
+    if len(modes) > 1:
+        assert "overlap modes side by side" in job.stdout
+        assert sum(line.split()[:2] == ["gpipe", str(MICRO[p][0])] for line in
+                   job.stdout.splitlines()) == 1 + len(modes)  # a row per mode, one side by side
+
+
 def test_gpipe_holds_more_than_1f1b_on_rank_0(job):
     p = job.data["world_size"]
-    rows = {(r["schedule"], r["micro_batches"]): r for r in job.data["rows"]}
+    rows = {(r["schedule"], r["micro_batches"]): r for r in job.data["rows"] if r["overlap"] == "poll"}
     for m in MICRO[p]:
         gpipe, one_f = (rows[(s, m)]["peak_activation_bytes"][0] for s in ("gpipe", "1f1b"))
         assert gpipe >= one_f
@@ -124,6 +146,7 @@ def test_p2p_bytes_are_activations_forward_and_gradients_back(job):
     (["--n-layer", "3"], "4 pipeline stages need at least 4 layers; the model has 3"),
     (["--schedules", "interleaved", "--micro-batches", "3"], "nothing to run: the interleaved"),
     (["--virtual-stages", "1"], "--virtual-stages must be at least 2"),
+    (["--overlap", "poll,bogus"], "unknown mode 'bogus' in --overlap; choose among none, poll, thread"),
 ])
 def test_bad_option_one_message_nonzero_exit(args, message):
     proc = assert_one_clear_error("mpipar.bench", 2, ["pp"] + args, message, timeout=60)

@@ -1,10 +1,12 @@
-"""python -m mpipar.train --overlap: the three ways of summing gradients train alike, and a
-contradictory or impossible choice is one clear error."""
+"""python -m mpipar.train --overlap: the three ways of summing gradients train alike, so do the
+three ways of moving a pipeline's messages (--pp), and a contradictory or impossible choice is
+one clear error."""
 from jobs import assert_one_clear_error
 import pytest
 
-from mpipar import launch
+from mpipar import launch, train_options
 from mpipar.collectives.progress import thread_level_problem
+from mpipar.train import build_parser
 
 TINY = ["--preset", "tiny", "--steps", "3", "--quiet"]
 
@@ -19,9 +21,41 @@ def test_thread_and_the_default_poll_give_the_same_losses():
     assert all(b["start"] <= b["end"] for b in thread["timeline"][1])
 
 
+@pytest.mark.skipif(thread_level_problem() is not None, reason="no MPI_THREAD_MULTIPLE here")
+def test_pipeline_messages_on_the_thread_give_the_same_losses():
+    """With --pp the thread carries the activations and gradients between stages: the same
+    messages, so the same bits as the default poll and as none."""
+    pp = TINY + ["--pp", "2", "--micro-batches", "4"]
+    runs = {mode: launch.run("mpipar.train", n=2, args=pp + ["--overlap", mode]).data
+            for mode in ("thread", "poll", "none")}
+    assert {mode: d["settings"]["overlap"] for mode, d in runs.items()} == {m: m for m in runs}
+    assert runs["thread"]["loss"] == runs["poll"]["loss"] == runs["none"]["loss"]
+    assert runs["thread"]["pipeline"]["p2p_bytes"] == runs["poll"]["pipeline"]["p2p_bytes"] > 0
+
+
+def settings(*extra):
+    return train_options.settings_from(build_parser().parse_args(TINY + list(extra)), 2)
+
+
+def test_thread_with_pp_is_accepted_where_dp_alone_refuses():
+    """Every rank decides from its arguments alone, before any message."""
+    if thread_level_problem() is None:
+        assert settings("--pp", "2", "--overlap", "thread")["overlap"] == "thread"
+        assert settings("--pp", "2", "--overlap", "thread", "--deterministic")["deterministic"]
+        with pytest.raises(ValueError, match="--deterministic adds the gradients in rank order"):
+            settings("--overlap", "thread", "--deterministic")
+    else:
+        with pytest.raises(ValueError, match="MPI_THREAD_MULTIPLE"):
+            settings("--pp", "2", "--overlap", "thread")
+    assert settings("--pp", "2", "--no-overlap")["overlap"] == "none"
+    assert settings("--pp", "2")["overlap"] == "poll"
+    assert "With --pp" in build_parser().format_help()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--overlap", "thread", "--no-overlap"], "--no-overlap contradicts --overlap thread"),
-    (["--overlap", "thread", "--pp", "2"], "--overlap thread: pipelines (--pp) reduce"),
+    (["--overlap", "thread", "--pp", "2", "--no-overlap"], "--no-overlap contradicts --overlap thread"),
+    (["--overlap", "thread", "--zero", "1"], "--overlap thread: ZeRO polls its reduce-scatters"),
 ])
 def test_contradictions_are_one_clear_error(args, message):
     assert_one_clear_error("mpipar.train", 2, TINY + args, message)
