@@ -20,6 +20,10 @@ interleaved with --virtual-stages chunks per rank, zb-h1); see
 mpipar.parallel.pipeline_train. Pipelines need layers: without --n-layer the model
 gets one block per stage if the recipe has fewer.
 
+With --tp, --overlap thread also runs the asynchronous linear: each column-parallel layer's
+backward reduces its input gradient on a communication thread while it computes its weight
+gradients (see mpipar.parallel.tp_async), with the same bits as --overlap none.
+
 With --zero 1, 2 or 3 the data-parallel ranks shard AdamW's moments, then the
 gradients, then the parameters (ZeRO; see mpipar.parallel.zero); the report gives
 the memory per rank, predicted and held, and the bytes sent in a step.
@@ -32,6 +36,7 @@ import numpy as np
 
 from . import train_options
 from .cli import Progress, json_path_problem, print0, run_main, watchdog, write_json
+from .collectives.progress import ProgressEngine
 from .measure.ledger import CommLedger
 from .measure.units import format_bytes
 from .models import GPT, GPTConfig, RandomSource, checkpoint
@@ -90,6 +95,8 @@ def build_trainer(s, config, mesh):
                                     optimizer=dict(lr=s["lr"]), algorithm="ring")
         return training, lambda: training.whole_model(algorithm="ring")
     model = GPT(config, source, mesh.tp_comm, algorithm="ring", sequence_parallel=s["sp"])
+    if s["tp_async"]:  # the asynchronous linear: column-parallel backwards reduce on a thread
+        model.tp.engine = ProgressEngine()
     if s["zero"]:
         trainer = Zero(model, mesh.dp_comm, AdamW(model, lr=s["lr"]), stage=s["zero"],
                        deterministic=s["deterministic"], overlap=s["overlap"] != "none")
@@ -159,6 +166,8 @@ def main(argv=None):
         timelines = world.gather(steps[-1]["timeline"], root=0)
         activations = None if s["pipeline"] else activations_entry(world, trainer.model, led)
         memory = None if s["pipeline"] else memory_entry(trainer, world, led)
+        if s["tp_async"]:
+            trainer.model.tp.engine.close()
     print0(world, f"held-out exact match: {100 * accuracy:.1f}% of {s['heldout']} sums; "
                   f"trained in {train_seconds:.1f} s")
     for text, got, want in examples:

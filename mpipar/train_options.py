@@ -44,7 +44,10 @@ def build_parser(description):
                    help="gradient bucket size in KiB for the overlapped all-reduce (default 64)")
     p.add_argument("--overlap", choices=MODES, help="gradient all-reduces during backward: "
                    "poll (started as buckets fill, advanced between layers; the default), thread "
-                   "(on a communication thread; needs MPI_THREAD_MULTIPLE) or none (after backward)")
+                   "(on a communication thread; needs MPI_THREAD_MULTIPLE) or none (after backward). "
+                   "With --tp, thread also runs the asynchronous linear: each column-parallel "
+                   "layer's input-gradient reduction on a thread of its own while the layer's "
+                   "weight gradients are computed (the same bits; mpipar.parallel.tp_async)")
     p.add_argument("--no-overlap", action="store_true", help="the same as --overlap none")
     p.add_argument("--deterministic", action="store_true", help="add gradients in fixed rank "
                    "order: the same bits as one process accumulating the same shards")
@@ -89,12 +92,9 @@ def settings_from(args, world):
     overlap = args.overlap or ("none" if args.no_overlap else "poll")
     if args.no_overlap and overlap != "none":
         raise ValueError(f"--no-overlap contradicts --overlap {overlap}")
-    if overlap == "thread" and (pipeline or args.deterministic or args.zero or thread_level_problem()):
-        raise ValueError("--overlap thread: " + (
-            "pipelines (--pp) reduce their gradients after the schedule" if pipeline else
-            "--deterministic adds the gradients in rank order after backward" if args.deterministic
-            else "ZeRO polls its reduce-scatters between layers; use --overlap poll or none"
-            if args.zero else thread_level_problem()))
+    problem = overlap_problem(overlap, args, pipeline, tp, dp)
+    if problem:
+        raise ValueError(problem)
     if args.eval_every < 1:
         raise ValueError(f"--eval-every must be >= 1 (steps between evaluations), not {args.eval_every}")
     if tp > s["n_head"]:
@@ -104,7 +104,7 @@ def settings_from(args, world):
         raise ValueError(problem)
     s.update(dp=dp, tp=tp, pp=pp, seed=args.seed, preset=args.preset, overlap=overlap,
              deterministic=args.deterministic, sp=args.sp, bucket_bytes=int(args.bucket_kb * 1024),
-             zero=args.zero, pipeline=pipeline, schedule=None)
+             zero=args.zero, pipeline=pipeline, schedule=None, tp_async=overlap == "thread" and tp > 1)
     if pipeline:
         name = args.schedule or "1f1b"
         v = args.virtual_stages or (2 if name == "interleaved" else 1)
@@ -127,6 +127,23 @@ def settings_from(args, world):
 
 
 MAX_BUCKET_KB = 1 << 20
+
+
+def overlap_problem(overlap, args, pipeline, tp, dp):
+    """Why --overlap cannot run with the other settings, or None. "thread" puts data
+    parallelism's buckets on a communication thread and, with --tp, the column-parallel
+    layers' input-gradient reductions on another (the asynchronous linear)."""
+    if overlap != "thread":
+        return None
+    if pipeline:
+        return "--overlap thread: pipelines (--pp) reduce their gradients after the schedule"
+    if args.deterministic and not (tp > 1 and dp == 1):
+        return ("--overlap thread: --deterministic adds the data-parallel gradients in rank order "
+                "after backward (with --tp and --dp 1, thread runs the asynchronous linear alone)")
+    if args.zero:
+        return "--overlap thread: ZeRO polls its reduce-scatters between layers; use --overlap poll or none"
+    problem = thread_level_problem()
+    return f"--overlap thread: {problem}" if problem else None
 
 
 def memory_problem(s, dp):
