@@ -25,6 +25,7 @@ def test_the_json_at_two_ranks():
     assert 0 < off["reduction_seconds"] == off["wait_seconds"] < off["backward_seconds"] < off["seconds"]
     assert r["saved_seconds"] == pytest.approx(off["backward_seconds"] - r["modes"]["on"]["backward_seconds"])
     assert r["saved_per_layer_seconds"] == pytest.approx(r["saved_seconds"] / 5)
+    assert r["hidden_seconds"] == pytest.approx(off["wait_seconds"] - r["modes"]["on"]["wait_seconds"])
     assert {k: v["layers"] for k, v in r["by_kind"].items()} == {"c_attn": 2, "c_fc": 2, "lm_head": 1}
     assert "the same bits on and off: yes" in job.stdout
 
