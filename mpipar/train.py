@@ -22,6 +22,10 @@ gets one block per stage if the recipe has fewer. There --overlap says what move
 activations and gradients between stages while a stage computes: poll (tests between
 steps), thread (a communication thread inside MPI) or none; the results are the same bits.
 
+With --tp, --overlap thread also runs the asynchronous linear: each column-parallel layer's
+backward reduces its input gradient on a communication thread while it computes its weight
+gradients (see mpipar.parallel.tp_async), with the same bits as --overlap none.
+
 With --zero 1, 2 or 3 the data-parallel ranks shard AdamW's moments, then the
 gradients, then the parameters (ZeRO; see mpipar.parallel.zero); the report gives
 the memory per rank, predicted and held, and the bytes sent in a step.
@@ -34,6 +38,7 @@ import numpy as np
 
 from . import train_options
 from .cli import Progress, json_path_problem, print0, run_main, watchdog, write_json
+from .collectives.progress import ProgressEngine
 from .measure.ledger import CommLedger
 from .measure.units import format_bytes
 from .models import GPT, GPTConfig, RandomSource, checkpoint
@@ -93,6 +98,8 @@ def build_trainer(s, config, mesh):
                                     algorithm="ring")
         return training, lambda: training.whole_model(algorithm="ring")
     model = GPT(config, source, mesh.tp_comm, algorithm="ring", sequence_parallel=s["sp"])
+    if s["tp_async"]:  # the asynchronous linear: column-parallel backwards reduce on a thread
+        model.tp.engine = ProgressEngine()
     if s["zero"]:
         trainer = Zero(model, mesh.dp_comm, AdamW(model, lr=s["lr"]), stage=s["zero"],
                        deterministic=s["deterministic"], overlap=s["overlap"] != "none")
@@ -163,6 +170,8 @@ def main(argv=None):
         timelines = world.gather(steps[-1]["timeline"], root=0)
         activations = None if s["pipeline"] else activations_entry(world, trainer.model, led)
         memory = None if s["pipeline"] else memory_entry(trainer, world, led)
+        if s["tp_async"]:
+            trainer.model.tp.engine.close()
     print0(world, f"held-out exact match: {100 * accuracy:.1f}% of {s['heldout']} sums; "
                   f"trained in {train_seconds:.1f} s")
     for text, got, want in examples:

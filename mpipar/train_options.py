@@ -45,6 +45,9 @@ def build_parser(description):
     p.add_argument("--overlap", choices=MODES, help="gradient all-reduces during backward: "
                    "poll (started as buckets fill, advanced between layers; the default), thread "
                    "(on a communication thread; needs MPI_THREAD_MULTIPLE) or none (after backward). "
+                   "With --tp, thread also runs the asynchronous linear: each column-parallel "
+                   "layer's input-gradient reduction on a thread of its own while the layer's "
+                   "weight gradients are computed (the same bits; mpipar.parallel.tp_async). "
                    "With --pp it is the activations and gradients between stages instead: poll "
                    "(receives posted ahead, sends tested between steps), thread (a communication "
                    "thread waits inside MPI on every message while the stage computes, so large "
@@ -93,13 +96,9 @@ def settings_from(args, world):
     overlap = args.overlap or ("none" if args.no_overlap else "poll")
     if args.no_overlap and overlap != "none":
         raise ValueError(f"--no-overlap contradicts --overlap {overlap}")
-    # with --pp the thread carries the pipeline's messages (any mode, deterministic or not);
-    # without, the gradient buckets, which deterministic mode and ZeRO reduce otherwise
-    if overlap == "thread" and (thread_level_problem() or not pipeline and (args.deterministic
-                                                                             or args.zero)):
-        raise ValueError("--overlap thread: " + (thread_level_problem() or (
-            "--deterministic adds the gradients in rank order after backward" if args.deterministic
-            else "ZeRO polls its reduce-scatters between layers; use --overlap poll or none")))
+    problem = overlap_problem(overlap, args, pipeline, tp, dp)
+    if problem:
+        raise ValueError(problem)
     if args.eval_every < 1:
         raise ValueError(f"--eval-every must be >= 1 (steps between evaluations), not {args.eval_every}")
     if tp > s["n_head"]:
@@ -109,7 +108,8 @@ def settings_from(args, world):
         raise ValueError(problem)
     s.update(dp=dp, tp=tp, pp=pp, seed=args.seed, preset=args.preset, overlap=overlap,
              deterministic=args.deterministic, sp=args.sp, bucket_bytes=int(args.bucket_kb * 1024),
-             zero=args.zero, pipeline=pipeline, schedule=None)
+             zero=args.zero, pipeline=pipeline, schedule=None,
+             tp_async=overlap == "thread" and tp > 1 and not pipeline)
     if pipeline:
         name = args.schedule or "1f1b"
         v = args.virtual_stages or (2 if name == "interleaved" else 1)
@@ -132,6 +132,26 @@ def settings_from(args, world):
 
 
 MAX_BUCKET_KB = 1 << 20
+
+
+def overlap_problem(overlap, args, pipeline, tp, dp):
+    """Why --overlap cannot run with the other settings, or None. "thread" puts data
+    parallelism's buckets on a communication thread and, with --tp, the column-parallel
+    layers' input-gradient reductions on another (the asynchronous linear); with --pp the
+    messages between stages (the asynchronous linear is then off)."""
+    if overlap != "thread":
+        return None
+    problem = thread_level_problem()
+    if problem:
+        return f"--overlap thread: {problem}"
+    if pipeline:  # the thread carries the pipeline's messages, in any mode
+        return None
+    if args.deterministic and not (tp > 1 and dp == 1):
+        return ("--overlap thread: --deterministic adds the data-parallel gradients in rank order "
+                "after backward (with --tp and --dp 1, thread runs the asynchronous linear alone)")
+    if args.zero:
+        return "--overlap thread: ZeRO polls its reduce-scatters between layers; use --overlap poll or none"
+    return None
 
 
 def memory_problem(s, dp):

@@ -6,7 +6,8 @@
 Subcommands, one file each beside this one: collectives (a message-size sweep of
 every algorithm of every collective), ledger (what recording in a CommLedger
 costs), forward (the tensor-parallel model's forward and decoding time beside their
-BLAS floor, with a profile and PyTorch alongside), dp (a data-parallel
+BLAS floor, with a profile and PyTorch alongside), tp-backward (the tensor-parallel
+backward with and without the asynchronous linear's reductions on a thread), dp (a data-parallel
 training step with and without overlapping the gradient all-reduce), memory (memory
 per rank, bytes and step time of DP, ZeRO-1/2/3 and TP with and without SP), tradeoff
 (accuracy against bytes and time of float16/bfloat16 wires, rounding and
@@ -24,9 +25,9 @@ returns the exit status.
 from mpi4py import MPI
 
 from ..cli import Parser, run_main, watchdog
-from . import collectives, dp, forward, ledger, memory, pp, tradeoff, tune
+from . import collectives, dp, forward, ledger, memory, pp, tp_backward, tradeoff, tune
 
-SUBCOMMANDS = (collectives, tune, ledger, forward, dp, memory, pp, tradeoff)
+SUBCOMMANDS = (collectives, tune, ledger, forward, tp_backward, dp, memory, pp, tradeoff)
 
 
 def build_parser():

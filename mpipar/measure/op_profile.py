@@ -20,9 +20,15 @@ The collectives' argument agreement (``collectives.checking.agree``) is marked: 
 first message of a collective, so a rank that arrives early waits there for the slowest
 one -- the load imbalance of a split that is uneven (12 heads on 8 ranks: 2 or 1 each).
 
+A profile counts the calls of the thread that opened it. A communication thread's work (the
+asynchronous column-parallel backward's reduction, mpipar.parallel.tp_async, with its
+agreement) overlaps that thread's, so counting it too would count those seconds twice: the
+ledger records that collective, and the opening thread's wait for it falls into "other".
+
 ``KINDS`` names the kinds a report shows, in order.
 """
 import functools
+import threading
 import time
 
 import numpy as np
@@ -48,7 +54,10 @@ def profiling():
 
 
 def _add(kind, seconds, operands=()):
+    thread = threading.get_ident()
     for prof in _OPEN:
+        if prof.thread != thread:
+            continue
         prof.seconds[kind] = prof.seconds.get(kind, 0.0) + seconds
         prof.calls[kind] = prof.calls.get(kind, 0) + 1
         if operands and prof.persistent is not None:
@@ -121,8 +130,10 @@ class OpProfile:
         self.seconds, self.calls, self.products = {}, {}, []
         self.wall_seconds = 0.0
         self._t0 = None
+        self.thread = None  #: the thread whose calls it counts: the one that opened it
 
     def __enter__(self):
+        self.thread = threading.get_ident()
         _OPEN.append(self)
         self._t0 = time.perf_counter()
         return self

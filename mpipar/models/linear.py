@@ -20,6 +20,11 @@ reduce-scattered into blocks instead of g (``row_output``), its bias added to ea
 and its bias gradient a per-block sum, into ``grads[k]`` of every shard (summed over the
 group by the model). A column-parallel layer keeps its input as the blocks, 1/p of the
 activation, and backward all-gathers them again -- the paper's choice of memory over bytes.
+
+A column-parallel backward computes its input gradient's parts first and reduces them while it
+computes the weight gradients: on a communication thread where the group has an engine
+(``tp.engine``; Megatron-LM's asynchronous linear, see mpipar.parallel.tp_async), with the
+same bits as without one.
 """
 import numpy as np
 
@@ -82,6 +87,14 @@ def column_input_backward(tp, parts):
     return tp.gather_from_sp_backward(parts) if tp.sequence_parallel else tp.copy_to_tp_backward(parts)
 
 
+def column_input_backward_start(tp, parts, what, overlap=True):
+    """``column_input_backward`` started: on the group's communication thread where it has one
+    (``tp.async_backward``), else at once; ``.wait()`` gives the result. The same reduction,
+    so the same bits (see mpipar.parallel.tp_async)."""
+    fn = tp.gather_from_sp_backward if tp.sequence_parallel else tp.copy_to_tp_backward
+    return tp.start(fn, parts, what, overlap)
+
+
 def row_output(tp, partials):
     """The sum of the shards' partial outputs: all-reduced (g), or with sequence parallelism
     reduce-scattered into blocks of positions."""
@@ -105,16 +118,26 @@ def column_parallel(tp, shards, name, x):
 
 
 def column_parallel_backward(tp, shards, name, x, dys, grads):
-    """dW_k = x^T dy_k, db_k = sum dy_k; the input gradient sum_k dy_k W_k^T (f's backward)."""
+    """dW_k = x^T dy_k, db_k = sum dy_k; the input gradient sum_k dy_k W_k^T (f's backward).
+
+    The input gradient's parts come first and their reduction starts (on the group's
+    communication thread, if it has one) before the weight and bias gradients are computed:
+    Megatron-LM's asynchronous column-parallel backward (mpipar.parallel.tp_async)."""
     if tp.sequence_parallel:  # kept as blocks: gathered again
         x = tp.gather_from_sp(x)
-    parts = []
+    parts = [dy @ s[name + ".weight"].T for s, dy in zip(shards, dys)]
+    reduction = column_input_backward_start(tp, parts, name, _overlaps(grads))
     for k, (s, dy) in enumerate(zip(shards, dys)):
         weight_grad(grads, k, name + ".weight", x, dy)
         if name + ".bias" in s:
             grads[k][name + ".bias"] = _flat(dy).sum(0)
-        parts.append(dy @ s[name + ".weight"].T)
-    return column_input_backward(tp, parts)
+    return reduction.wait()
+
+
+def _overlaps(grads):
+    """Whether weight gradients are computed now, for a reduction to overlap with (deferred
+    ones leave nothing to hide it behind: it runs at once)."""
+    return not isinstance(grads, DeferredGrads)
 
 
 def row_parallel(tp, shards, name, xs):
@@ -184,6 +207,8 @@ def lm_head_backward(tp, shards, name, x, dparts, grads):
     """d emb_k = dz_k^T x, and the input gradient sum_k dz_k emb_k (f's backward)."""
     if tp.sequence_parallel:  # kept as blocks: gathered again
         x = tp.gather_from_sp(x)
-    for k, dz in enumerate(dparts):
+    reduction = column_input_backward_start(tp, [dz @ s[name] for s, dz in zip(shards, dparts)],
+                                            "lm_head", _overlaps(grads))
+    for k, dz in enumerate(dparts):  # while the input gradient travels, as column_parallel's
         weight_grad(grads, k, name, dz, x)
-    return column_input_backward(tp, [dz @ s[name] for s, dz in zip(shards, dparts)])
+    return reduction.wait()

@@ -52,6 +52,7 @@ import numpy as np
 from ..collectives import ALGORITHMS, allgather, allreduce, reduce_scatter
 from ..collectives.blocks import split
 from ..collectives.lowp import WIRE, allreduce_lowp
+from . import tp_async
 
 
 class TPGroup:
@@ -62,10 +63,13 @@ class TPGroup:
     ``deterministic`` reduces partial sums in fixed rank order: all partials are
     gathered and added ((P_0 + P_1) + P_2) + ... on every rank, identically.
     ``sequence_parallel``: the replicated regions hold blocks of positions (see above).
+    ``engine``: a ProgressEngine on which a column-parallel layer's backward reduces its
+    input gradient while it computes its weight gradients (``async_backward``; see
+    mpipar.parallel.tp_async: the same bits as without). It may be set or cleared later.
     """
 
     def __init__(self, comm, ways=None, algorithm="auto", deterministic=False,
-                 comm_dtype="float32", rounding="per_hop", sequence_parallel=False):
+                 comm_dtype="float32", rounding="per_hop", sequence_parallel=False, engine=None):
         size = comm.Get_size()
         self.comm = comm
         self.ways = size if ways is None else ways
@@ -82,6 +86,19 @@ class TPGroup:
         self.sequence_parallel = sequence_parallel
         #: the wire type of reductions and logit gathers (see mpipar.collectives.lowp)
         self.comm_dtype, self.rounding = comm_dtype, rounding
+        self.engine = engine
+        self.timings = None  #: a list to collect each backward reduction's tp_async.timing
+
+    @property
+    def async_backward(self):
+        """True if column-parallel backwards reduce on ``engine``'s thread: an engine is set
+        and there are other ranks to reduce with."""
+        return self.engine is not None and self.comm.Get_size() > 1
+
+    def start(self, fn, parts, what, overlap=True):
+        """``fn(parts)`` on the engine's thread (``async_backward`` and ``overlap``) or now: a
+        handle whose ``wait()`` gives the result (mpipar.parallel.tp_async.start)."""
+        return tp_async.start(self, fn, parts, what, overlap)
 
     def copy_to_tp(self, x):
         """Megatron's f: every shard gets the same input (forward identity)."""

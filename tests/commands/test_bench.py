@@ -104,7 +104,8 @@ def test_bad_option_one_message_nonzero_exit(args, message):
     bench_fails(3, ["collectives"] + args, message)
 
 
-@pytest.mark.parametrize("command", ["collectives", "ledger", "forward", "dp", "memory", "tradeoff"])
+@pytest.mark.parametrize("command", ["collectives", "ledger", "forward", "tp-backward", "dp",
+                                     "memory", "tradeoff"])
 def test_unwritable_json_fails_before_any_work(command, tmp_path):
     """With their default settings these run for minutes; a --json in a missing folder must
     stop them at once, before a line of results, on every rank alike."""

@@ -1,12 +1,14 @@
-"""python -m mpipar.train --overlap: the three ways of summing gradients train alike, so do the
-three ways of moving a pipeline's messages (--pp), and a contradictory or impossible choice is
-one clear error."""
+"""python -m mpipar.train --overlap: the three ways of summing gradients train alike, so does the
+asynchronous linear of --tp with thread, so do the three ways of moving a pipeline's messages
+(--pp), and a contradictory or impossible choice is one clear error."""
+import re
+
 from jobs import assert_one_clear_error
 import pytest
 
 from mpipar import launch, train_options
 from mpipar.collectives.progress import thread_level_problem
-from mpipar.train import build_parser
+from mpipar.train import build_parser, settings_from
 
 TINY = ["--preset", "tiny", "--steps", "3", "--quiet"]
 
@@ -42,7 +44,7 @@ def test_thread_with_pp_is_accepted_where_dp_alone_refuses():
     if thread_level_problem() is None:
         assert settings("--pp", "2", "--overlap", "thread")["overlap"] == "thread"
         assert settings("--pp", "2", "--overlap", "thread", "--deterministic")["deterministic"]
-        with pytest.raises(ValueError, match="--deterministic adds the gradients in rank order"):
+        with pytest.raises(ValueError, match="--deterministic adds the data-parallel gradients"):
             settings("--overlap", "thread", "--deterministic")
     else:
         with pytest.raises(ValueError, match="MPI_THREAD_MULTIPLE"):
@@ -52,10 +54,40 @@ def test_thread_with_pp_is_accepted_where_dp_alone_refuses():
     assert "With --pp" in build_parser().format_help()
 
 
+@pytest.mark.skipif(thread_level_problem() is not None, reason="no MPI_THREAD_MULTIPLE here")
+def test_the_async_linear_gives_the_same_losses():
+    thread = launch.run("mpipar.train", n=2, args=TINY + ["--tp", "2", "--overlap", "thread"]).data
+    none = launch.run("mpipar.train", n=2, args=TINY + ["--tp", "2", "--overlap", "none"]).data
+    assert (thread["settings"]["tp_async"], none["settings"]["tp_async"]) == (True, False)
+    assert thread["loss"] == none["loss"] and len(thread["loss"]) == 3  # the same reductions
+
+
+@pytest.mark.skipif(thread_level_problem() is not None, reason="no MPI_THREAD_MULTIPLE here")
+@pytest.mark.parametrize("args, world, tp_async", [
+    (["--tp", "2", "--overlap", "thread"], 2, True),
+    (["--tp", "2", "--overlap", "thread", "--sp"], 4, True),  # and dp = 2: two threads
+    (["--tp", "2", "--overlap", "thread", "--deterministic"], 2, True),  # dp = 1: TP's alone
+    (["--tp", "2", "--overlap", "poll"], 2, False),
+    (["--overlap", "thread"], 2, False),  # data parallelism's thread alone
+    (["--tp", "2", "--pp", "2", "--overlap", "thread"], 4, False),  # the pipeline's messages
+])
+def test_which_settings_run_the_async_linear(args, world, tp_async):
+    assert settings_from(build_parser().parse_args(TINY + args), world)["tp_async"] is tp_async
+
+
+@pytest.mark.parametrize("args, world, message", [
+    (["--tp", "2", "--overlap", "thread", "--deterministic"], 4, "--deterministic adds the data-"),
+])
+def test_what_the_async_linear_cannot_combine_with(args, world, message):
+    with pytest.raises(ValueError, match="^" + re.escape("--overlap thread: " + message)):
+        settings_from(build_parser().parse_args(TINY + args), world)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--overlap", "thread", "--no-overlap"], "--no-overlap contradicts --overlap thread"),
     (["--overlap", "thread", "--pp", "2", "--no-overlap"], "--no-overlap contradicts --overlap thread"),
     (["--overlap", "thread", "--zero", "1"], "--overlap thread: ZeRO polls its reduce-scatters"),
+    (["--overlap", "thread", "--deterministic"], "--overlap thread: --deterministic adds the"),
 ])
 def test_contradictions_are_one_clear_error(args, message):
     assert_one_clear_error("mpipar.train", 2, TINY + args, message)
