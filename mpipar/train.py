@@ -6,6 +6,7 @@
     mpirun -n 4 python -m mpi4py -m mpipar.train --zero 3         # ZeRO-3 over 4 data-parallel ranks
     python -m mpipar.train --pp 4 --schedule zb-h1 --show-schedule   # the schedule, drawn
     python -m mpipar.train --preset tiny --steps 20               # seconds, for tests
+    mpirun -n 2 python -m mpi4py -m mpipar.train --dp-micro-batches 4 --overlap thread
 
 The task is multi-digit addition written as text ("347+589=" -> the digits of
 936, least significant first; see mpipar.addition). Every step trains on a
@@ -25,6 +26,11 @@ steps), thread (a communication thread inside MPI) or none; the results are the 
 With --tp, --overlap thread also runs the asynchronous linear: each column-parallel layer's
 backward reduces its input gradient on a communication thread while it computes its weight
 gradients (see mpipar.parallel.tp_async), with the same bits as --overlap none.
+
+With --dp-micro-batches M every replica accumulates the gradients of M micro-batches:
+--dp-sync each all-reduces each micro-batch's buckets while the next one computes, last
+sums them locally and all-reduces once during the last backward (DDP's no_sync); see
+mpipar.parallel.dp_micro. --in-flight N: buckets' rings at once with --overlap thread.
 
 With --zero 1, 2 or 3 the data-parallel ranks shard AdamW's moments, then the
 gradients, then the parameters (ZeRO; see mpipar.parallel.zero); the report gives
@@ -106,7 +112,8 @@ def build_trainer(s, config, mesh):
         return trainer, trainer.full_model
     trainer = DataParallel(model, mesh.dp_comm, AdamW(model, lr=s["lr"]),
                            bucket_bytes=s["bucket_bytes"], overlap=s["overlap"],
-                           deterministic=s["deterministic"])
+                           deterministic=s["deterministic"], in_flight=s["in_flight"],
+                           micro_batches=s["dp_micro_batches"], sync=s["dp_sync"])
     return trainer, lambda: model
 
 

@@ -7,6 +7,7 @@ from .cli import Parser
 from .collectives.progress import thread_level_problem
 from .measure.memory import too_big
 from .parallel.buckets import MODES
+from .parallel.dp_micro import SYNCS, micro_batches_problem
 from .parallel.pipeline_stage import stage_problem
 from .parallel.pipeline_train import micro_batch_problem
 from .parallel.schedules import SCHEDULE_NAMES, make_schedule
@@ -53,6 +54,14 @@ def build_parser(description):
                    "thread waits inside MPI on every message while the stage computes, so large "
                    "messages travel during compute) or none (messages move only in the waits)")
     p.add_argument("--no-overlap", action="store_true", help="the same as --overlap none")
+    p.add_argument("--in-flight", type=int, metavar="N", help="buckets' rings in flight at once "
+                   "with --overlap thread (default: every complete bucket's; 1: one after another)")
+    p.add_argument("--dp-micro-batches", type=int, metavar="M", help="gradient accumulation "
+                   "over M micro-batches per data-parallel replica, without --pp (default 1)")
+    p.add_argument("--dp-sync", choices=SYNCS, help="with --dp-micro-batches: each (every "
+                   "micro-batch's buckets all-reduced while the next computes: M times the "
+                   "bytes; the default) or last (summed locally, one all-reduce during the last "
+                   "backward: DDP's no_sync)")
     p.add_argument("--deterministic", action="store_true", help="add gradients in fixed rank "
                    "order: the same bits as one process accumulating the same shards")
     p.add_argument("--zero", type=int, default=0, metavar="STAGE", help="ZeRO stage over the "
@@ -74,7 +83,8 @@ def settings_from(args, world):
             s[key] = getattr(args, key)
     pipeline = any(x is not None for x in (args.pp, args.micro_batches, args.schedule,
                                            args.virtual_stages)) or args.show_schedule
-    for name in ("tp", "pp", "dp", "micro_batches", "virtual_stages", "n_layer"):
+    for name in ("tp", "pp", "dp", "micro_batches", "virtual_stages", "n_layer", "in_flight",
+                 "dp_micro_batches"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, not {value}")
@@ -106,9 +116,22 @@ def settings_from(args, world):
     problem = zero_problem(args.zero, tp, pipeline)
     if problem:
         raise ValueError(problem)
+    dp_m, dp_sync = args.dp_micro_batches or 1, args.dp_sync or "each"
+    if (args.dp_micro_batches is not None or args.dp_sync) and (pipeline or args.zero):
+        raise ValueError("--dp-micro-batches / --dp-sync: " + (
+            "the pipeline has its own --micro-batches" if pipeline else "not with --zero"))
+    if args.dp_sync and args.dp_micro_batches is None:
+        raise ValueError("--dp-sync needs --dp-micro-batches")
+    if args.in_flight is not None and (overlap != "thread" or pipeline):
+        raise ValueError("--in-flight: data parallelism's buckets (no --pp) with --overlap thread, "
+                         f"not {'--pp' if pipeline else overlap}")
+    problem = micro_batches_problem(s["global_batch"], dp, dp_m, dp_sync)
+    if problem:
+        raise ValueError(f"--dp-micro-batches: {problem}")
     s.update(dp=dp, tp=tp, pp=pp, seed=args.seed, preset=args.preset, overlap=overlap,
              deterministic=args.deterministic, sp=args.sp, bucket_bytes=int(args.bucket_kb * 1024),
-             zero=args.zero, pipeline=pipeline, schedule=None,
+             zero=args.zero, pipeline=pipeline, schedule=None, in_flight=args.in_flight,
+             dp_micro_batches=dp_m, dp_sync=dp_sync,
              tp_async=overlap == "thread" and tp > 1 and not pipeline)
     if pipeline:
         name = args.schedule or "1f1b"

@@ -4,6 +4,20 @@ from ..measure.units import format_bytes, format_seconds
 from .table import Column, format_table
 
 NAMES = {"none": "after backward", "poll": "polled in backward", "thread": "communication thread"}
+EACH = {"none": "each after its bwd", "poll": "each polled in the next",
+        "thread": "each on the thread"}
+
+
+def row_name(key, variant):
+    """The table's words for a row of bench dp (``variant``: its DataParallel options)."""
+    mode, m = variant["overlap"], variant.get("micro_batches", 1)
+    n = variant["in_flight"]
+    flight = "" if mode != "thread" or n == 1 else f", {'all' if n is None else n} at once"
+    if m == 1:
+        return NAMES[mode] + flight
+    if variant["sync"] == "last":
+        return f"M={m}: summed, then no_sync ({mode}{flight})"
+    return f"M={m}: {EACH[mode]}{flight}"
 
 
 def bucket_summary(timelines):
@@ -41,17 +55,20 @@ def print_report(result):
             vs_step = f"{100 * (m['seconds'] / base['seconds'] - 1):+.1f}%"
             vs_wait = " / ".join(f"{100 * m[k] / base[k]:.0f}%" if base[k] > 0 else "-"
                                  for k in ("sync_wait_seconds", "wait_after_last_backward"))
-        rows.append([NAMES[mode], m["seconds"], m["backward_seconds"], m["sync_wait_seconds"],
-                     m["wait_after_last_backward"], vs_step, vs_wait])
+        rows.append([row_name(mode, r["variants"][mode]), m["seconds"], m["backward_seconds"],
+                     m["sync_wait_seconds"], m["wait_after_last_backward"], vs_step, vs_wait])
     print(format_table(columns, rows, indent="  "))
     print(f"  (medians of {r['steps']} steps; the slowest rank's figures in each; the wait after "
-          "the last rank's backward leaves out waiting for that rank)")
+          "the last rank's backward leaves out waiting for that rank"
+          + ("; micro-batch rows: fwd + bwd of all M, their timelines the last micro-batch's"
+             if r["micro_batches"] > 1 else "") + ")")
     for mode, s in r["buckets_during_backward"].items():
         if not s["per_rank"] or not s["per_rank"][0]["buckets"]:
             continue
         last = s["last_end"]
         when = ("before backward ended" if last is not None and last < 0 else
                 f"{format_seconds(last)} after backward" if last is not None else "never")
-        print(f"  {NAMES[mode]}: {s['fewest']}-{s['most']} of {s['per_rank'][0]['buckets']} buckets "
+        print(f"  {row_name(mode, r['variants'][mode])}: {s['fewest']}-{s['most']} of "
+              f"{s['per_rank'][0]['buckets']} buckets "
               f"finished during backward (fewest-most over the ranks); the last ended {when}",
               flush=True)

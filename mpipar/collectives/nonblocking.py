@@ -38,6 +38,8 @@ class PolledRing:
 
     started = property(lambda self: self.t_start is not None)
     done = property(lambda self: self.t_end is not None)
+    pending = property(lambda self: self._requests,
+                       doc="this step's requests (a driver waits on several rings' together)")
 
     def start(self):
         """Post the first step's messages (or finish at once on one rank)."""

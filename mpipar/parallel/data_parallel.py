@@ -22,16 +22,23 @@ all three. Deterministic mode instead adds
 every gradient in fixed rank order (naive all-reduce: ((g_0 + g_1) + g_2) + ...),
 which is what gradient accumulation over the same shards on one process computes
 (``accumulated_grads``): the two are then bitwise equal.
+
+``micro_batches=M`` accumulates gradients over M micro-batches per replica (memory for
+the activations of 1/M of the shard): ``sync="each"`` all-reduces micro-batch m's buckets
+while micro-batch m + 1 computes, ``sync="last"`` sums locally and all-reduces during the
+last backward (DDP's ``no_sync``); see mpipar.parallel.dp_micro for when which pays.
 """
 import time
 
 import numpy as np
 
 from ..collectives import allreduce
+from ..collectives.progress import ProgressEngine
 from ..models.optim import clip_grad_norm
 from ..models.params import is_sharded
 from ..tasks.addition import batch_slice
 from .buckets import GradBuckets, overlap_mode
+from .dp_micro import micro_batches_problem, micro_step
 
 
 def ready_order(model):
@@ -56,23 +63,38 @@ class DataParallel:
     """One training step of a (possibly tensor-parallel) model replicated over ``dp_comm``.
 
     ``overlap``: "poll" (or True), "thread" or "none" (or False), see GradBuckets, which
-    also takes ``engine`` and ``poll_seconds`` (thread mode). ``close()`` (or ``with``) stops
-    a communication thread the trainer started."""
+    also takes ``engine``, ``poll_seconds`` (thread mode) and ``in_flight`` (rings at once).
+    ``micro_batches`` / ``sync``: gradient accumulation (module docstring; every rank must
+    pass the same). ``close()`` (or ``with``) stops a communication thread the trainer
+    started."""
 
     def __init__(self, model, dp_comm, optimizer, *, bucket_bytes=1 << 20, overlap=True,
-                 deterministic=False, max_norm=1.0, engine=None, poll_seconds=None):
+                 deterministic=False, max_norm=1.0, engine=None, poll_seconds=None,
+                 in_flight=None, micro_batches=1, sync="each"):
+        problem = micro_batches_problem(micro_batches, 1, micro_batches, sync)
+        if problem:
+            raise ValueError(f"DataParallel: {problem}")
         self.model, self.comm, self.optimizer = model, dp_comm, optimizer
         self.deterministic, self.max_norm = deterministic, max_norm
-        self.overlap = overlap_mode(overlap)
-        self.buckets = None
+        self.overlap, self.micro_batches, self.sync = overlap_mode(overlap), micro_batches, sync
+        self.buckets = self.spare = self._engine = None
         if dp_comm.Get_size() > 1 and not deterministic:
-            self.buckets = GradBuckets(dp_comm, ready_order(model), bucket_bytes,
-                                       dtype=model.dtype, overlap=self.overlap, engine=engine,
-                                       poll_seconds=poll_seconds)
+            two = micro_batches > 1 and sync == "each" and self.overlap != "none"
+            if two and self.overlap == "thread" and engine is None:  # one thread for both sets
+                engine = self._engine = ProgressEngine()
+            options = dict(dtype=model.dtype, overlap=self.overlap, engine=engine,
+                           poll_seconds=poll_seconds, in_flight=in_flight)
+            self.buckets = GradBuckets(dp_comm, ready_order(model), bucket_bytes, **options)
+            if two:  # micro-batch m's buckets travel while m + 1 fills these
+                self.spare = GradBuckets(dp_comm, ready_order(model), bucket_bytes, **options,
+                                         first_tag=1 + len(self.buckets.buckets))  # own tags
 
     def close(self):
-        if self.buckets is not None:
-            self.buckets.close()
+        for buckets in (self.buckets, self.spare):
+            if buckets is not None:
+                buckets.close()
+        if self._engine is not None:
+            self._engine.close()
 
     def __enter__(self):
         return self
@@ -91,20 +113,28 @@ class DataParallel:
     def step(self, tokens, mask, lr=None):
         """Train on the global batch ``tokens`` (N, T+1); returns the step's figures."""
         p, rank = self.comm.Get_size(), self.comm.Get_rank()
+        problem = micro_batches_problem(len(tokens), p, self.micro_batches, self.sync)
+        if problem:  # the same numbers on every rank: the same error, before any message
+            raise ValueError(f"DataParallel: {problem}")
         local = batch_slice(tokens, rank, p)
-        weights = loss_weights(mask, len(tokens), len(local), self.model.dtype)
         t0 = time.perf_counter()
-        if self.buckets is not None:
-            self.buckets.reset()
-        loss, _, grads = self.model.loss_and_grads(local[:, :-1], local[:, 1:], weights,
-                                                   on_layer_done=self._hook if self.buckets else None)
-        t_backward = time.perf_counter()
-        if self.buckets is not None:
+        if self.micro_batches > 1:
+            parts = np.array_split(local, self.micro_batches)
+            loss, grads, t_backward = micro_step(self, parts, [
+                loss_weights(mask, len(tokens), len(part), self.model.dtype) for part in parts])
+        else:
+            weights = loss_weights(mask, len(tokens), len(local), self.model.dtype)
+            if self.buckets is not None:
+                self.buckets.reset()
+            loss, _, grads = self.model.loss_and_grads(
+                local[:, :-1], local[:, 1:], weights, on_layer_done=self._hook if self.buckets else None)
+            t_backward = time.perf_counter()
+        if self.buckets is not None and self.micro_batches == 1:  # (micro_step sums its own)
             summed = self.buckets.finish(average=False)
             for key, g in summed.items():  # the buckets' views, not a copy (475 MiB for GPT-2)
                 k, name = key.split(":", 1)
                 grads[int(k)][name] = g
-        elif p > 1:  # deterministic: rank order, like accumulation on one process
+        elif self.buckets is None and p > 1:  # deterministic: rank order, like accumulation on one process
             for shard_grads in grads:
                 for g in shard_grads.values():
                     g[...] = allreduce(self.comm, g, algorithm="naive")
@@ -115,7 +145,13 @@ class DataParallel:
         t_end = time.perf_counter()
         return dict(loss=float(total), grad_norm=norm, seconds=t_end - t0,
                     backward_seconds=t_backward - t0, sync_wait_seconds=t_synced - t_backward,
-                    timeline=self.buckets.timeline(t0) if self.buckets else [])
+                    timeline=self._last_buckets().timeline(t0) if self.buckets else [])
+
+    def _last_buckets(self):
+        """The buckets of the step's last all-reduce (micro-batches: the last one's set)."""
+        if self.spare is not None and (self.micro_batches - 1) % 2:
+            return self.spare
+        return self.buckets
 
 
 def accumulated_grads(model, tokens, mask, dp):

@@ -126,13 +126,21 @@ def test_ledger_overhead_benchmark_reports_paired_ratio():
 
 
 def test_dp_benchmark_times_every_mode_and_the_bucket_timeline():
-    data = launch.run("mpipar.bench", n=2, args=["dp", "--preset", "tiny", "--batch", "4",
-                                                  "--seq", "8", "--steps", "1", "--bucket-kb", "16"],
-                      timeout=120).data
+    job = launch.run("mpipar.bench", n=2, args=["dp", "--preset", "tiny", "--batch", "4",
+                                                 "--seq", "8", "--steps", "1", "--bucket-kb", "16",
+                                                 "--micro-batches", "2"], timeout=120)
+    data = job.data
     assert data["world_size"] == 2 and data["grad_bytes"] > 0 and data["buckets"] > 1
-    modes = ["none", "poll"] + (["thread"] if data["thread_level"] == "multiple" else [])
-    assert list(data["modes"]) == list(data["timeline"]) == modes
-    for mode in modes:
+    thread = data["thread_level"] == "multiple"
+    whole = ["none", "poll"] + (["thread", "thread-all"] if thread else [])
+    micro = ["micro-none", "micro-poll"] + (["micro-thread"] if thread else []) + ["no-sync"]
+    assert list(data["modes"]) == list(data["timeline"]) == whole + micro
+    assert data["variants"]["no-sync"] == dict(micro_batches=2, sync="last", in_flight=None,
+                                               overlap="thread" if thread else "poll")
+    assert "M=2: summed, then no_sync" in job.stdout and data["micro_batches"] == 2
+    modes = [k for k in whole + micro if data["variants"][k]["overlap"] != "none"]
+    modes = [whole[0]] + modes
+    for mode in whole + micro:
         m, trials = data["modes"][mode], data["trials"][mode]
         assert m["seconds"] >= m["backward_seconds"] > 0 and len(trials["seconds"]) == 1
         # after the last rank's backward: at most the slowest rank's wait, never negative
@@ -150,6 +158,8 @@ def test_dp_benchmark_times_every_mode_and_the_bucket_timeline():
 
 def test_dp_benchmark_unknown_mode_is_one_clear_error():
     bench_fails(2, ["dp", "--modes", "none,bogus"], "--modes: unknown mode 'bogus'")
+    bench_fails(2, ["dp", "--in-flight", "1,0"], "--in-flight wants whole numbers >= 1 or all")
+    bench_fails(2, ["dp", "--micro-batches", "9"], "--micro-batches must be in [1, 8]")
 
 
 @pytest.mark.parametrize("logits", ["sharded", "gathered"])

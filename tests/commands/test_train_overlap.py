@@ -91,3 +91,25 @@ def test_what_the_async_linear_cannot_combine_with(args, world, message):
 ])
 def test_contradictions_are_one_clear_error(args, message):
     assert_one_clear_error("mpipar.train", 2, TINY + args, message)
+
+
+@pytest.mark.skipif(thread_level_problem() is not None, reason="no MPI_THREAD_MULTIPLE here")
+def test_dp_micro_batches_train_alike_polled_and_on_the_thread():
+    micro = TINY + ["--dp-micro-batches", "2"]
+    thread = launch.run("mpipar.train", n=2, args=micro + ["--overlap", "thread",
+                                                           "--in-flight", "2"]).data
+    poll = launch.run("mpipar.train", n=2, args=micro).data
+    assert (thread["settings"]["dp_micro_batches"], thread["settings"]["in_flight"]) == (2, 2)
+    assert thread["loss"] == poll["loss"] and len(poll["loss"]) == 3
+    last = launch.run("mpipar.train", n=2, args=micro + ["--dp-sync", "last"]).data
+    assert last["settings"]["dp_sync"] == "last" and len(last["loss"]) == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dp-micro-batches", "2", "--pp", "2"], "--dp-micro-batches / --dp-sync: the pipeline"),
+    (["--dp-sync", "last"], "--dp-sync needs --dp-micro-batches"),
+    (["--in-flight", "2"], "with --overlap thread, not poll"),
+    (["--dp-micro-batches", "100000"], "--dp-micro-batches: micro_batches=100000 exceeds"),
+])
+def test_dp_micro_batch_options_that_cannot_run_are_one_clear_error(args, message):
+    assert_one_clear_error("mpipar.train", 2, TINY + args, message)

@@ -183,3 +183,27 @@ def test_ranks_that_disagree_on_the_layout_raise_the_same_error():
     messages = COMM.allgather(message)
     assert message is not None and "disagree" in message
     assert all(m == messages[0] for m in messages)
+
+
+@pytest.mark.mpi
+def test_rings_in_flight_together_change_no_bit():
+    """in_flight 1 (one ring after another), 2 and every bucket at once, polled and on the
+    thread, against the blocking ring of each bucket; a second step reuses the buckets."""
+    problems = []
+    modes = ("poll", "thread") if thread_level_problem() is None else ("poll",)
+    for overlap in modes:
+        for in_flight in (1, 2, None):
+            with GradBuckets(COMM, SHAPES, 300, overlap=overlap, in_flight=in_flight) as gb:
+                for step in range(2):
+                    grads = {n: sample(("flight", step, n), s, np.float32) for n, s in SHAPES}
+                    gb.reset()
+                    backward(gb, grads, poll=step == 0)
+                    got, want = gb.finish(), expected(COMM, gb, grads, True)
+                    problems += [f"{overlap} in_flight={in_flight} step {step}: {n}" for n in want
+                                 if not bitwise_equal(got[n], want[n])]
+                most = gb._driver.most_in_flight
+                if in_flight and most > in_flight:
+                    problems.append(f"{overlap}: {most} rings in flight, at most {in_flight} asked")
+    with pytest.raises(ValueError, match="in_flight must be"):
+        GradBuckets(COMM, SHAPES, 300, in_flight=0)
+    all_ranks_ok(problems)
