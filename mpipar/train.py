@@ -103,7 +103,8 @@ def build_trainer(s, config, mesh):
                                     optimizer=dict(lr=s["lr"]), overlap=s["overlap"],
                                     algorithm="ring")
         return training, lambda: training.whole_model(algorithm="ring")
-    model = GPT(config, source, mesh.tp_comm, algorithm="ring", sequence_parallel=s["sp"])
+    model = GPT(config, source, mesh.tp_comm, algorithm="ring", deterministic=s["deterministic"],
+                sequence_parallel=s["sp"])
     if s["tp_async"]:  # the asynchronous linear: column-parallel backwards reduce on a thread
         model.tp.engine = ProgressEngine()
     if s["zero"]:

@@ -113,3 +113,20 @@ def test_dp_micro_batches_train_alike_polled_and_on_the_thread():
 ])
 def test_dp_micro_batch_options_that_cannot_run_are_one_clear_error(args, message):
     assert_one_clear_error("mpipar.train", 2, TINY + args, message)
+
+
+def test_deterministic_reaches_the_tensor_parallel_reductions():
+    """--deterministic fixes the order of every sum: the replicas' gradients and, with --tp, the
+    row-parallel partial sums too (TPGroup(deterministic=True): gathered, added in rank order)."""
+    from mpi4py import MPI
+
+    from mpipar.models import GPTConfig
+    from mpipar.parallel.mesh import Mesh
+    from mpipar.train import build_trainer
+
+    config = GPTConfig(vocab_size=16, n_ctx=8, n_embd=16, n_head=2, n_layer=1)
+    for flag in (True, False):
+        s = settings(*(["--deterministic"] if flag else []))
+        with Mesh(MPI.COMM_SELF, 1, 1) as mesh:
+            trainer, model = build_trainer(s, config, mesh)
+            assert model().tp.deterministic is flag and trainer.deterministic is flag
