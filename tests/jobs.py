@@ -20,3 +20,16 @@ def assert_one_clear_error(target, n, args, message, timeout=120):
     assert text.count(message) == 1, text
     assert "Traceback" not in text and "Abort" not in text, text
     return proc
+
+
+def assert_thread_failure_ends_the_job(job_path, args, message, seconds=30):
+    """Run the script ``job_path`` on 2 ranks with ``args`` that make a communication thread
+    fail: the job must end within ``seconds`` with a non-zero status, no result, and ``message``
+    printed exactly once -- one rank, one message, never a hang. Returns the finished job."""
+    job = launch.run(job_path, n=2, args=args, timeout=60, check=False)
+    text = job.stdout + job.stderr
+    assert job.returncode != 0 and job.data is None, text
+    assert text.count(message) == 1, text
+    assert text.count("progress engine (rank") == 1, text
+    assert job.seconds < seconds, text
+    return job

@@ -3,6 +3,7 @@ clear message (never a hang) when the thread fails. Each runs tests/parallel/pip
 on two ranks."""
 from pathlib import Path
 
+from jobs import assert_thread_failure_ends_the_job
 import pytest
 
 from mpipar import launch
@@ -19,11 +20,6 @@ def test_the_thread_stops_at_exit():
 
 
 def test_an_error_on_the_thread_in_a_step_ends_the_job_with_one_message():
-    job = launch.run(JOB, n=2, args=["fail"], timeout=60, check=False)
-    text = job.stdout + job.stderr
-    message = ("progress engine (rank 1): the pipeline's messages failed on the communication "
-               "thread: OSError: injected failure")
-    assert job.returncode != 0 and job.data is None, text
-    assert text.count(message) == 1, text
-    assert text.count("progress engine (rank") == 1, text  # one rank, one message
-    assert job.seconds < 30, text
+    assert_thread_failure_ends_the_job(JOB, ["fail"], "progress engine (rank 1): "
+                                       "the pipeline's messages failed on the communication "
+                                       "thread: OSError: injected failure")

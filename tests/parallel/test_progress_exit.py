@@ -2,6 +2,7 @@
 hang) when the thread fails. Each runs tests/parallel/progress_job.py on two ranks."""
 from pathlib import Path
 
+from jobs import assert_thread_failure_ends_the_job
 import pytest
 
 from mpipar import launch
@@ -23,9 +24,4 @@ def test_the_thread_stops_at_exit():
     ("stuck", "no wait() collected it within 2 s: stopping every rank"),
 ])
 def test_an_error_on_the_thread_ends_the_job_with_one_message(case, message):
-    job = launch.run(JOB, n=2, args=[case], timeout=60, check=False)
-    text = job.stdout + job.stderr
-    assert job.returncode != 0 and job.data is None, text
-    assert text.count(message) == 1, text
-    assert text.count("progress engine (rank") == 1, text  # one rank, one message
-    assert job.seconds < 30, text
+    assert_thread_failure_ends_the_job(JOB, [case], message)

@@ -3,6 +3,7 @@ cleanly, and with one clear message (never a hang) when that thread fails. Each 
 tests/parallel/tp_async_job.py on two ranks."""
 from pathlib import Path
 
+from jobs import assert_thread_failure_ends_the_job
 import pytest
 
 from mpipar import launch
@@ -19,11 +20,6 @@ def test_the_job_runs_and_exits():
 
 
 def test_an_error_on_the_thread_ends_the_job_with_one_message():
-    job = launch.run(JOB, n=2, args=["fail"], timeout=60, check=False)
-    text = job.stdout + job.stderr
-    message = ("progress engine (rank 1): lm_head's input-gradient reduction failed on the "
-               "communication thread: OSError: injected failure")
-    assert job.returncode != 0 and job.data is None, text
-    assert text.count(message) == 1, text
-    assert text.count("progress engine (rank") == 1, text  # one rank, one message
-    assert job.seconds < 30, text
+    assert_thread_failure_ends_the_job(JOB, ["fail"], "progress engine (rank 1): "
+                                       "lm_head's input-gradient reduction failed on the "
+                                       "communication thread: OSError: injected failure")
