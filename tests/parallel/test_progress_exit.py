@@ -19,7 +19,7 @@ def test_the_thread_stops_at_exit():
 
 
 @pytest.mark.parametrize("case, message", [
-    ("fail", "progress engine (rank 1): bucket 0's all-reduce failed on the communication "
+    ("fail", "progress engine (rank 1): the buckets' all-reduces failed on the communication "
              "thread: OSError: injected failure"),
     ("stuck", "no wait() collected it within 2 s: stopping every rank"),
 ])
