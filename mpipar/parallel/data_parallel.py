@@ -38,7 +38,7 @@ from ..models.optim import clip_grad_norm
 from ..models.params import is_sharded
 from ..tasks.addition import batch_slice
 from .buckets import GradBuckets, overlap_mode
-from .dp_micro import micro_batches_problem, micro_step
+from .dp_micro import add_grads, bucket_hook, into_shards, micro_batches_problem, micro_step
 
 
 def ready_order(model):
@@ -103,13 +103,6 @@ class DataParallel:
         self.close()
         return False
 
-    def _hook(self, names, grads):
-        for name in names:
-            for k, g in enumerate(grads):
-                if name in g:
-                    self.buckets.ready(f"{k}:{name}", g[name])
-        self.buckets.progress()
-
     def step(self, tokens, mask, lr=None):
         """Train on the global batch ``tokens`` (N, T+1); returns the step's figures."""
         p, rank = self.comm.Get_size(), self.comm.Get_rank()
@@ -126,14 +119,13 @@ class DataParallel:
             weights = loss_weights(mask, len(tokens), len(local), self.model.dtype)
             if self.buckets is not None:
                 self.buckets.reset()
-            loss, _, grads = self.model.loss_and_grads(
-                local[:, :-1], local[:, 1:], weights, on_layer_done=self._hook if self.buckets else None)
+            hook = bucket_hook(self.buckets) if self.buckets else None
+            loss, _, grads = self.model.loss_and_grads(local[:, :-1], local[:, 1:], weights,
+                                                       on_layer_done=hook)
             t_backward = time.perf_counter()
         if self.buckets is not None and self.micro_batches == 1:  # (micro_step sums its own)
-            summed = self.buckets.finish(average=False)
-            for key, g in summed.items():  # the buckets' views, not a copy (475 MiB for GPT-2)
-                k, name = key.split(":", 1)
-                grads[int(k)][name] = g
+            # the buckets' views, not a copy (475 MiB for GPT-2)
+            into_shards(grads, self.buckets.finish(average=False))
         elif self.buckets is None and p > 1:  # deterministic: rank order, like accumulation on one process
             for shard_grads in grads:
                 for g in shard_grads.values():
@@ -163,10 +155,5 @@ def accumulated_grads(model, tokens, mask, dp):
         weights = loss_weights(mask, len(tokens), len(local), model.dtype)
         loss, _, grads = model.loss_and_grads(local[:, :-1], local[:, 1:], weights)
         total_loss = total_loss + loss if r else loss
-        if total is None:
-            total = grads
-        else:
-            for acc, g in zip(total, grads):
-                for name in acc:
-                    acc[name] += g[name]
+        total = add_grads(total, grads)
     return total_loss, total

@@ -49,7 +49,7 @@ def micro_batches_problem(n_examples, p, m, sync):
     return None
 
 
-def _add(total, grads):
+def add_grads(total, grads):
     """``total`` += ``grads`` (lists of per-shard dicts); the first call keeps ``grads``."""
     if total is None:
         return grads
@@ -72,30 +72,32 @@ def micro_step(dp, parts, weights):
         if sets and dp.sync == "each":
             current, before = sets[m % len(sets)], sets[(m - 1) % len(sets)]
             current.reset()
-            hook = _each_hook(current, before if m and before is not current else None)
+            hook = bucket_hook(current, before if m and before is not current else None)
         elif sets and last:  # sync="last": the local sum goes into the buckets layer by layer
             hook = _last_hook(sets[0], total)
         loss, _, grads = model.loss_and_grads(part[:, :-1], part[:, 1:], w, on_layer_done=hook)
         loss_total += float(loss)  # float64: M terms, the same order in every mode
         t_backward = time.perf_counter()
         if not sets:
-            total = _add(total, grads)
+            total = add_grads(total, grads)
         elif dp.sync == "last":
             if last:
-                total = _into(grads, sets[0].finish(average=False))
+                total = into_shards(grads, sets[0].finish(average=False))
             else:
-                total = _add(total, grads)
+                total = add_grads(total, grads)
         else:
             if m and before is not current:  # the previous micro-batch's, travelled meanwhile
                 total = _sum_reduced(total, before.finish(average=False))
             if before is current or last:
                 total = _sum_reduced(total, current.finish(average=False))
     if sets and dp.sync == "each":
-        total = _into(grads, total)
+        total = into_shards(grads, total)
     return loss_total, total, t_backward
 
 
-def _each_hook(current, before):
+def bucket_hook(current, before=None):
+    """The hook backward calls after each layer: its gradients into ``current``'s buckets, then
+    both sets' rings moved on (``before``: the previous micro-batch's, still travelling)."""
     def hook(names, grads):
         for name in names:
             for k, g in enumerate(grads):
@@ -133,7 +135,7 @@ def _sum_reduced(total, reduced):
     return total
 
 
-def _into(grads, summed):
+def into_shards(grads, summed):
     """Put {"k:name": gradient} into the model's per-shard dicts ``grads``."""
     for key, g in summed.items():
         k, name = key.split(":", 1)

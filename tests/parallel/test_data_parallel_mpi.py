@@ -17,6 +17,7 @@ from mpipar.models import GPT, GPTConfig, init_params
 from mpipar.models.checkpoint import full_params
 from mpipar.models.optim import AdamW
 from mpipar.parallel.data_parallel import DataParallel, accumulated_grads, loss_weights
+from mpipar.parallel.dp_micro import bucket_hook
 from mpipar.parallel.mesh import Mesh
 from mpipar.tasks.addition import AdditionTask, batch_slice
 
@@ -78,8 +79,8 @@ def test_default_mode_gradients_within_the_summation_bound(overlap):
     local = batch_slice(tokens, WORLD.Get_rank(), p)
     w = loss_weights(mask, BATCH, len(local), model.dtype)
     # run the same synchronisation the trainer runs, on the trainer's own buckets
-    _, _, grads = trainer.model.loss_and_grads(local[:, :-1], local[:, 1:], w,
-                                               on_layer_done=trainer._hook if trainer.buckets else None)
+    hook = bucket_hook(trainer.buckets) if trainer.buckets else None
+    _, _, grads = trainer.model.loss_and_grads(local[:, :-1], local[:, 1:], w, on_layer_done=hook)
     summed = trainer.buckets.finish(average=False) if trainer.buckets else \
         {f"0:{k}": v for k, v in grads[0].items()}
     u = numerics.unit_roundoff(np.float32)
