@@ -76,13 +76,14 @@ def sizes(lo, hi):
 
 
 def alternate(comm, calls, warmup, trials):
-    """{name: median per-call seconds}: each call's trials interleaved with the others'."""
+    """({name: median per-call seconds}, {name: [per-call seconds of each trial]}): each
+    call's trials interleaved with the others', so trial t of every call sees the same load."""
     repeat = {name: calls_per_trial(comm, call, warmup) for name, call in calls.items()}
     seconds = {name: [] for name in calls}
     for _ in range(trials):
         for name, call in calls.items():
             seconds[name].append(slowest(comm, one_trial(comm, call, repeat[name])["seconds"]))
-    return {name: float(np.median(s)) for name, s in seconds.items()}
+    return {name: float(np.median(s)) for name, s in seconds.items()}, seconds
 
 
 def measure_op(comm, op, args, progress, extra=()):
@@ -93,7 +94,8 @@ def measure_op(comm, op, args, progress, extra=()):
         progress.start(f"tuning {op}", f"{op} {format_bytes(nbytes)}")
         calls = {alg: functools.partial(CALLS[op], comm, x, algorithm=alg, check=False)
                  for alg in (*ALGORITHMS[op], "mpi", *extra)}
-        rows.append({"bytes": nbytes, "seconds": alternate(comm, calls, args.warmup, args.trials)})
+        medians, per_trial = alternate(comm, calls, args.warmup, args.trials)
+        rows.append({"bytes": nbytes, "seconds": medians, "trials": per_trial})
         progress.update()
     return rows
 
@@ -124,17 +126,27 @@ def rules(op, rows):
     return out
 
 
+def paired_ratio(row, a, b):
+    """Median over trials of a's time / b's in the same trial (the trials alternate, so the
+    pair saw the same background load: steadier than a ratio of two medians)."""
+    return float(np.median(np.asarray(row["trials"][a]) / np.asarray(row["trials"][b])))
+
+
 def ratio_table(op, rows, p):
-    """Per size: the fastest algorithm, and auto's time / the best's and / mpi's (verify)."""
+    """Per size: the fastest algorithm, and auto's time / the best's and / mpi's (verify),
+    each the median of per-trial ratios."""
     cols = [Column("size", format_bytes), Column("best", align="<"), Column("best time", format_seconds),
             Column("auto", align="<"), Column("auto / best"), Column("auto / mpi")]
     cells = []
     for r in rows:
         s = r["seconds"]
         best = min(ALGORITHMS[op], key=lambda a: s[a])
+        r["auto_over_best"] = paired_ratio(r, "auto", best)
+        r["auto_over_mpi"] = paired_ratio(r, "auto", "mpi")
         cells.append([r["bytes"], best, s[best], r.get("auto_algorithm", "-"),
-                      f"{s['auto'] / s[best]:.2f}", f"{s['auto'] / s['mpi']:.2f}"])
-    return format_table(cols, cells, title=f"{op}: auto with the table, {p} rank(s)")
+                      f"{r['auto_over_best']:.2f}", f"{r['auto_over_mpi']:.2f}"])
+    return format_table(cols, cells, title=f"{op}: auto with the table, {p} rank(s); "
+                        "ratios: medians of per-trial ratios")
 
 
 def run(args, comm):

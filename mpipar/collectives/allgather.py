@@ -15,7 +15,6 @@ Costs for n bytes gathered in total on p ranks (Thakur, Rabenseifner & Gropp
 
 Every rank ends with identical bits: the blocks are copied, never combined.
 """
-import numpy as np
 
 from ..measure.cost_model import Algorithm, ceil_lg, floor_lg, folds, share
 from .blocks import Fold, block, pow2_floor, ring_step, span
@@ -102,7 +101,7 @@ def bruck(ch, buf, offsets):
     rot_offsets = [0]
     for j in order:
         rot_offsets.append(rot_offsets[-1] + offsets[j + 1] - offsets[j])
-    work = np.empty_like(buf)
+    work = ch.scratch(buf.size, buf.dtype, "rotated")
     block(work, rot_offsets, 0)[...] = block(buf, offsets, rank)
     d = 1
     while d < p:

@@ -27,7 +27,6 @@ exchange combine the same two operands, in the same order (lower rank first).
 ring and recursive_doubling also run with a 16-bit ``wire`` (lowp.py): what
 travels is rounded to it, every combine happens in x's dtype (float32).
 """
-import numpy as np
 
 from ..measure.cost_model import Algorithm, ceil_lg, floor_lg, folds, share
 from . import allgather, broadcast, reduce_scatter
@@ -41,7 +40,7 @@ def naive(ch, x, op):
         return x
     ch.step()
     if rank == 0:
-        incoming = np.empty_like(x)
+        incoming = ch.scratch(x.size, x.dtype)
         for r in range(1, p):
             ch.recv(incoming, r)
             combine(op, x, incoming, out=x)
@@ -58,7 +57,7 @@ def tree(ch, x, op):
     sender's [r + 2^k, r + 2^(k+1)) on the right.
     """
     p, rank = ch.size, ch.rank
-    incoming = np.empty_like(x) if rank % 2 == 0 else None  # odd ranks only send
+    incoming = ch.scratch(x.size, x.dtype) if rank % 2 == 0 else None  # odd ranks only send
     mask, active = 1, True
     while mask < p:
         ch.step()
@@ -81,7 +80,7 @@ def recursive_doubling(ch, x, op, wire=None):
     fold, rank = Fold(ch.size, split_offsets(x.size, ch.size)), ch.rank
     fold.reduce_in(ch, x, op, wire)
     if not fold.is_extra(rank):
-        incoming = np.empty(x.size, wire_dtype(wire, x.dtype))
+        incoming = ch.scratch(x.size, wire_dtype(wire, x.dtype))
         d = 1
         while d < fold.q:
             ch.step()

@@ -174,7 +174,7 @@ class Fold:
         if self.q == self.p:
             return x
         sent = to_wire(x, wire)
-        incoming = np.empty_like(sent) if self.stands_in(ch.rank) else None
+        incoming = ch.scratch(sent.size, sent.dtype, "fold") if self.stands_in(ch.rank) else None
         if self.fold_in(ch, sent, incoming):
             combine(op, from_wire(sent, x.dtype), from_wire(incoming, x.dtype), out=x)
         return x

@@ -23,6 +23,8 @@ buffer is MPI's own truncation error.)
 from mpi4py import MPI
 import numpy as np
 
+from . import scratch
+
 TAG = 0x6D70  # "mp"
 
 
@@ -81,6 +83,11 @@ class Channel:
         self.comm.Sendrecv(_wire(sendbuf), dest, self.tag, _wire(recvbuf), source, self.tag, status)
         if status.Get_count(MPI.BYTE) != recvbuf.nbytes:
             _filled(status, recvbuf, source)
+
+    def scratch(self, count, dtype, slot="incoming"):
+        """A receive-only temporary of this call, reused across calls on this communicator
+        (scratch.py): never what a collective returns."""
+        return scratch.buffer(self.comm, count, dtype, slot)
 
     def isend(self, buf, dest):
         self._count(buf, dest)

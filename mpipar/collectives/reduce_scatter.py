@@ -28,7 +28,7 @@ def naive(ch, x, offsets, op):
         return x.copy()
     ch.step()
     if rank == 0:
-        incoming = np.empty_like(x)
+        incoming = ch.scratch(x.size, x.dtype)
         for r in range(1, p):
             ch.recv(incoming, r)
             combine(op, x, incoming, out=x)  # ((x0 + x1) + x2) + ...
@@ -56,7 +56,7 @@ def ring_in_place(ch, x, offsets, op, wire=None):
     p, rank = ch.size, ch.rank
     right, left = (rank + 1) % p, (rank - 1) % p
     blocks = [block(x, offsets, j) for j in range(p)]  # views, cut once
-    incoming = np.empty(max(b.size for b in blocks), wire_dtype(wire, x.dtype))
+    incoming = ch.scratch(max(b.size for b in blocks), wire_dtype(wire, x.dtype))
     parts = [incoming[:b.size] for b in blocks]  # where block j's partial arrives
     for s in range(p - 1):
         ch.step()
@@ -82,7 +82,7 @@ def halving_slots(ch, slotbuf, slot_offsets, q, op):
     """
     i, lo, hi = ch.rank, 0, q
     d = q >> 1
-    incoming = np.empty_like(slotbuf)
+    incoming = ch.scratch(slotbuf.size, slotbuf.dtype)
     while d:
         ch.step()
         mid = lo + d

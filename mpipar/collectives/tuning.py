@@ -134,7 +134,7 @@ def _find(p):
 
 def table_for(comm):
     """{"table": the decision table ``auto`` uses on ``comm`` (None: the cost model
-    decides), "model": its CostModel or None}.
+    decides), "model": its CostModel or None, "choices": auto's choices so far}.
 
     Collective on the first call per communicator (rank 0 reads, every rank gets
     its answer); later calls are a dictionary look-up."""
@@ -149,7 +149,8 @@ def table_for(comm):
             warnings.warn(warning, RuntimeWarning, stacklevel=3)
         if error:
             raise ValueError(error)
-        found = {"table": table if table and table["world_size"] == p else None, "model": None}
+        found = {"table": table if table and table["world_size"] == p else None, "model": None,
+                 "choices": {}}  # auto's remembered choices: (op, bytes) -> algorithm
         if found["table"] and isinstance(found["table"].get("cost_model"), dict):
             from ..measure.cost_model import CostModel
             found["model"] = CostModel(**found["table"]["cost_model"])

@@ -16,6 +16,10 @@ per-size times (``mpipar.measure.fit``), and gamma is the slope of a timed
 in-place ``np.add`` of float32 over the same sizes (>= 16 KiB), every rank adding
 at once for ``"contention"``, rank 0 alone for ``"pingpong"``.
 
+kappa, the price per byte of a collective's private copy into fresh memory, is the
+slope of a timed ``a.copy()`` (a new array each time) over the same sizes (>= 16 KiB),
+every rank copying at once for ``"contention"``, rank 0 alone for ``"pingpong"``.
+
 The software overhead o (LogGP's o; Alexandrov et al. 1995) is measured beside
 the contended exchange, in alternating trials at the same sizes: one step of a
 hand-written algorithm on a :class:`~mpipar.collectives.channel.Channel` (its
@@ -51,6 +55,7 @@ class Calibration(NamedTuple):
     raw: list  #: raw[k][i]: trial k, size i: a bare exchange (or ping-pong one-way) in seconds
     step: list  #: step[k][i]: the same with a Channel step around it (None for "pingpong")
     add: list  #: add[k][i]: an in-place np.add of sizes[i] bytes
+    copy: list  #: copy[k][i]: a copy of sizes[i] bytes into a new array
 
     def fits(self):
         """One fit per trial: {alpha, beta, o} -- the constants' spread over repeats."""
@@ -71,9 +76,10 @@ def calibrate(comm, method="contention", sizes=SIZES, trials=7):
     if method == "contention":
         raw, step = _exchange_trials(comm, sizes, trials)
         add = _add_trials(comm, sizes, trials)
+        copy = _add_trials(comm, sizes, trials, copy=True)
         where = (f"contention: every rank of {p} in a ring Sendrecv at once, slowest rank; "
                  f"o: Channel step - raw Sendrecv")
-        answer = (raw, step, add)
+        answer = (raw, step, add, copy)
     else:
         from ..collectives.channel import quiet_wait
         answer = None
@@ -81,22 +87,24 @@ def calibrate(comm, method="contention", sizes=SIZES, trials=7):
             peer = 1 if p > 1 else 0
             raw = [[_pingpong(comm, peer, n) for n in sizes] for _ in range(trials)]
             add = [[_add_time(n) for n in sizes] for _ in range(trials)]
-            answer = (raw, None, add)
+            copy = [[_add_time(n, copy=True) for n in sizes] for _ in range(trials)]
+            answer = (raw, None, add, copy)
         elif comm.Get_rank() == 1:
             _pingpong_echo(comm, sizes, trials)
         quiet_wait(comm.Ibarrier())
         answer = comm.bcast(answer, root=0)
         where = (f"ping-pong 0<->1 in a job of {p} ranks" if p > 1 else "ping-pong: self-messages, 1 rank")
-    raw, step, add = answer
+    raw, step, add, copy = answer
     consts = fit.fit_model(sizes, raw, step)
     big = [i for i, n in enumerate(sizes) if n >= GAMMA_FROM] or list(range(len(sizes)))
     if len(big) < 2:
         big = list(range(len(sizes)))
-    add_med = np.median(np.asarray(add, float), axis=0)
-    gamma = max(fit.fit_line([sizes[i] for i in big], add_med[big])[1], fit.FLOOR_BETA)
-    model = CostModel(consts["alpha"], consts["beta"], gamma, o=consts["o"],
+    gamma, kappa = (max(fit.fit_line([sizes[i] for i in big],
+                                     np.median(np.asarray(t, float), axis=0)[big])[1], fit.FLOOR_BETA)
+                    for t in (add, copy))
+    model = CostModel(consts["alpha"], consts["beta"], gamma, o=consts["o"], kappa=kappa,
                       source=f"calibrated ({where})")
-    return Calibration(model, method, sizes, raw, step, add)
+    return Calibration(model, method, sizes, raw, step, add, copy)
 
 
 # --- contention: every rank at once --------------------------------------------------------
@@ -148,8 +156,9 @@ def _exchange_trials(comm, sizes, trials):
     return raw, step
 
 
-def _add_trials(comm, sizes, trials):
-    """add[k][i]: the slowest rank's seconds for an in-place float32 add, all ranks at once."""
+def _add_trials(comm, sizes, trials, copy=False):
+    """add[k][i]: the slowest rank's seconds for an in-place float32 add (``copy``: a copy
+    into a new array), all ranks at once."""
     arrays = {n: (np.ones(n // 4, np.float32), np.ones(n // 4, np.float32)) for n in sizes}
     out = []
     for trial in range(trials + 1):
@@ -159,7 +168,7 @@ def _add_trials(comm, sizes, trials):
             comm.Barrier()
             t0 = time.perf_counter()
             for _ in range(rounds(n)):
-                np.add(a, b, out=a)
+                a.copy() if copy else np.add(a, b, out=a)
             row.append((time.perf_counter() - t0) / rounds(n))
         row = _slowest(comm, row)
         if trial:
@@ -192,10 +201,10 @@ def _pingpong_echo(comm, sizes, trials):
                 comm.Send(buf, dest=0)
 
 
-def _add_time(n):
+def _add_time(n, copy=False):
     a, b = np.ones(n // 4, np.float32), np.ones(n // 4, np.float32)
     np.add(a, b, out=a)
     t0 = time.perf_counter()
     for _ in range(rounds(n)):
-        np.add(a, b, out=a)
+        a.copy() if copy else np.add(a, b, out=a)
     return (time.perf_counter() - t0) / rounds(n)

@@ -23,6 +23,15 @@ for every algorithm but ``"mpi"`` (predicted with alpha alone). ``o`` is 0 in th
 default model and in a ping-pong calibration; ``CostModel.calibrate`` measures it
 (a Channel step minus a bare Sendrecv of the same bytes, :mod:`mpipar.measure.calibrate`).
 
+Every call of a collective also makes one private copy of n bytes into memory it has
+just allocated -- its working copy of the input, or (allgather, and the library's
+all-reduce) the result it hands back -- whichever algorithm runs. That copy is priced
+kappa seconds per byte, once per call for every algorithm and ``"mpi"``: it never
+changes which algorithm is best, only how long any of them takes. Fresh memory is
+mapped on first touch, so kappa is well above a copy between warm buffers (a copy of
+2 MiB into a new array took 0.2 ms on the 16-core machine: 0.1 ns/byte). 0 in the
+default model; ``CostModel.calibrate`` measures it.
+
 n is the payload: the input of allreduce, broadcast and reduce_scatter, the
 whole gathered result of allgather, the message of a point-to-point ``"send"`` or
 ``"recv"`` (``mpipar.parallel.p2p``, algorithm ``"p2p"``): one message, the model's
@@ -104,10 +113,15 @@ class CostModel:
     beta: float = 2e-10   #: seconds per byte sent (1 / bandwidth)
     gamma: float = 2e-10  #: seconds per byte reduced locally
     o: float = 0.0        #: seconds of Python per message of a hand-written algorithm (LogGP's o)
+    kappa: float = 0.0    #: seconds per byte of the call's private copy into fresh memory
     source: str = "default"  #: where the constants came from, and how they were measured
 
     def _seconds(self, entry, p, n, library=False):
         return entry.cost(p, n, self.alpha if library else self.alpha + self.o, self.beta, self.gamma)
+
+    def _copy(self, op, n):
+        """The call's private copy (not for a point-to-point message: it has none)."""
+        return 0.0 if op in MESSAGE_OPS else self.kappa * n
 
     def predict(self, op, algorithm, p, n):
         """Seconds for one call of ``op`` by ``algorithm`` on p ranks with payload n bytes.
@@ -117,16 +131,17 @@ class CostModel:
         would achieve under this model, in C: without the per-message overhead o that
         every hand-written algorithm pays. A collective on one rank costs nothing; a
         point-to-point message (``"send"``, ``"recv"``) costs alpha + o + n*beta on any p
-        (alpha + n*beta for ``"mpi"``).
+        (alpha + n*beta for ``"mpi"``). A collective adds kappa*n, its private copy.
         """
         if p <= 1 and op not in MESSAGE_OPS:
             return 0.0
         table = _table(op)
         if algorithm == "mpi":
-            return min(self._seconds(entry, p, n, library=True) for entry in table.values())
+            best = min(self._seconds(entry, p, n, library=True) for entry in table.values())
+            return best + self._copy(op, n)
         if algorithm not in table:
             raise ValueError(f"no cost formula for {op} algorithm {algorithm!r}")
-        return self._seconds(table[algorithm], p, n)
+        return self._seconds(table[algorithm], p, n) + self._copy(op, n)
 
     def lower_bound(self, op, p, n):
         """Bandwidth lower bound: bytes that must leave the busiest rank, times beta
@@ -150,7 +165,8 @@ class CostModel:
         and how they were measured (the source: contention or ping-pong, or the defaults)."""
         return (f"alpha = {format_seconds(self.alpha)}/message, beta = {format_seconds(self.beta)}/byte "
                 f"({1e-9 / self.beta:.2f} GB/s), gamma = {format_seconds(self.gamma)}/byte, "
-                f"o = {format_seconds(self.o)}/message of a hand-written algorithm [{self.source}]")
+                f"o = {format_seconds(self.o)}/message of a hand-written algorithm, "
+                f"kappa = {format_seconds(self.kappa)}/byte copied fresh [{self.source}]")
 
     @classmethod
     def calibrate(cls, comm, sizes=None, trials=7, method="contention"):

@@ -21,3 +21,10 @@ def test_tune_writes_a_table_that_auto_obeys(tmp_path, monkeypatch):
     assert "communicator_size == 2" in out and f"wrote {path}" in out
     assert "allreduce: auto with the table, 2 rank(s)" in out and "auto / mpi" in out
     assert not (tmp_path / "cache").exists()
+
+
+def test_paired_ratio_is_the_median_of_per_trial_ratios():
+    from mpipar.bench.tune import paired_ratio
+    # a load that doubles every time in trial 2 cancels in the pair: 1.1 each trial
+    row = {"trials": {"auto": [1.1, 2.2, 1.1], "ring": [1.0, 2.0, 1.0]}}
+    assert abs(paired_ratio(row, "auto", "ring") - 1.1) < 1e-12

@@ -14,7 +14,7 @@ from mpipar.measure.cost_model import CostModel
 def test_calibrate_gives_positive_finite_constants_on_every_rank(method):
     comm = MPI.COMM_WORLD
     model = CostModel.calibrate(comm, sizes=(8, 1024, 65536), trials=2, method=method)
-    for value in (model.alpha, model.beta, model.gamma):
+    for value in (model.alpha, model.beta, model.gamma, model.kappa):
         assert math.isfinite(value) and value > 0
     assert math.isfinite(model.o) and (model.o >= 0 if method == "contention" else model.o == 0)
     assert ("contention" if method == "contention" else "ping-pong") in model.source
@@ -25,8 +25,8 @@ def test_calibrate_gives_positive_finite_constants_on_every_rank(method):
 def test_a_calibration_keeps_its_trials_for_the_spread():
     comm = MPI.COMM_WORLD
     cal = calibrate.calibrate(comm, sizes=(8, 4096, 1 << 16), trials=3)
-    assert len(cal.raw) == len(cal.step) == len(cal.add) == 3
-    assert all(len(row) == 3 and min(row) > 0 for row in cal.raw + cal.step + cal.add)
+    assert len(cal.raw) == len(cal.step) == len(cal.add) == len(cal.copy) == 3
+    assert all(len(row) == 3 and min(row) > 0 for row in cal.raw + cal.step + cal.add + cal.copy)
     fits = cal.fits()
     assert len(fits) == 3 and all(f["alpha"] > 0 and f["beta"] > 0 and f["o"] >= 0 for f in fits)
     with pytest.raises(ValueError, match="unknown calibration method"):

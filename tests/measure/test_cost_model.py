@@ -112,3 +112,17 @@ def test_describe_names_o_and_how_the_constants_were_measured():
     text = CostModel(A, B, G, o=2e-6, source="calibrated (contention: ...)").describe()
     assert "o = 2 us/message" in text and "contention" in text
     assert CostModel(**CostModel(o=1e-6).to_dict()) == CostModel(o=1e-6)
+
+
+def test_kappa_prices_one_private_copy_per_collective_call():
+    kappa = 2e-10
+    with_k = CostModel(A, B, G, kappa=kappa)
+    for op, algs in ALGORITHMS.items():
+        for p in (2, 3, 8):
+            n = 1 << 20
+            for alg in (*algs, "mpi"):  # the same n bytes, whatever the algorithm
+                assert with_k.predict(op, alg, p, n) == pytest.approx(model.predict(op, alg, p, n) + kappa * n)
+            assert with_k.best(op, p, n) == model.best(op, p, n)  # it never changes the choice
+    assert with_k.predict("send", "p2p", 2, 1000) == model.predict("send", "p2p", 2, 1000)  # no copy
+    assert with_k.predict("allreduce", "ring", 1, 1000) == 0.0  # one rank: no call at all
+    assert "kappa" in with_k.describe() and CostModel(**with_k.to_dict()) == with_k
