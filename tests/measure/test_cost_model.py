@@ -121,7 +121,8 @@ def test_kappa_prices_one_private_copy_per_collective_call():
         for p in (2, 3, 8):
             n = 1 << 20
             for alg in (*algs, "mpi"):  # the same n bytes, whatever the algorithm
-                assert with_k.predict(op, alg, p, n) == pytest.approx(model.predict(op, alg, p, n) + kappa * n)
+                want = model.predict(op, alg, p, n) + kappa * n
+                assert with_k.predict(op, alg, p, n) == pytest.approx(want)
             assert with_k.best(op, p, n) == model.best(op, p, n)  # it never changes the choice
     assert with_k.predict("send", "p2p", 2, 1000) == model.predict("send", "p2p", 2, 1000)  # no copy
     assert with_k.predict("allreduce", "ring", 1, 1000) == 0.0  # one rank: no call at all
