@@ -77,12 +77,14 @@ def sizes(lo, hi):
 
 def alternate(comm, calls, warmup, trials):
     """({name: median per-call seconds}, {name: [per-call seconds of each trial]}): each
-    call's trials interleaved with the others', so trial t of every call sees the same load."""
+    call's trials interleaved with the others', so trial t of every call sees the same load,
+    in an order rotated from trial to trial."""
     repeat = {name: calls_per_trial(comm, call, warmup) for name, call in calls.items()}
     seconds = {name: [] for name in calls}
-    for _ in range(trials):
-        for name, call in calls.items():
-            seconds[name].append(slowest(comm, one_trial(comm, call, repeat[name])["seconds"]))
+    names = list(calls)
+    for t in range(trials):  # each trial starts one call later: no call always runs last
+        for name in names[t % len(names):] + names[:t % len(names)]:
+            seconds[name].append(slowest(comm, one_trial(comm, calls[name], repeat[name])["seconds"]))
     return {name: float(np.median(s)) for name, s in seconds.items()}, seconds
 
 

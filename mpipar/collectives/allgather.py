@@ -120,7 +120,7 @@ def bruck(ch, buf, offsets):
 # the formulas of the table at the top (q = 2^floor(lg p); folds(p) is 1 when q < p)
 ALGORITHMS = {
     "naive": Algorithm(naive, lambda p, n, alpha, beta, gamma:
-                       (p - 1) * alpha + share(p) * n * beta + (p - 1) * (alpha + n * beta)),
+                       (p - 1) * alpha + share(p) * n * beta + (p - 1) * (alpha + n * beta), alone=True),
     "ring": Algorithm(ring, lambda p, n, alpha, beta, gamma: (p - 1) * alpha + share(p) * n * beta),
     "recursive_doubling": Algorithm(recursive_doubling, lambda p, n, alpha, beta, gamma:
                                     floor_lg(p) * alpha + share(pow2_floor(p)) * n * beta

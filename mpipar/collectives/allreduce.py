@@ -125,9 +125,9 @@ def rabenseifner(ch, x, op):
 # of the table at the top (q = 2^floor(lg p); folds(p) is 1 when q < p)
 ALGORITHMS = {
     "naive": Algorithm(naive, lambda p, n, alpha, beta, gamma:
-                       2 * (p - 1) * (alpha + n * beta) + (p - 1) * n * gamma),
+                       2 * (p - 1) * (alpha + n * beta) + (p - 1) * n * gamma, alone=True),
     "tree": Algorithm(tree, lambda p, n, alpha, beta, gamma:
-                      2 * ceil_lg(p) * (alpha + n * beta) + ceil_lg(p) * n * gamma),
+                      2 * ceil_lg(p) * (alpha + n * beta) + ceil_lg(p) * n * gamma, alone=True),
     "recursive_doubling": Algorithm(recursive_doubling, lambda p, n, alpha, beta, gamma:
                                     floor_lg(p) * (alpha + n * beta + n * gamma)
                                     + folds(p) * (2 * alpha + 2 * n * beta + n * gamma)),

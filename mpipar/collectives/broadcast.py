@@ -77,8 +77,9 @@ def scatter_allgather(ch, buf, root):
 # name -> the function, and its cost in seconds on p ranks for an n-byte buffer: the formulas
 # of the table at the top
 ALGORITHMS = {
-    "naive": Algorithm(naive, lambda p, n, alpha, beta, gamma: (p - 1) * (alpha + n * beta)),
-    "binomial": Algorithm(binomial, lambda p, n, alpha, beta, gamma: ceil_lg(p) * (alpha + n * beta)),
+    "naive": Algorithm(naive, lambda p, n, alpha, beta, gamma: (p - 1) * (alpha + n * beta), alone=True),
+    "binomial": Algorithm(binomial, lambda p, n, alpha, beta, gamma: ceil_lg(p) * (alpha + n * beta),
+                          alone=True),
     "scatter_allgather": Algorithm(scatter_allgather, lambda p, n, alpha, beta, gamma:
                                    (ceil_lg(p) + p - 1) * alpha + 2 * share(p) * n * beta),
 }

@@ -117,7 +117,8 @@ def recursive_halving(ch, x, offsets, op):
 # of the table at the top (q = 2^floor(lg p); folds(p) is 1 when q < p)
 ALGORITHMS = {
     "naive": Algorithm(naive, lambda p, n, alpha, beta, gamma:
-                       (p - 1) * (alpha + n * beta + n * gamma) + (p - 1) * alpha + share(p) * n * beta),
+                       (p - 1) * (alpha + n * beta + n * gamma) + (p - 1) * alpha + share(p) * n * beta,
+                       alone=True),
     "ring": Algorithm(ring, lambda p, n, alpha, beta, gamma:
                       (p - 1) * alpha + share(p) * n * (beta + gamma)),
     "recursive_halving": Algorithm(recursive_halving, lambda p, n, alpha, beta, gamma:

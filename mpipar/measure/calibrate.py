@@ -10,6 +10,8 @@ Two ways to measure alpha and beta (``method``):
   engine waiting on a neighbour that is itself busy.
 * ``"pingpong"``: ranks 0 and 1 alone, one-way time = round trip / 2, the others
   asleep: the classic, optimistic figure (kept to show how far it is off).
+  ``"contention"`` measures it too, for ``beta_alone``: the bandwidth of the algorithms
+  whose messages travel one at a time (naive, tree, binomial; cost_model.py).
 
 Either way alpha, beta are the weighted least-squares line through the median
 per-size times (``mpipar.measure.fit``), and gamma is the slope of a timed
@@ -77,22 +79,12 @@ def calibrate(comm, method="contention", sizes=SIZES, trials=7):
         raw, step = _exchange_trials(comm, sizes, trials)
         add = _add_trials(comm, sizes, trials)
         copy = _add_trials(comm, sizes, trials, copy=True)
+        alone = _pingpong_trials(comm, sizes, trials)
         where = (f"contention: every rank of {p} in a ring Sendrecv at once, slowest rank; "
                  f"o: Channel step - raw Sendrecv")
         answer = (raw, step, add, copy)
     else:
-        from ..collectives.channel import quiet_wait
-        answer = None
-        if comm.Get_rank() == 0:
-            peer = 1 if p > 1 else 0
-            raw = [[_pingpong(comm, peer, n) for n in sizes] for _ in range(trials)]
-            add = [[_add_time(n) for n in sizes] for _ in range(trials)]
-            copy = [[_add_time(n, copy=True) for n in sizes] for _ in range(trials)]
-            answer = (raw, None, add, copy)
-        elif comm.Get_rank() == 1:
-            _pingpong_echo(comm, sizes, trials)
-        quiet_wait(comm.Ibarrier())
-        answer = comm.bcast(answer, root=0)
+        answer, alone = _pingpong_trials(comm, sizes, trials, with_local=True), None
         where = (f"ping-pong 0<->1 in a job of {p} ranks" if p > 1 else "ping-pong: self-messages, 1 rank")
     raw, step, add, copy = answer
     consts = fit.fit_model(sizes, raw, step)
@@ -102,8 +94,9 @@ def calibrate(comm, method="contention", sizes=SIZES, trials=7):
     gamma, kappa = (max(fit.fit_line([sizes[i] for i in big],
                                      np.median(np.asarray(t, float), axis=0)[big])[1], fit.FLOOR_BETA)
                     for t in (add, copy))
+    beta_alone = None if alone is None else fit.fit_model(sizes, alone)["beta"]
     model = CostModel(consts["alpha"], consts["beta"], gamma, o=consts["o"], kappa=kappa,
-                      source=f"calibrated ({where})")
+                      beta_alone=beta_alone, source=f"calibrated ({where})")
     return Calibration(model, method, sizes, raw, step, add, copy)
 
 
@@ -177,6 +170,25 @@ def _add_trials(comm, sizes, trials, copy=False):
 
 
 # --- ping-pong: ranks 0 and 1 alone --------------------------------------------------------
+
+def _pingpong_trials(comm, sizes, trials, with_local=False):
+    """raw[k][i]: one-way seconds between ranks 0 and 1, the others idle, on every rank; with
+    ``with_local`` (raw, None, add, copy), the local times measured by rank 0 alone too."""
+    from ..collectives.channel import quiet_wait
+    answer = None
+    if comm.Get_rank() == 0:
+        peer = 1 if comm.Get_size() > 1 else 0
+        raw = [[_pingpong(comm, peer, n) for n in sizes] for _ in range(trials)]
+        answer = raw
+        if with_local:
+            add = [[_add_time(n) for n in sizes] for _ in range(trials)]
+            copy = [[_add_time(n, copy=True) for n in sizes] for _ in range(trials)]
+            answer = (raw, None, add, copy)
+    elif comm.Get_rank() == 1:
+        _pingpong_echo(comm, sizes, trials)
+    quiet_wait(comm.Ibarrier())
+    return comm.bcast(answer, root=0)
+
 
 def _pingpong(comm, peer, n):
     """One trial's one-way seconds for an n-byte message between rank 0 and ``peer``."""

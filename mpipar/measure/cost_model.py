@@ -23,6 +23,15 @@ for every algorithm but ``"mpi"`` (predicted with alpha alone). ``o`` is 0 in th
 default model and in a ping-pong calibration; ``CostModel.calibrate`` measures it
 (a Channel step minus a bare Sendrecv of the same bytes, :mod:`mpipar.measure.calibrate`).
 
+Two families of algorithms see two bandwidths. In a ring, recursive doubling or
+halving, Bruck or a scatter-allgather every rank sends at once, and the ranks share
+the memory system: beta is measured that way (``CostModel.calibrate``). In naive,
+tree and binomial algorithms the messages mostly travel one or a few at a time (a
+root receiving from each rank in turn, a tree's upper levels), so they are priced
+with ``beta_alone``, measured by a ping-pong with every other rank idle -- on the
+16-core machine the contended beta made naive and tree 1.4-2.6x too slow at p = 4..16.
+(``Algorithm.alone`` marks them; ``beta_alone`` None means beta for both.)
+
 Every call of a collective also makes one private copy of n bytes into memory it has
 just allocated -- its working copy of the input, or (allgather, and the library's
 all-reduce) the result it hands back -- whichever algorithm runs. That copy is priced
@@ -39,7 +48,7 @@ own unit, alpha + n*beta (Hockney 1994) whatever the communicator's size, since
 a rank sending to itself still sends a message.
 """
 from dataclasses import asdict, dataclass
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 from .units import format_seconds
 
@@ -49,6 +58,7 @@ class Algorithm(NamedTuple):
 
     run: Callable  #: run(ch, buf, ...) on a Channel, as the collective's module describes
     cost: Callable  #: cost(p, n, alpha, beta, gamma): seconds on p ranks for a payload of n bytes
+    alone: bool = False  #: its messages mostly travel one at a time: priced with beta_alone
 
 
 def ceil_lg(p):
@@ -114,10 +124,12 @@ class CostModel:
     gamma: float = 2e-10  #: seconds per byte reduced locally
     o: float = 0.0        #: seconds of Python per message of a hand-written algorithm (LogGP's o)
     kappa: float = 0.0    #: seconds per byte of the call's private copy into fresh memory
+    beta_alone: Optional[float] = None  #: seconds per byte of a message with no other in flight
     source: str = "default"  #: where the constants came from, and how they were measured
 
     def _seconds(self, entry, p, n, library=False):
-        return entry.cost(p, n, self.alpha if library else self.alpha + self.o, self.beta, self.gamma)
+        beta = self.beta_alone if entry.alone and self.beta_alone is not None else self.beta
+        return entry.cost(p, n, self.alpha if library else self.alpha + self.o, beta, self.gamma)
 
     def _copy(self, op, n):
         """The call's private copy (not for a point-to-point message: it has none)."""
@@ -166,7 +178,9 @@ class CostModel:
         return (f"alpha = {format_seconds(self.alpha)}/message, beta = {format_seconds(self.beta)}/byte "
                 f"({1e-9 / self.beta:.2f} GB/s), gamma = {format_seconds(self.gamma)}/byte, "
                 f"o = {format_seconds(self.o)}/message of a hand-written algorithm, "
-                f"kappa = {format_seconds(self.kappa)}/byte copied fresh [{self.source}]")
+                f"kappa = {format_seconds(self.kappa)}/byte copied fresh"
+                + (f", beta alone = {format_seconds(self.beta_alone)}/byte" if self.beta_alone else "")
+                + f" [{self.source}]")
 
     @classmethod
     def calibrate(cls, comm, sizes=None, trials=7, method="contention"):

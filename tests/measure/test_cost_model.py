@@ -127,3 +127,17 @@ def test_kappa_prices_one_private_copy_per_collective_call():
     assert with_k.predict("send", "p2p", 2, 1000) == model.predict("send", "p2p", 2, 1000)  # no copy
     assert with_k.predict("allreduce", "ring", 1, 1000) == 0.0  # one rank: no call at all
     assert "kappa" in with_k.describe() and CostModel(**with_k.to_dict()) == with_k
+
+
+def test_beta_alone_prices_the_algorithms_whose_messages_travel_one_at_a_time():
+    alone = CostModel(A, B, G, beta_alone=B / 4)
+    lone = {("allreduce", "naive"), ("allreduce", "tree"), ("allgather", "naive"),
+            ("reduce_scatter", "naive"), ("broadcast", "naive"), ("broadcast", "binomial")}
+    for op, algs in ALGORITHMS.items():
+        for alg, entry in algs.items():
+            assert entry.alone == ((op, alg) in lone)
+            n, p = 1 << 20, 8
+            want = CostModel(A, B / 4 if entry.alone else B, G).predict(op, alg, p, n)
+            assert alone.predict(op, alg, p, n) == pytest.approx(want)
+    assert CostModel(A, B, G, beta_alone=None).predict("allreduce", "tree", 8, 4096) == \
+        model.predict("allreduce", "tree", 8, 4096)
