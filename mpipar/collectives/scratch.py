@@ -1,12 +1,14 @@
 """Receive buffers kept per communicator, reused from call to call.
 
-Measured on both MPI libraries mpipar runs on (MPICH 5 here, Open MPI 4.1.6 on a
-16-core machine), a large message received into memory that was just allocated
-costs several times one received into memory used before: Open MPI's
-MPI_Allreduce of 1 MiB at p = 2 took 1.24 ms into a fresh result and 0.37 ms into
-a reused one plus the copy out; a recursive-doubling all-reduce of 2 MiB, 3.3 ms
-against 0.5 ms for the ring that receives only 1/p of it. (Fresh pages are mapped
-on first touch, and the library touches them in its own copy loops.)
+Measured on both MPI libraries mpipar runs on (MPICH 5 on a 2-core machine, Open
+MPI 4.1.6 on a 16-core one), a large message received into memory that was just
+allocated costs several times one received into memory used before. Open MPI's
+MPI_Allreduce of 1 MiB at p = 2 took 1.24 ms into a fresh result, 0.37 ms into a
+reused one plus the copy out. With MPICH, a recursive-doubling all-reduce of 2 MiB
+(which receives all n bytes into a new buffer) took 3.6 times the ring (which
+receives n/p); with its receive buffer reused, as long as the ring. Why is the
+library's and the kernel's business (new pages are mapped on first touch); the
+measurement is what decides.
 
 So the temporaries a collective only receives into -- the incoming block of a
 ring or tree step, the library's result before it is copied out -- come from

@@ -82,11 +82,14 @@ def calibrate(comm, method="contention", sizes=SIZES, trials=7):
         alone = _pingpong_trials(comm, sizes, trials)
         where = (f"contention: every rank of {p} in a ring Sendrecv at once, slowest rank; "
                  f"o: Channel step - raw Sendrecv")
-        answer = (raw, step, add, copy)
     else:
-        answer, alone = _pingpong_trials(comm, sizes, trials, with_local=True), None
+        local = None
+        if comm.Get_rank() == 0:  # the local times of rank 0 alone
+            local = ([[_add_time(n) for n in sizes] for _ in range(trials)],
+                     [[_add_time(n, copy=True) for n in sizes] for _ in range(trials)])
+        add, copy = comm.bcast(local, root=0)
+        raw, step, alone = _pingpong_trials(comm, sizes, trials), None, None
         where = (f"ping-pong 0<->1 in a job of {p} ranks" if p > 1 else "ping-pong: self-messages, 1 rank")
-    raw, step, add, copy = answer
     consts = fit.fit_model(sizes, raw, step)
     big = [i for i, n in enumerate(sizes) if n >= GAMMA_FROM] or list(range(len(sizes)))
     if len(big) < 2:
@@ -171,23 +174,17 @@ def _add_trials(comm, sizes, trials, copy=False):
 
 # --- ping-pong: ranks 0 and 1 alone --------------------------------------------------------
 
-def _pingpong_trials(comm, sizes, trials, with_local=False):
-    """raw[k][i]: one-way seconds between ranks 0 and 1, the others idle, on every rank; with
-    ``with_local`` (raw, None, add, copy), the local times measured by rank 0 alone too."""
+def _pingpong_trials(comm, sizes, trials):
+    """raw[k][i]: one-way seconds between ranks 0 and 1, the others idle, on every rank."""
     from ..collectives.channel import quiet_wait
-    answer = None
+    raw = None
     if comm.Get_rank() == 0:
         peer = 1 if comm.Get_size() > 1 else 0
         raw = [[_pingpong(comm, peer, n) for n in sizes] for _ in range(trials)]
-        answer = raw
-        if with_local:
-            add = [[_add_time(n) for n in sizes] for _ in range(trials)]
-            copy = [[_add_time(n, copy=True) for n in sizes] for _ in range(trials)]
-            answer = (raw, None, add, copy)
     elif comm.Get_rank() == 1:
         _pingpong_echo(comm, sizes, trials)
     quiet_wait(comm.Ibarrier())
-    return comm.bcast(answer, root=0)
+    return comm.bcast(raw, root=0)
 
 
 def _pingpong(comm, peer, n):

@@ -55,15 +55,7 @@ def adamw_update(p, g, m, v, lr, betas, eps, wd, c1, c2):
     same operations in the same order, so the same bits (tests/models/test_optim.py)."""
     arrays = (p, g, m, v)
     if any(a.dtype != p.dtype for a in arrays):  # NumPy's promotions decide: the formula as written
-        b1, b2 = betas
-        m *= b1
-        m += (1 - b1) * g
-        v *= b2
-        v += (1 - b2) * g * g
-        if wd:
-            p -= (lr * wd) * p
-        p -= lr * (m / c1) / (np.sqrt(v / c2) + eps)
-        return
+        return adamw_whole_arrays(p, g, m, v, lr, betas, eps, wd, c1, c2)
     if not all(a.flags.c_contiguous for a in arrays):  # strided views: scratch of their shape
         return _adamw_block(p, g, m, v, lr, betas, eps, wd, c1, c2, np.empty_like(p), np.empty_like(p))
     flat = [a.reshape(-1) for a in arrays]  # views: the blocks update p, m and v in place
@@ -73,6 +65,19 @@ def adamw_update(p, g, m, v, lr, betas, eps, wd, c1, c2):
         block = [a[start:start + BLOCK] for a in flat]
         k = len(block[0])
         _adamw_block(*block, lr, betas, eps, wd, c1, c2, scratch[0][:k], scratch[1][:k])
+
+
+def adamw_whole_arrays(p, g, m, v, lr, betas, eps, wd, c1, c2):
+    """Loshchilov & Hutter 2019, Alg. 2, written on whole arrays (one temporary per operation):
+    what :func:`adamw_update` computes block by block, and its path for mixed dtypes."""
+    b1, b2 = betas
+    m *= b1
+    m += (1 - b1) * g
+    v *= b2
+    v += (1 - b2) * g * g
+    if wd:
+        p -= (lr * wd) * p
+    p -= lr * (m / c1) / (np.sqrt(v / c2) + eps)
 
 
 def _adamw_block(p, g, m, v, lr, betas, eps, wd, c1, c2, a, b):

@@ -3,18 +3,7 @@ import numpy as np
 import pytest
 
 from mpipar.models.optim import BLOCK, adamw_update
-
-
-def whole_array_formula(p, g, m, v, lr, betas, eps, wd, c1, c2):
-    """Loshchilov & Hutter 2019, Alg. 2, written on whole arrays (one temporary per operation)."""
-    b1, b2 = betas
-    m *= b1
-    m += (1 - b1) * g
-    v *= b2
-    v += (1 - b2) * g * g
-    if wd:
-        p -= (lr * wd) * p
-    p -= lr * (m / c1) / (np.sqrt(v / c2) + eps)
+from mpipar.models.optim import adamw_whole_arrays as whole_array_formula
 
 
 def arrays(shape, dtype, seed=0):
