@@ -7,9 +7,10 @@ this world size: dp (every rank a replica), zero1, zero2, zero3 (mpipar.parallel
 and tp (one replica split over every rank, where the heads allow; tp-sp with sequence
 parallelism). Per configuration: memory per rank predicted (16 Psi for DP, ZeRO's sharded
 terms: zero_layout) beside what the trainer counts it holds, the activations the forward
-saved for backward (gpt2.activation_bytes), the peak RSS, the bytes each rank sent in one
-step (from the ledger) beside the exact prediction and the paper's volume, and the median
-step time.
+saved for backward (gpt2.activation_bytes), the receive buffers the collectives keep
+(mpipar.collectives.scratch, released before each configuration), the peak RSS, the
+bytes each rank sent in one step (from the ledger) beside the exact prediction and the
+paper's volume, and the median step time.
 
 The peak RSS is the process's maximum so far (getrusage): the configurations run from
 the one expected to need least (zero3) to the most (dp), so each one's peak is its own
@@ -21,6 +22,7 @@ import gc
 from mpi4py import MPI
 
 from ..cli import comma_list, json_path_problem, write_json
+from ..collectives import scratch
 from ..measure.ledger import CommLedger
 from ..measure.memory import peak_rss_bytes, too_big
 from ..measure.units import format_bytes, format_seconds
@@ -84,6 +86,8 @@ def run(args, comm):
     config, rows = PRESETS[args.preset], []
     baseline = comm.allgather(peak_rss_bytes())
     for name in [c for c in CONFIGS if c in args.configs]:
+        for c in (comm, MPI.COMM_SELF):  # each configuration counts its own kept buffers
+            scratch.release(c)
         trainer = build(name, config, comm)
         if trainer is None:
             rows.append(dict(config=name, skipped=f"{config.n_head} heads cannot be split over "
@@ -98,7 +102,8 @@ def run(args, comm):
         activations = max(comm.allgather(saved["replicated"] + saved["sharded"]))
         figures = time_call(comm, step, args.steps, figures=lambda out: {"seconds": out["seconds"]})
         peaks = comm.allgather(peak_rss_bytes())  # after the timed steps too
-        entry["ranks"] = [dict(r, peak_rss=p) for r, p in zip(entry["ranks"], peaks)]
+        kept = comm.allgather(scratch.held_bytes(comm) + scratch.held_bytes(MPI.COMM_SELF))
+        entry["ranks"] = [dict(r, peak_rss=p, scratch=k) for r, p, k in zip(entry["ranks"], peaks, kept)]
         rows.append(dict(config=name, step_seconds=medians(figures)["seconds"],
                          activation_bytes=activations, **entry))
         del trainer, step, outputs
@@ -121,7 +126,7 @@ def table(rows, baseline):
     """(columns, rows) of the readable table: one row per configuration."""
     columns = [Column("config", align="<"), Column("predicted", format_bytes),
                Column("held", format_bytes), Column("activations", format_bytes),
-               Column("peak RSS", format_bytes),
+               Column("scratch", format_bytes), Column("peak RSS", format_bytes),
                Column("RSS - start", format_bytes), Column("sent/step", format_bytes),
                Column("predicted", format_bytes), Column("paper", format_bytes),
                Column("step", format_seconds)]
@@ -132,7 +137,8 @@ def table(rows, baseline):
         predicted = [sum(r["sent_predicted"].values()) for r in ranks if r["sent_predicted"]]
         rss = max(r["peak_rss"] for r in ranks)
         out.append([row["config"], max(r["predicted"]["total"] for r in ranks),
-                    max(r["held"]["total"] for r in ranks), row["activation_bytes"], rss,
+                    max(r["held"]["total"] for r in ranks), row["activation_bytes"],
+                    max(r["scratch"] for r in ranks), rss,
                     rss - baseline, max(sent),
                     max(predicted) if predicted else None,
                     None if row["config"].startswith("tp") else row["paper_bytes_per_rank"],

@@ -19,7 +19,9 @@ def test_memory_benchmark_rows_match_their_formulas():
             assert r["held"]["optimizer"] == r["predicted"]["optimizer"]
             assert r["held"]["params"] == r["predicted"]["params"]
     assert all(row["step_seconds"] > 0 for row in rows.values())
-    assert "zero3" in job.stdout and "RSS" in job.stdout
+    kept = [r["scratch"] for row in rows.values() for r in row["ranks"]]
+    assert all(isinstance(k, int) and k >= 0 for k in kept)
+    assert "zero3" in job.stdout and "RSS" in job.stdout and "scratch" in job.stdout
 
 
 
