@@ -179,7 +179,7 @@ def run(args, comm):
               "comm_seconds": c, "compute_seconds": t - c, "comm_seconds_by_op_per_rank": by_op,
               "blas_floor_seconds": floor, "blas_floor_seconds_all": figures["floor"]["seconds"],
               "ratio_to_floor": t / floor, "floor_products_per_rank": len(replay.pairs),
-              "floor_flops_per_rank": replay.flops,
+              "floor_flops_per_rank": replay.flops, "floor_flops_all_ranks": comm.allgather(replay.flops),
               "payload_bytes_per_rank": int(nbytes), "sequence_parallel": args.sp,
               "bytes_sent_per_rank": comm.allgather(sum(r["bytes_sent"] or 0 for r in ledgers[-1].records)),
               "param_bytes_per_rank": int(model.param_bytes()),
@@ -189,10 +189,13 @@ def run(args, comm):
         result.update(serial_seconds=serial, serial_seconds_all=figures["serial"]["seconds"],
                       serial_floor_seconds=serial_floor, speedup=serial / t,
                       floor_speedup=serial_floor / floor, serial_ratio_to_floor=serial / serial_floor,
+                      speedup_ceiling=serial / floor,
                       serial_floor_flops=serial_flops)
     if args.profile:
         result["profile_per_rank"] = comm.allgather(
             profile_forward(model, tokens, args.trials, args.logits))
+        result["balance"] = forward_report.balance(result["profile_per_rank"],
+                                                   result["floor_flops_all_ranks"])
     if args.decode:
         result["decode"] = forward_decode.measure_decode(comm, model, tokens, args.decode, args.trials,
                                                          args.warmup, args.profile)
@@ -201,6 +204,7 @@ def run(args, comm):
             alone = result["decode"]["serial_seconds_per_token"] = \
                 result["serial_decode"]["seconds_per_token"]
             result["decode"]["speedup"] = alone / result["decode"]["seconds_per_token"]
+            result["decode"]["speedup_ceiling"] = alone / result["decode"]["gemv_floor_seconds_per_token"]
     result["peak_rss_per_rank"] = peak_rss_per_rank(comm)
     # the high-water mark at start, after building the model, after the forwards
     result["peak_rss_stages_per_rank"] = comm.allgather(

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..measure.ledger import CommLedger
 from ..measure.op_profile import OpProfile, model_arrays
+from . import forward_report
 from .floor import Replay
 from .timing import medians, run_trials
 
@@ -68,6 +69,7 @@ def measure_decode(comm, model, prompt, steps, trials, warmup, profile=False):
            "decode_bandwidth_bytes_per_s": float(np.sum(comm.allgather(nbytes)) / per_token["seconds"])}
     if profile:
         out["profile_per_rank"] = comm.allgather(profile_steps(model, prompt, steps, trials))
+        out["balance"] = forward_report.balance(out["profile_per_rank"], comm.allgather(nbytes))
     return out
 
 

@@ -16,6 +16,37 @@ def profile_table(table, title):
                         rows, title=title, rule="-")
 
 
+def balance(profiles, work):
+    """Across the ranks, from their profile tables: each one's seconds in its matrix products and
+    waiting in the agreement for the slowest rank, and the rate of its products (``work`` per
+    rank -- flops, or bytes read -- over those seconds). Equal rates with unequal seconds are an
+    uneven split (12 heads on 8 ranks); unequal rates with the same work are the machine: cores
+    that run the same products at different speeds, so that every collective waits for the
+    slowest one."""
+    products = [t["matmul"] for t in profiles]
+    waits = [t["agreement"] for t in profiles]
+    rates = [w / s if s > 0 else 0.0 for w, s in zip(work, products)]
+    return {"products_seconds_per_rank": products, "wait_seconds_per_rank": waits,
+            "wait_share_per_rank": [w / t["total"] if t["total"] else 0.0 for w, t in zip(waits, profiles)],
+            "products_rate_per_rank": rates, "work_per_rank": list(work),
+            "slowest_rank": max(range(len(products)), key=products.__getitem__),
+            "products_max_over_min": max(products) / min(products) if min(products) > 0 else None,
+            "rate_max_over_min": max(rates) / min(rates) if min(rates) > 0 else None}
+
+
+def balance_line(b, what, unit, scale):
+    """One line: the products' seconds and rates across ranks, and the waiting."""
+    p = b["products_seconds_per_rank"]
+    rates, shares = b["products_rate_per_rank"], b["wait_share_per_rank"]
+    spread = f" ({b['products_max_over_min']:.2f}x the fastest)" if b["products_max_over_min"] else ""
+    return (f"{what} across the {len(p)} ranks: matrix products {format_seconds(min(p))} to "
+            f"{format_seconds(max(p))}, the slowest rank {b['slowest_rank']}{spread}, at "
+            f"{min(rates) / scale:.1f} to {max(rates) / scale:.1f} {unit} per rank; waiting for the "
+            f"slowest rank {format_seconds(min(b['wait_seconds_per_rank']))} to "
+            f"{format_seconds(max(b['wait_seconds_per_rank']))} ({100 * min(shares):.0f} to "
+            f"{100 * max(shares):.0f} % of the time)")
+
+
 def show(args, result):
     t, floor, c = result["seconds"], result["blas_floor_seconds"], result["comm_seconds"]
     print(f"{args.preset} forward, B={args.batch} T={args.seq}, logits {args.logits}, "
@@ -38,9 +69,13 @@ def show(args, result):
               f"{format_seconds(result['serial_seconds'])}, its floor "
               f"{format_seconds(result['serial_floor_seconds'])}; speedup "
               f"{result['speedup']:.2f}x; the products alone {result['floor_speedup']:.2f}x (serial floor / "
-              f"{result['world_size']}-rank floor)", flush=True)
+              f"{result['world_size']}-rank floor); at most {result['speedup_ceiling']:.2f}x if all but "
+              f"the slowest rank's products took no time (serial / the {result['world_size']}-rank floor)",
+              flush=True)
     if "profile_per_rank" in result:
         print(profile_table(result["profile_per_rank"][0], "forward profile, rank 0"), flush=True)
+        if result["world_size"] > 1:
+            print(balance_line(result["balance"], "forward", "GFLOP/s", 1e9), flush=True)
     if "decode" in result:
         show_decode(args, result["decode"])
     if "torch" in result:
@@ -69,7 +104,9 @@ def show_decode(args, d):
           f"{d['ratio_to_floor']:.2f}", flush=True)
     if "speedup" in d:
         print(f"rank 0's whole model alone, next in the same run: "
-              f"{format_seconds(d['serial_seconds_per_token'])} per token; speedup {d['speedup']:.2f}x",
-              flush=True)
+              f"{format_seconds(d['serial_seconds_per_token'])} per token; speedup {d['speedup']:.2f}x, "
+              f"at most {d['speedup_ceiling']:.2f}x (serial / the slowest rank's GEMV floor)", flush=True)
     if "profile_per_rank" in d:
         print(profile_table(d["profile_per_rank"][0], "decode profile per token, rank 0"), flush=True)
+        if len(d["profile_per_rank"]) > 1:
+            print(balance_line(d["balance"], "decoding, per token,", "GB/s", 1e9), flush=True)

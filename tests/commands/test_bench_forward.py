@@ -33,6 +33,16 @@ def gpt2_flops(c, B, T):
     return 2 * B * (c["n_layer"] * (T * weights + attention) + T * d * V)
 
 
+def check_balance(b, profiles, work):
+    """The balance across ranks is the profiles' products and agreement, and work / seconds."""
+    products = [t["matmul"] for t in profiles]
+    assert b["products_seconds_per_rank"] == products
+    assert b["wait_seconds_per_rank"] == [t["agreement"] for t in profiles]
+    assert b["products_rate_per_rank"] == [w / s for w, s in zip(work, products)]
+    assert products[b["slowest_rank"]] == max(products)
+    assert b["products_max_over_min"] == max(products) / min(products) >= 1
+
+
 def check_profile(table, calls):
     """Every kind present and non-negative; the kinds add up to the profiled total."""
     assert set(KINDS) <= set(table) and all(table[k] >= 0 for k in KINDS), table
@@ -64,6 +74,8 @@ def test_forward_floor_profile_and_decode(preset, n, logits):
     for table in data["profile_per_rank"]:
         check_profile(table, calls)
         assert (table["communication"] > 0) == (n > 1)
+    check_balance(data["balance"], data["profile_per_rank"], data["floor_flops_all_ranks"])
+    assert data["floor_flops_all_ranks"][0] == data["floor_flops_per_rank"]
     # the embedding's and the row-parallel allreduces; the logits' allgather only if gathered
     expected_ops = ({"allreduce", "allgather"} if logits == "gathered" else {"allreduce"}) if n > 1 else set()
     assert all(set(by_op) == expected_ops for by_op in data["comm_seconds_by_op_per_rank"])
@@ -77,6 +89,9 @@ def test_forward_floor_profile_and_decode(preset, n, logits):
     assert d["gemv_bytes_per_token_per_rank"] >= 0.9 * data["param_bytes_per_rank"]
     for table in d["profile_per_rank"]:
         check_profile(table, calls)
+    check_balance(d["balance"], d["profile_per_rank"], d["balance"]["work_per_rank"])
+    assert d["balance"]["work_per_rank"][0] == d["gemv_bytes_per_token_per_rank"]
+    assert job.stdout.count("across the 2 ranks") == (2 if n == 2 else 0), job.stdout
     for line in ("BLAS floor", "forward profile, rank 0", "GEMV floor", "decode profile per token"):
         assert job.stdout.count(line) == 1, job.stdout
 
@@ -92,9 +107,11 @@ def test_floor_halves_with_two_ranks(tmp_path, capsys):
     assert two["serial_floor_flops"] == one["floor_flops_per_rank"]
     assert two["speedup"] == two["serial_seconds"] / two["seconds"]
     assert two["floor_speedup"] == two["serial_floor_seconds"] / two["blas_floor_seconds"]
+    assert two["speedup_ceiling"] == two["serial_seconds"] / two["blas_floor_seconds"]
     d, alone = two["decode"], two["serial_decode"]
     assert alone["gemv_bytes_per_token_per_rank"] > 1.9 * d["gemv_bytes_per_token_per_rank"]
     assert d["speedup"] == alone["seconds_per_token"] / d["seconds_per_token"]
+    assert d["speedup_ceiling"] == alone["seconds_per_token"] / d["gemv_floor_seconds_per_token"]
     paths = []
     for n, data in ((2, two), (1, one)):
         paths.append(tmp_path / f"p{n}.json")
