@@ -20,6 +20,7 @@ rowsum(dP P)). Attention P = softmax(q k^T / sqrt(d_h)), y = P v: dv = P^T dy,
 dP = dy v^T, dq = dS k / sqrt(d_h), dk = dS^T q / sqrt(d_h).
 """
 from dataclasses import dataclass
+import functools
 
 import numpy as np
 
@@ -123,6 +124,15 @@ def softmax_backward(probs, dprobs):
     return probs * (dprobs - (dprobs * probs).sum(-1, keepdims=True))
 
 
+@functools.lru_cache(maxsize=4)
+def future_keys(T, S, pos0):
+    """(T, S) booleans, True where key j is in query i's future (j > pos0 + i); kept for the
+    next call of the same shape (every block of a forward asks for the same one), read-only."""
+    future = np.arange(S)[None, :] > (pos0 + np.arange(T))[:, None]
+    future.flags.writeable = False
+    return future
+
+
 @timed("softmax")
 def causal_softmax(scores, pos0, scale):
     """softmax(scores / scale) over the last axis, each query row i (position pos0 + i) seeing
@@ -135,8 +145,7 @@ def causal_softmax(scores, pos0, scale):
     T, S = scores.shape[-2:]
     scores /= scale
     if pos0 + 1 < S:  # some row has keys in its future (never when decoding one position)
-        future = np.arange(S)[None, :] > (pos0 + np.arange(T))[:, None]
-        np.copyto(scores, -np.inf, where=future)
+        np.copyto(scores, -np.inf, where=future_keys(T, S, pos0))
     scores -= scores.max(-1, keepdims=True)
     np.exp(scores, out=scores)
     scores /= scores.sum(-1, keepdims=True)
@@ -289,4 +298,12 @@ def swiglu_mlp(tp, shards, prefix, x):
     units, down_proj row-parallel -- one all-reduce. Forward only: returns the output."""
     x = linear.column_input(tp, x)  # once for gate and up
     gate, up = (linear.column_matmul(shards, prefix + name, x) for name in ("gate_proj", "up_proj"))
-    return row_parallel(tp, shards, prefix + "down_proj", [silu(g) * u for g, u in zip(gate, up)])
+    return row_parallel(tp, shards, prefix + "down_proj", [gated(g, u) for g, u in zip(gate, up)])
+
+
+def gated(gate, up):
+    """silu(gate) * up, multiplied in place into silu's own new array: one (B, T, hidden)
+    array fewer per block."""
+    h = silu(gate)
+    h *= up
+    return h

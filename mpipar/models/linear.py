@@ -97,8 +97,11 @@ def column_input_backward_start(tp, parts, what, overlap=True):
 
 def row_output(tp, partials):
     """The sum of the shards' partial outputs: all-reduced (g), or with sequence parallelism
-    reduce-scattered into blocks of positions."""
-    return tp.reduce_scatter_to_sp(partials) if tp.sequence_parallel else tp.reduce_from_tp(partials)
+    reduce-scattered into blocks of positions. The partials are the caller's fresh arrays: the
+    sum may be built in them."""
+    if tp.sequence_parallel:
+        return tp.reduce_scatter_to_sp(partials)
+    return tp.reduce_from_tp(partials, owned=True)
 
 
 def row_output_backward(tp, dy):

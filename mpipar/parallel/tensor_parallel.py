@@ -111,24 +111,32 @@ class TPGroup:
         """
         return self.reduce_from_tp(grads)
 
-    def reduce_from_tp(self, partials):
+    def reduce_from_tp(self, partials, owned=False):
         """Megatron's g: the sum of every shard's partial result, identical on every rank.
 
-        ``partials`` holds one array per shard this process computes.
+        ``partials`` holds one array per shard this process computes. ``owned``: they are this
+        call's to overwrite (a layer's fresh products, held by nobody else), so the sum is built
+        in the first one instead of a copy of it -- on one rank a copy of the output's size per
+        layer fewer. The collectives copy what they are given, so with more ranks the one
+        partial is never copied here.
         """
+        alone = self.comm.Get_size() == 1
         if self.deterministic:
-            if self.comm.Get_size() == 1:
-                everyone = partials
-            else:  # (p, ...) -- every rank gets every partial, then adds them in rank order
-                everyone = allgather(self.comm, partials[0][None], algorithm=self.gather_algorithm)
-            total = everyone[0].copy()
+            # (p, ...) -- every rank gets every partial, then adds them in rank order
+            everyone = partials if alone else allgather(self.comm, partials[0][None],
+                                                        algorithm=self.gather_algorithm)
+            # a copy of the gathered row, never a view: a view would keep all p rows alive
+            total = everyone[0] if owned and alone else everyone[0].copy()
             for part in everyone[1:]:
                 total += part
             return total
-        local = partials[0].copy()
-        for part in partials[1:]:
-            local += part
-        if self.comm.Get_size() == 1:
+        if len(partials) == 1 and not alone:
+            local = partials[0]  # the allreduce below reads it and returns a new array
+        else:
+            local = partials[0] if owned else partials[0].copy()
+            for part in partials[1:]:
+                local += part
+        if alone:
             return local
         if self.comm_dtype != "float32":
             return allreduce_lowp(self.comm, local, self.comm_dtype, self.rounding, self.algorithm)
