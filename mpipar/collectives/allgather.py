@@ -11,7 +11,10 @@ Costs for n bytes gathered in total on p ranks (Thakur, Rabenseifner & Gropp
     recursive_doubling  lg p alpha + (p-1)/p n beta   (p a power of two; otherwise two
                         extra steps fold ranks q..p-1 onto 0..p-q-1 and back:
                         + alpha + n/p beta in, + alpha + n beta out)
-    bruck               ceil(lg p) alpha + (p-1)/p n beta, any p
+    bruck               ceil(lg p) alpha + (p-1)/p n beta + n gamma, any p: the last
+                        term is the final local rotation, every block copied once into
+                        its place (the paper's "local shift"), priced as one local pass
+                        over n bytes, like a reduction's
 
 Every rank ends with identical bits: the blocks are copied, never combined.
 """
@@ -125,5 +128,6 @@ ALGORITHMS = {
     "recursive_doubling": Algorithm(recursive_doubling, lambda p, n, alpha, beta, gamma:
                                     floor_lg(p) * alpha + share(pow2_floor(p)) * n * beta
                                     + folds(p) * (2 * alpha + n / p * beta + n * beta)),
-    "bruck": Algorithm(bruck, lambda p, n, alpha, beta, gamma: ceil_lg(p) * alpha + share(p) * n * beta),
+    "bruck": Algorithm(bruck, lambda p, n, alpha, beta, gamma:
+                       ceil_lg(p) * alpha + share(p) * n * beta + n * gamma),
 }

@@ -20,7 +20,7 @@ def test_power_of_two_formulas(p):
     assert model.predict("allreduce", "rabenseifner", p, n) == pytest.approx(
         2 * lg * A + 2 * f * n * B + f * n * G)
     assert model.predict("allgather", "ring", p, n) == pytest.approx((p - 1) * A + f * n * B)
-    assert model.predict("allgather", "bruck", p, n) == pytest.approx(lg * A + f * n * B)
+    assert model.predict("allgather", "bruck", p, n) == pytest.approx(lg * A + f * n * B + n * G)
     assert model.predict("broadcast", "binomial", p, n) == pytest.approx(lg * (A + n * B))
     assert model.predict("reduce_scatter", "recursive_halving", p, n) == pytest.approx(
         lg * A + f * n * (B + G))
