@@ -37,6 +37,8 @@ class Subset:
 def _problem(config, p, ways, algorithm, deterministic, comm_dtype, rounding, sequence_parallel):
     """What makes this model unbuildable, or None -- decided before any message."""
     problem = config.problems()
+    if problem is not None:  # the configuration's own problem first; nothing below may hide it
+        return problem
     if algorithm not in (*ALGORITHMS["allreduce"], "mpi", "auto"):
         problem = (f"unknown allreduce algorithm {algorithm!r}; choose from "
                    f"{', '.join((*ALGORITHMS['allreduce'], 'mpi', 'auto'))}")

@@ -187,6 +187,9 @@ def test_bad_generation_length_and_configs():
     assert GPT(TINY, params, SELF).generate(np.zeros((1, 60), int), 4).shape == (1, 64)
     with pytest.raises(ValueError, match="n_embd 50 is not divisible by n_head 4"):
         GPT(GPTConfig(96, 64, 50, 4, 2), params, SELF)
+    # a 16-bit wire whose own settings are fine does not hide the configuration's problem
+    with pytest.raises(ValueError, match="n_embd 50 is not divisible by n_head 4"):
+        GPT(GPTConfig(96, 64, 50, 4, 2), params, SELF, comm_dtype="bfloat16", algorithm="ring")
     with pytest.raises(ValueError, match="split 4 attention heads over 5 ranks: use at most 4"):
         GPT(TINY, params, SELF, ways=5)
     with pytest.raises(ValueError, match="'h.1.ln_2.bias' is missing"):
