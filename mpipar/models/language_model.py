@@ -14,7 +14,7 @@ import numpy as np
 from ..collectives import ALGORITHMS, lowp
 from ..parallel.tensor_parallel import TPGroup
 from . import kv_cache
-from .layers import softmax
+from .attention import softmax
 from .params import as_source, check_params, shard_params
 
 

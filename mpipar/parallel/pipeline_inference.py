@@ -47,7 +47,7 @@ from mpi4py import MPI
 import numpy as np
 
 from ..collectives.blocks import split as block_range
-from ..models.layers import softmax
+from ..models.attention import softmax
 from . import p2p, schedule_formulas
 
 __all__ = ["PipelineInference", "micro_batch_problem", "oversubscribed", "predicted_bubble",

@@ -10,7 +10,7 @@ from mpi4py import MPI
 import numpy as np
 import pytest
 
-from mpipar.models import kv_cache, layers, linear
+from mpipar.models import attention, kv_cache, layers, linear
 from mpipar.parallel.tensor_parallel import TPGroup
 
 RNG = np.random.default_rng(0)
@@ -43,28 +43,29 @@ def test_layer_norm_backward():
 def test_gelu_and_softmax_backward():
     x, dy = RNG.standard_normal((3, 4)) * 3, RNG.standard_normal((3, 4))
     assert close(layers.gelu_backward(x, dy), numeric_gradient(layers.gelu, x, dy))
-    assert close(layers.softmax_backward(layers.softmax(x), dy), numeric_gradient(layers.softmax, x, dy))
+    assert close(attention.softmax_backward(attention.softmax(x), dy),
+                 numeric_gradient(attention.softmax, x, dy))
 
 
 def test_causal_attention_backward():
     q, k, v, dy = (RNG.standard_normal((1, 2, 4, 3)) for _ in range(4))
-    _, probs = layers.causal_attention(q, k, v)
-    grads = layers.causal_attention_backward(q, k, v, probs, dy)
+    _, probs = attention.causal_attention(q, k, v)
+    grads = attention.causal_attention_backward(q, k, v, probs, dy)
     for which, got in enumerate(grads):
         def f(t, which=which):
             args = [q, k, v]
             args[which] = t
-            return layers.causal_attention(*args)[0]
+            return attention.causal_attention(*args)[0]
         assert close(got, numeric_gradient(f, [q, k, v][which], dy)), "qkv"[which]
 
 
 def test_attention_over_a_kv_cache_is_attention_over_the_whole_sequence():
     q, k, v = (RNG.standard_normal((2, 3, 7, 4)) for _ in range(3))
-    whole, _ = layers.causal_attention(q, k, v)
+    whole, _ = attention.causal_attention(q, k, v)
     cache = kv_cache.new_cache(1, 2, 7, [3], 4, np.float64)[0][0]
     for start, stop in [(0, 4), (4, 5), (5, 7)]:  # a prompt of 4, then one position at a time
         keys, values = kv_cache.extend(cache, k[:, :, start:stop], v[:, :, start:stop], start)
-        part, _ = layers.causal_attention(q[:, :, start:stop], keys, values, pos0=start)
+        part, _ = attention.causal_attention(q[:, :, start:stop], keys, values, pos0=start)
         np.testing.assert_allclose(part, whole[:, :, start:stop], rtol=1e-14, atol=1e-15)
 
 
