@@ -4,7 +4,7 @@ Written from the formulas (Touvron et al. 2023; RMSNorm, Zhang & Sennrich 2019; 
 positions, Su et al. 2021; grouped-query attention, Ainslie et al. 2023; SwiGLU, Shazeer
 2020) in float64, one head at a time. The rotary turn is a complex multiplication --
 the pair (x_i, x_{i + d_h/2}) as x_i + i x_{i + d_h/2}, times exp(i m f_i) -- not
-mpipar's rotate_half, and query head h reads key/value head h // (n_head / n_kv_head)
+mpipar's rotate-half form, and query head h reads key/value head h // (n_head / n_kv_head)
 by that formula, so a mistake in ``mpipar.models`` cannot hide in both. Weights are in
 mpipar's layout (in, out): a layer is ``x @ W``.
 """

@@ -30,8 +30,7 @@ def balance(profiles, work):
             "wait_share_per_rank": [w / t["total"] if t["total"] else 0.0 for w, t in zip(waits, profiles)],
             "products_rate_per_rank": rates, "work_per_rank": list(work),
             "slowest_rank": max(range(len(products)), key=products.__getitem__),
-            "products_max_over_min": max(products) / min(products) if min(products) > 0 else None,
-            "rate_max_over_min": max(rates) / min(rates) if min(rates) > 0 else None}
+            "products_max_over_min": max(products) / min(products) if min(products) > 0 else None}
 
 
 def balance_line(b, what, unit, scale):

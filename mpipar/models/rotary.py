@@ -31,12 +31,6 @@ def tables(head_dim, theta, pos0, length, dtype):
     return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
 
 
-def rotate_half(x):
-    """[x1, x2] -> [-x2, x1] over the last axis: each pair (a, b) -> (-b, a), a quarter turn."""
-    half = x.shape[-1] // 2
-    return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-
-
 @timed("rotary")
 def apply(x, cos, sin):
     """x (..., T, head_dim) at the positions of the tables: x cos + rotate_half(x) sin.

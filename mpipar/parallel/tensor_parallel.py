@@ -130,12 +130,11 @@ class TPGroup:
             for part in everyone[1:]:
                 total += part
             return total
-        if len(partials) == 1 and not alone:
-            local = partials[0]  # the allreduce below reads it and returns a new array
-        else:
-            local = partials[0] if owned else partials[0].copy()
-            for part in partials[1:]:
-                local += part
+        # the allreduce below only reads its input: one partial needs no copy of its own
+        reuse = owned or (len(partials) == 1 and not alone)
+        local = partials[0] if reuse else partials[0].copy()
+        for part in partials[1:]:
+            local += part
         if alone:
             return local
         if self.comm_dtype != "float32":
