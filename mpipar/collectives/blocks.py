@@ -6,6 +6,7 @@ way ``np.array_split`` does (the first n mod p blocks one element longer). This 
 the only place that says which block a rank sends when: ``ring_step`` for the
 rings, :class:`Fold` for the algorithms that need a power of two.
 """
+from fractions import Fraction
 import functools
 
 import ml_dtypes
@@ -32,6 +33,33 @@ def split(n, p, r):
     base, extra = divmod(n, p)
     start = r * base + min(r, extra)
     return slice(start, start + base + (1 if r < extra else 0))
+
+
+def weighted_split_offsets(n, fixed, per_unit):
+    """Offsets cutting n units into len(fixed) blocks so that the loads ``fixed[r] + per_unit
+    * size_r`` are as even as whole units allow (the MLP columns beside uneven attention heads).
+
+    Water-filling, in exact fractions: every shard is filled to one level L, s_r = (L -
+    fixed[r]) / per_unit, with L where the s_r add up to n; a shard whose fixed load is above
+    L gets nothing and L is found again without it. Whole units: the floor of every s_r, and
+    the units left over one each to the largest fractional parts, ties to the lower rank --
+    so equal fixed loads give ``split_offsets`` (``np.array_split``'s sizes).
+    """
+    filled = range(len(fixed))
+    while True:
+        level = Fraction(n * per_unit + sum(fixed[r] for r in filled), len(filled))
+        if all(fixed[r] <= level for r in filled):
+            break
+        filled = [r for r in filled if fixed[r] <= level]
+    ideal = [(level - fixed[r]) / per_unit if r in filled else Fraction(0) for r in range(len(fixed))]
+    sizes = [int(s) for s in ideal]
+    by_remainder = sorted(range(len(fixed)), key=lambda r: (sizes[r] - ideal[r], r))
+    for r in by_remainder[:n - sum(sizes)]:
+        sizes[r] += 1
+    offsets = [0]
+    for size in sizes:
+        offsets.append(offsets[-1] + size)
+    return offsets
 
 
 def block(buf, offsets, j):

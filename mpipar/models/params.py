@@ -17,10 +17,10 @@ of Megatron-LM's ``set_tensor_model_parallel_attributes``): the axis, and the
 units that axis is made of -- attention heads of ``head_dim`` columns, key/value
 heads, MLP hidden units, vocabulary rows. c_attn's axis holds three parts side by
 side, [q | k | v], each cut in its own unit. Shard r of p owns ``owned(config, unit,
-p, r)`` of every unit (``np.array_split`` sizes; the key/value heads that its query
-heads read). ``shard_params``, ``merge_shards``, ``is_sharded``, the checkpoint,
-the optimizer and data parallelism all read the table: adding a parameter is one
-line here.
+p, r)`` of every unit (``np.array_split`` sizes, hidden units balanced against the heads;
+the key/value heads its query heads read). ``shard_params``, ``merge_shards``, ``is_sharded``,
+the checkpoint, the optimizer and data parallelism all read the table: adding a parameter is
+one line here.
 
 Shards are cut from a *source*: a dict of full arrays, or any object with
 ``names()``, ``shape(name)`` and ``take(name, axis, index)`` (``ArraySource`` is the
@@ -30,11 +30,13 @@ checkpoint (``safetensors_source.SafetensorsSource``), the random model
 (``random_init.RandomSource``).
 """
 from dataclasses import dataclass
+import functools
 import math
 
 import numpy as np
 
 from ..collectives.blocks import split as block_of
+from ..collectives.blocks import weighted_split_offsets
 from .config import LlamaConfig
 
 
@@ -237,14 +239,40 @@ def check_params(config, params):
 def owned(config, unit, p, r):
     """The slice of ``unit`` indices that shard r of a p-way split owns.
 
-    Query heads, hidden units and vocabulary rows: ``np.array_split`` blocks. Key/value
-    heads: those the shard's query heads read -- n_head / n_kv_head query heads share one
-    (grouped-query attention), so a key/value head is replicated where p > n_kv_head.
+    Query heads and vocabulary rows: ``np.array_split`` blocks. Key/value heads: those the
+    shard's query heads read -- n_head / n_kv_head query heads share one (grouped-query
+    attention), so a key/value head is replicated where p > n_kv_head. Hidden units:
+    ``hidden_offsets``, which evens out the weights of a block over the shards.
     """
     if unit == "kv_heads":
         heads, group = block_of(config.n_head, p, r), config.n_head // config.n_kv_head
         return slice(heads.start // group, (heads.stop - 1) // group + 1)
+    if unit == "hidden":
+        offsets = hidden_offsets(config, p)
+        return slice(offsets[r], offsets[r + 1])
     return block_of(units(config)[unit][0], p, r)
+
+
+@functools.lru_cache(maxsize=64)
+def hidden_offsets(config, p):
+    """Where the MLP's hidden units are cut: a block's weights as even over the shards as whole
+    units allow (``weighted_split_offsets``); ``np.array_split`` blocks where p divides the heads.
+    GPT-2 small on 8 ranks: ranks 0-3 hold 2 heads and 320 units, ranks 4-7 1 head and 448, 0.89 M
+    numbers each (384 units each gave 0.98 M against 0.79 M: the largest shard was 11 % larger).
+    """
+    size, per_unit, fixed = dims(config), 0, [0] * p
+    for param in architecture(config).block.values():
+        if param.split is None:
+            continue
+        rest = math.prod(size[n] for i, n in enumerate(param.shape) if i != param.split.axis)
+        for unit in param.split.parts:
+            if unit == "hidden":
+                per_unit += rest
+                continue
+            for r in range(p):
+                mine = owned(config, unit, p, r)
+                fixed[r] += rest * units(config)[unit][1] * (mine.stop - mine.start)
+    return weighted_split_offsets(config.n_inner, fixed, per_unit)
 
 
 def shard_index(config, split, p, r):

@@ -7,7 +7,15 @@ rank with one partner, and every rank must count the same steps.
 import numpy as np
 import pytest
 
-from mpipar.collectives.blocks import Fold, from_wire, ring_step, split, split_offsets, to_wire
+from mpipar.collectives.blocks import (
+    Fold,
+    from_wire,
+    ring_step,
+    split,
+    split_offsets,
+    to_wire,
+    weighted_split_offsets,
+)
 
 PS = range(1, 9)
 
@@ -18,6 +26,22 @@ def test_splits_are_those_of_array_split(p):
         parts = np.array_split(np.arange(n), p)
         assert split_offsets(n, p) == [0] + np.cumsum([len(a) for a in parts]).tolist()
         assert [np.arange(n)[split(n, p, r)].tolist() for r in range(p)] == [a.tolist() for a in parts]
+
+
+@pytest.mark.parametrize("p", PS)
+def test_weighted_splits_even_the_loads(p):
+    rng = np.random.default_rng(p)
+    for n in range(0, 3 * p + 2):
+        assert weighted_split_offsets(n, [7] * p, 3) == split_offsets(n, p)  # equal loads
+        for _ in range(20):
+            fixed = rng.integers(0, 5 * p, p).tolist()
+            offsets = weighted_split_offsets(n, fixed, 3)
+            sizes = np.diff(offsets)
+            assert offsets[0] == 0 and offsets[-1] == n and sizes.min(initial=0) >= 0
+            loads = np.array(fixed) + 3 * sizes
+            # no unit could move to a lighter shard and make the loads more even: every shard
+            # given units is at most one unit's load above the lightest shard
+            assert loads[sizes > 0].max(initial=0) - loads.min() <= 3, (n, fixed, offsets)
 
 
 @pytest.mark.parametrize("p", PS)

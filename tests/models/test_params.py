@@ -82,3 +82,29 @@ def test_a_shard_holds_the_kv_heads_its_query_heads_read(p, kv):
     for r in range(p):
         heads = table.owned(config, "heads", p, r)
         assert {h // 3 for h in range(heads.start, heads.stop)} == set(range(kv[r][0], kv[r][1]))
+
+
+def block_weights(config, p, r):
+    """How many numbers of one block's split parameters shard r of p holds."""
+    shapes, total = table.param_shapes(config), 0
+    for name, param in table.param_table(config).items():
+        if name.startswith(("h.0.", "layers.0.")) and param.split is not None:
+            shape = list(shapes[name])
+            shape[param.split.axis] = len(table.shard_index(config, param.split, p, r))
+            total += int(np.prod(shape))
+    return total
+
+
+@pytest.mark.parametrize("p", range(1, 13))
+def test_hidden_units_even_out_the_weights_of_a_block(p):
+    config, d = GPTConfig(), 768  # gpt2-small: 12 heads of 64
+    hidden = [table.owned(config, "hidden", p, r) for r in range(p)]
+    if 12 % p == 0:  # every shard has as many heads: np.array_split blocks
+        assert [(s.start, s.stop) for s in hidden] == [
+            (int(a[0]), int(a[-1]) + 1) for a in np.array_split(np.arange(4 * d), p)]
+    weights = [block_weights(config, p, r) for r in range(p)]
+    # a hidden unit is 2d + 1 numbers (c_fc's column and bias, c_proj's row): no shard is
+    # further from the lightest than that
+    assert max(weights) - min(weights) <= 2 * d + 1, weights
+    if p == 8:  # 2 heads on ranks 0-3, 1 on ranks 4-7
+        assert [s.stop - s.start for s in hidden] == [320] * 4 + [448] * 4

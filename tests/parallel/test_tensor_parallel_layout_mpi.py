@@ -19,6 +19,7 @@ from mpipar.collectives import allreduce
 from mpipar.collectives.blocks import split
 from mpipar.measure import numerics
 from mpipar.models import GPT, GPTConfig, init_params
+from mpipar.models import params as table
 from mpipar.models.layers import mlp
 
 COMM, SELF = MPI.COMM_WORLD, MPI.COMM_SELF
@@ -37,7 +38,7 @@ def test_column_parallel_c_fc_is_the_emulated_shard_bitwise(config):
     params, d = params_of(config), config.n_embd
     model = GPT(config, params, COMM)
     emulated, serial = GPT(config, params, SELF, ways=P), GPT(config, params, SELF)
-    cols = split(config.n_inner, P, RANK)
+    cols = table.owned(config, "hidden", P, RANK)
     x, worst_ulp = model.embed(model.check_tokens(tokens_for(config))), 0.0
     for i in range(config.n_layer):
         x, saved = model.block(i, x)
@@ -65,9 +66,11 @@ def test_twelve_heads_on_five_ranks():
             return
         shard = GPT(H12, params_of(H12), five).shards[0]
         r = five.Get_rank()
-        # 12 heads = 3+3+2+2+2; MLP 144 = 29*4+28; vocab 53 = 11*3+10*2
+        # 12 heads = 3+3+2+2+2; vocab 53 = 11*3+10*2; MLP 144 = 25+25+32+31+31, balancing a
+        # block's weights: a head holds 4*36*3 + 9 = 441 numbers, a hidden unit 2*36 + 1 = 73,
+        # so ranks hold 1323 + 25*73 = 3148, 882 + 32*73 = 3218 and 882 + 31*73 = 3145
         assert shard["heads"].stop - shard["heads"].start == (3 if r < 2 else 2)
-        assert shard["h.0.mlp.c_fc.weight"].shape == (36, 29 if r < 4 else 28)
+        assert shard["h.0.mlp.c_fc.weight"].shape == (36, [25, 25, 32, 31, 31][r])
         assert shard["wte.weight"].shape == (11 if r < 3 else 10, 36)
         check_against_serial(five, H12, tokens_for(H12, length=10))
 
@@ -93,7 +96,7 @@ def test_uneven_splits_emulated_at_any_world_size(config, ways):
     emulated = GPT(config, params, SELF, ways=ways)
     sizes = {(s["heads"].stop - s["heads"].start, s["h.0.mlp.c_fc.weight"].shape[1],
               s["wte.weight"].shape[0]) for s in emulated.shards}
-    assert len(sizes) > 1  # uneven shards: heads, MLP width or vocabulary differ by one
+    assert len(sizes) > 1  # uneven shards: the heads, the MLP width or the vocabulary differ
     scale = ref.error_bound(config) * np.abs(exact).max()  # as in check_against_serial
     assert np.abs(emulated.forward(tok) - serial).max() <= 2 * scale
     runs = [GPT(config, params, SELF, ways=ways, deterministic=True).forward(tok)
