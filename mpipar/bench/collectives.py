@@ -36,6 +36,7 @@ import numpy as np
 from .. import collectives
 from ..cli import Progress, comma_list, json_path_problem, parse_size, write_json
 from ..collectives import ALGORITHMS, tuning
+from ..measure import calibrate
 from ..measure.cost_model import CostModel
 from ..measure.memory import too_big
 from ..measure.units import format_bytes
@@ -75,7 +76,8 @@ def add_parser(commands):
                    help="how the model's constants are measured: contention (every rank "
                         "exchanging at once, with the per-step Python overhead o; default), "
                         "pingpong (ranks 0 and 1 alone, o = 0), or table (the constants bench "
-                        "tune stored for this world size); mpipar/measure/calibrate.py")
+                        "tune stored for this world size); measured at sizes up to --max-size "
+                        "(16 MiB at most): mpipar/measure/calibrate.py")
     c.add_argument("--no-calibrate", action="store_true", help="predict with the default "
                    "CostModel instead (no calibration, no --fit)")
     c.add_argument("--json", metavar="PATH", help="rank 0 writes every row and the settings here")
@@ -116,7 +118,7 @@ def cost_model(comm, args):
         return CostModel()
     if args.fit == "table":
         return tuning.table_for(comm)["model"]
-    return CostModel.calibrate(comm, method=args.fit)
+    return CostModel.calibrate(comm, sizes=calibrate.sizes_up_to(args.max_size), method=args.fit)
 
 
 def sizes(min_size, max_size, factor=8):

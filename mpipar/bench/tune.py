@@ -26,6 +26,7 @@ import numpy as np
 
 from ..cli import Progress, comma_list, json_path_problem, parse_size, write_json
 from ..collectives import ALGORITHMS, tuning
+from ..measure import calibrate
 from ..measure.cost_model import CostModel
 from ..measure.memory import too_big
 from ..measure.units import format_bytes, format_seconds
@@ -154,7 +155,8 @@ def ratio_table(op, rows, p):
 def run(args, comm):
     p = comm.Get_size()
     library = MPI.Get_library_version().splitlines()[0]
-    model = None if args.no_calibrate else CostModel.calibrate(comm)
+    fitted_on = calibrate.sizes_up_to(args.max_size)
+    model = None if args.no_calibrate else CostModel.calibrate(comm, sizes=fitted_on)
     plan = len(args.ops) * len(sizes(args.min_size, args.max_size)) * (2 if args.verify else 1)
     with Progress(comm, plan, quiet=args.quiet, unit="size") as progress:
         measured = {op: measure_op(comm, op, args, progress) for op in args.ops}

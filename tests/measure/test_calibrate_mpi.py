@@ -31,3 +31,10 @@ def test_a_calibration_keeps_its_trials_for_the_spread():
     assert len(fits) == 3 and all(f["alpha"] > 0 and f["beta"] > 0 and f["o"] >= 0 for f in fits)
     with pytest.raises(ValueError, match="unknown calibration method"):
         calibrate.calibrate(comm, "loggp")
+
+
+def test_a_benchmark_of_large_messages_calibrates_on_them_too():
+    assert calibrate.sizes_up_to(4096) == calibrate.sizes_up_to(1 << 22) == calibrate.SIZES
+    assert calibrate.sizes_up_to(16 << 20) == calibrate.SIZES + (16 << 20,)
+    assert calibrate.sizes_up_to(5 << 20) == calibrate.SIZES + (16 << 20,)  # the next 4x step
+    assert calibrate.sizes_up_to(1 << 30)[-1] == calibrate.LARGEST == 16 << 20
