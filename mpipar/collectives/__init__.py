@@ -119,8 +119,11 @@ def reduce_scatter(comm, x, axis=0, op="sum", algorithm="auto", *, check=True):
     moved = np.moveaxis(x, ax, 0)
     row = int(np.prod(moved.shape[1:], dtype=np.int64))
     offsets = [row * o for o in split_offsets(moved.shape[0], p)]
-    work = np.array(moved, order="C", copy=True).reshape(-1)
     alg = _resolve(comm, "reduce_scatter", algorithm, x.nbytes)
+    if alg == "mpi" or _rs.ALGORITHMS[alg].reads_input:  # x itself where it is C-ordered
+        work = np.ascontiguousarray(moved).reshape(-1)
+    else:  # a private C-order copy the algorithm may overwrite
+        work = np.array(moved, order="C", copy=True).reshape(-1)
     if alg == "mpi":
         fn = lambda ch: _mpi_reduce_scatter(comm, work, op, offsets)  # noqa: E731
     else:

@@ -59,6 +59,7 @@ class Algorithm(NamedTuple):
     run: Callable  #: run(ch, buf, ...) on a Channel, as the collective's module describes
     cost: Callable  #: cost(p, n, alpha, beta, gamma): seconds on p ranks for a payload of n bytes
     alone: bool = False  #: its messages mostly travel one at a time: priced with beta_alone
+    reads_input: bool = False  #: it never writes its input: the call copies none (only its result)
 
 
 def ceil_lg(p):
@@ -131,9 +132,12 @@ class CostModel:
         beta = self.beta_alone if entry.alone and self.beta_alone is not None else self.beta
         return entry.cost(p, n, self.alpha if library else self.alpha + self.o, beta, self.gamma)
 
-    def _copy(self, op, n):
-        """The call's private copy (not for a point-to-point message: it has none)."""
-        return 0.0 if op in MESSAGE_OPS else self.kappa * n
+    def _copy(self, op, p, n, reads_input=False):
+        """The call's private copy of its n-byte input, or for an algorithm that only reads it
+        (a reduce-scatter's), its n/p-byte result; a point-to-point message has neither."""
+        if op in MESSAGE_OPS:
+            return 0.0
+        return self.kappa * (n / p if reads_input else n)
 
     def predict(self, op, algorithm, p, n):
         """Seconds for one call of ``op`` by ``algorithm`` on p ranks with payload n bytes.
@@ -143,17 +147,19 @@ class CostModel:
         would achieve under this model, in C: without the per-message overhead o that
         every hand-written algorithm pays. A collective on one rank costs nothing; a
         point-to-point message (``"send"``, ``"recv"``) costs alpha + o + n*beta on any p
-        (alpha + n*beta for ``"mpi"``). A collective adds kappa*n, its private copy.
+        (alpha + n*beta for ``"mpi"``). A collective adds kappa*n, its private copy (kappa*n/p,
+        its result, where the algorithm only reads its input, as the library's reduce-scatter).
         """
         if p <= 1 and op not in MESSAGE_OPS:
             return 0.0
         table = _table(op)
         if algorithm == "mpi":
             best = min(self._seconds(entry, p, n, library=True) for entry in table.values())
-            return best + self._copy(op, n)
+            return best + self._copy(op, p, n, reads_input=op == "reduce_scatter")
         if algorithm not in table:
             raise ValueError(f"no cost formula for {op} algorithm {algorithm!r}")
-        return self._seconds(table[algorithm], p, n) + self._copy(op, n)
+        entry = table[algorithm]
+        return self._seconds(entry, p, n) + self._copy(op, p, n, entry.reads_input)
 
     def lower_bound(self, op, p, n):
         """Bandwidth lower bound: bytes that must leave the busiest rank, times beta
@@ -167,7 +173,8 @@ class CostModel:
         table = _table(op)
         if p <= 1:
             return next(iter(table))
-        return min(table, key=lambda alg: self._seconds(table[alg], p, n))
+        return min(table, key=lambda alg: self._seconds(table[alg], p, n)
+                   + self._copy(op, p, n, table[alg].reads_input))
 
     def to_dict(self):
         return asdict(self)
