@@ -155,8 +155,8 @@ def ratio_table(op, rows, p):
 def run(args, comm):
     p = comm.Get_size()
     library = MPI.Get_library_version().splitlines()[0]
-    fitted_on = calibrate.sizes_up_to(args.max_size)
-    model = None if args.no_calibrate else CostModel.calibrate(comm, sizes=fitted_on)
+    model = None if args.no_calibrate else CostModel.calibrate(
+        comm, sizes=calibrate.sizes_up_to(args.max_size))
     plan = len(args.ops) * len(sizes(args.min_size, args.max_size)) * (2 if args.verify else 1)
     with Progress(comm, plan, quiet=args.quiet, unit="size") as progress:
         measured = {op: measure_op(comm, op, args, progress) for op in args.ops}

@@ -15,11 +15,12 @@ from ..collectives import ALGORITHMS, lowp
 from ..parallel.tensor_parallel import TPGroup
 from . import kv_cache
 from .attention import softmax
-from .params import as_source, check_params, shard_params
+from .params import check_params, shard_params
+from .sources import as_source
 
 
 class Subset:
-    """A source of shards that names only some parameters of another (``params.as_source``)."""
+    """A source of shards that names only some parameters of another (``sources.as_source``)."""
 
     def __init__(self, source, names):
         self.source, self.kept = source, set(names)
@@ -65,7 +66,7 @@ class LanguageModel:
     same split (``comm`` of size 1, ``ways`` = p) gives identical bits; ``comm_dtype`` float16
     or bfloat16 sends every reduction and logit gather in 16 bits, rounded ``per_hop`` or
     ``once`` (mpipar.collectives.lowp). ``params``: a dict of full arrays, or a source that
-    hands out only the slices a shard owns (``params.ArraySource``). ``names``: keep only
+    hands out only the slices a shard owns (``sources.ArraySource``). ``names``: keep only
     these parameters (a pipeline stage's layers; see mpipar.parallel.pipeline_stage).
     ``sequence_parallel``: the norms and residual stream hold 1/p of the positions per shard
     (Korthikanti et al. 2022; see mpipar.parallel.tensor_parallel): the forward, training and

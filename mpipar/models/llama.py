@@ -37,7 +37,7 @@ class Llama(LanguageModel):
     split on one rank).
 
     ``params``: a dict of full arrays in mpipar's layout (``init_params``), or a source
-    that hands out only the slices a shard owns (``params.ArraySource``; ``load_gguf``).
+    that hands out only the slices a shard owns (``sources.ArraySource``; ``load_gguf``).
     The other arguments, construction, token checks and ``generate`` are ``LanguageModel``'s.
     """
 

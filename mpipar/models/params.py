@@ -22,12 +22,7 @@ the key/value heads its query heads read). ``shard_params``, ``merge_shards``, `
 the checkpoint, the optimizer and data parallelism all read the table: adding a parameter is
 one line here.
 
-Shards are cut from a *source*: a dict of full arrays, or any object with
-``names()``, ``shape(name)`` and ``take(name, axis, index)`` (``ArraySource`` is the
-dict's) -- a reader that returns only the indices asked for, so a rank never holds
-more than its own slices: a GGUF file (``llama_gguf.GGUFSource``), a safetensors
-checkpoint (``safetensors_source.SafetensorsSource``), the random model
-(``random_init.RandomSource``).
+Shards are cut from a *source*: a dict of full arrays or a reader of slices (sources.py).
 """
 from dataclasses import dataclass
 import functools
@@ -178,48 +173,10 @@ def init_params(config, seed=0):
     return random_params(config, seed)
 
 
-class SlicedSource:
-    """What a source that makes or reads slices on request shares: ``take`` of a replicated
-    parameter produces it once and hands the same array to every shard asking (as
-    ``shard_params`` shares a dict's); anything else is ``_slice(name, axis, index)``, which a
-    subclass defines (``random_init.RandomSource``, ``safetensors_source.SafetensorsSource``)."""
-
-    def take(self, name, axis=None, index=None):
-        """The indices ``index`` along ``axis`` of parameter ``name``; all of it for axis None."""
-        if axis is None and spec(name).split is None:
-            cache = self.__dict__.setdefault("_replicated", {})
-            if name not in cache:
-                cache[name] = self._slice(name, None, None)
-            return cache[name]
-        return self._slice(name, axis, index)
-
-
-class ArraySource:
-    """The source of shards for a dict of full arrays: ``take`` slices them in memory."""
-
-    def __init__(self, params):
-        self.params = params
-
-    def names(self):
-        return list(self.params)
-
-    def shape(self, name):
-        return tuple(self.params[name].shape)
-
-    def take(self, name, axis=None, index=None):
-        """The indices ``index`` along ``axis`` of parameter ``name``; the whole array for axis None."""
-        value = self.params[name]
-        return value if axis is None else np.take(value, index, axis=axis)
-
-
-def as_source(params):
-    """``params`` itself if it is a source, else an ArraySource over the dict."""
-    return params if hasattr(params, "take") else ArraySource(params)
-
-
 def check_params(config, params):
     """Raise ValueError naming the first missing, unexpected or misshapen tensor of ``params``
     (a dict of arrays, or a source: then the reader answers for dtypes)."""
+    from .sources import as_source  # sources reads this table
     shapes, source = param_shapes(config), as_source(params)
     present = set(source.names())
     for name, shape in shapes.items():
@@ -289,12 +246,13 @@ def shard_index(config, split, p, r):
 def shard_params(config, params, r, p):
     """The parameters shard r of a p-way tensor-parallel split owns, as contiguous copies.
 
-    ``params``: a dict of full arrays or a source (see the module's docstring), asked
+    ``params``: a dict of full arrays or a source (sources.py), asked
     for this shard's indices only. Besides the arrays, the shard records the slice of
     every unit it owns (``heads``, ``kv_heads``, ``hidden``, ``vocab``). Replicated
     parameters of a dict are not copied: every shard this process holds shares them
     (``RandomSource`` and ``SafetensorsSource`` hand every shard the same array too).
     """
+    from .sources import as_source  # sources reads this table
     dtype, source = np.dtype(config.dtype), as_source(params)
     shard = {unit: owned(config, unit, p, r) for unit in units(config)}
     for name in source.names():

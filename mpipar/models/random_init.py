@@ -31,7 +31,8 @@ import zlib
 
 import numpy as np
 
-from .params import SlicedSource, param_shapes, spec, units
+from .params import param_shapes, spec, units
+from .sources import SlicedSource
 
 #: indices of the block axis per generator
 BLOCK = 64

@@ -17,7 +17,7 @@ its own shards hold.
 from mpi4py import MPI
 import numpy as np
 
-from .params import SlicedSource
+from .sources import SlicedSource
 
 __all__ = ["FromRank0"]
 

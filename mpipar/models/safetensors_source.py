@@ -20,7 +20,8 @@ import os
 
 import numpy as np
 
-from .params import SlicedSource, check_params
+from .params import check_params
+from .sources import SlicedSource
 
 #: safetensors' dtypes that mpipar reads as floats
 FLOATS = ("BF16", "F16", "F32", "F64")
