@@ -161,7 +161,7 @@ def table_for(comm):
                  "choices": {}}  # auto's remembered choices: (op, bytes) -> algorithm
         if found["table"] and isinstance(found["table"].get("cost_model"), dict):
             from ..measure.cost_model import CostModel
-            found["model"] = CostModel(**found["table"]["cost_model"])
+            found["model"] = CostModel.from_dict(found["table"]["cost_model"])
         comm.Set_attr(_KEYVAL[0], found)
     _LAST = (comm, found)
     return found
@@ -187,7 +187,7 @@ def model_for(p):
         if isinstance(saved, dict):
             from ..measure.cost_model import CostModel
             try:
-                model = CostModel(**saved)
+                model = CostModel.from_dict(saved)
             except TypeError:  # constants of another version
                 model = None
         _MODELS[key] = model

@@ -41,16 +41,34 @@ mapped on first touch, so kappa is well above a copy between warm buffers (a cop
 2 MiB into a new array took 0.2 ms on the 16-core machine: 0.1 ns/byte). 0 in the
 default model; ``CostModel.calibrate`` measures it.
 
+A call also runs Python outside its steps -- the wrapper's handling of its
+arguments, the views of the blocks, the result's shape -- and some algorithms wait
+more per step than one exchange shows. ``call`` holds that per call, for each
+(op, algorithm): the time of a call with a payload of one element per rank, minus
+what the formula predicts for it (floored at 0), measured by ``CostModel.calibrate``.
+It is the same at every payload; at 64 KiB on 16 ranks it was 30-170 us of calls
+that took 100-350 us.
+
+Past the caches every byte costs more: on this project's 2-core machine a Sendrecv
+took 0.09 ns/byte up to 512 KiB and 0.2 ns/byte from 2 MiB, and one line through both
+was off by up to 1.7x. ``CostModel.calibrate`` then fits a second set of per-byte
+constants (beta, gamma, kappa, beta_alone) on the sizes from the break it finds, kept
+as ``large``, a CostModel of its own that prices payloads of ``large_from`` bytes and
+more; up to ``small_up_to`` (the last size below the break) the first set does, and in
+between the two are interpolated in lg n. The latency alpha and the per-step o stay
+those of the small sizes.
+
 n is the payload: the input of allreduce, broadcast and reduce_scatter, the
 whole gathered result of allgather, the message of a point-to-point ``"send"`` or
 ``"recv"`` (``mpipar.parallel.p2p``, algorithm ``"p2p"``): one message, the model's
 own unit, alpha + n*beta (Hockney 1994) whatever the communicator's size, since
 a rank sending to itself still sends a message.
 """
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+import math
 from typing import Callable, NamedTuple, Optional
 
-from .units import format_seconds
+from .units import format_bytes, format_seconds
 
 
 class Algorithm(NamedTuple):
@@ -127,6 +145,46 @@ class CostModel:
     kappa: float = 0.0    #: seconds per byte of the call's private copy into fresh memory
     beta_alone: Optional[float] = None  #: seconds per byte of a message with no other in flight
     source: str = "default"  #: where the constants came from, and how they were measured
+    call: tuple = ()  #: ((op, algorithm, seconds), ...): each call's Python outside its formula
+    large: Optional["CostModel"] = None  #: the per-byte constants for payloads >= large_from
+    large_from: int = 0  #: bytes: the payload from which ``large`` prices a call
+    small_up_to: int = 0  #: bytes: the payload up to which this model's own constants do
+
+    def __post_init__(self):  # a model read back from JSON: lists to tuples, a dict to a model
+        try:
+            call = tuple((str(op), str(alg), float(s)) for op, alg, s in self.call or ())
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"a cost model's call overheads are not (op, algorithm, seconds): {e}") from e
+        object.__setattr__(self, "call", call)
+        if isinstance(self.large, dict):
+            object.__setattr__(self, "large", CostModel(**self.large))
+
+    @classmethod
+    def from_dict(cls, d):
+        """The model that :meth:`to_dict` (then JSON) wrote; unknown keys raise TypeError
+        (constants of another version)."""
+        return cls(**d)
+
+    def regime(self, n):
+        """The model whose per-byte constants price an n-byte payload: this one up to
+        ``small_up_to``, ``large`` from ``large_from`` (past the caches), and between the two
+        sizes each per-byte constant interpolated linearly in lg n (no measured size lies there)."""
+        if self.large is None or n <= self.small_up_to:
+            return self
+        if n >= self.large_from:
+            return self.large
+        w = math.log(n / self.small_up_to) / math.log(self.large_from / self.small_up_to)
+        mix = {k: (1 - w) * getattr(self, k) + w * getattr(self.large, k) for k in ("beta", "gamma", "kappa")}
+        if self.beta_alone is not None and self.large.beta_alone is not None:
+            mix["beta_alone"] = (1 - w) * self.beta_alone + w * self.large.beta_alone
+        return replace(self, large=None, **mix)
+
+    def overhead(self, op, algorithm):
+        """Seconds of a call of (op, algorithm) outside its formula (``call``; 0 if not measured)."""
+        for o, alg, seconds in self.call:
+            if o == op and alg == algorithm:
+                return seconds
+        return 0.0
 
     def _seconds(self, entry, p, n, library=False):
         beta = self.beta_alone if entry.alone and self.beta_alone is not None else self.beta
@@ -148,33 +206,35 @@ class CostModel:
         every hand-written algorithm pays. A collective on one rank costs nothing; a
         point-to-point message (``"send"``, ``"recv"``) costs alpha + o + n*beta on any p
         (alpha + n*beta for ``"mpi"``). A collective adds kappa*n, its private copy (kappa*n/p,
-        its result, where the algorithm only reads its input, as the library's reduce-scatter).
+        its result, where the algorithm only reads its input, as the library's reduce-scatter),
+        and its measured per-call overhead; the per-byte constants are n's ``regime``.
         """
         if p <= 1 and op not in MESSAGE_OPS:
             return 0.0
-        table = _table(op)
+        table, m = _table(op), self.regime(n)
         if algorithm == "mpi":
-            best = min(self._seconds(entry, p, n, library=True) for entry in table.values())
-            return best + self._copy(op, p, n, reads_input=op == "reduce_scatter")
+            best = min(m._seconds(entry, p, n, library=True) for entry in table.values())
+            return best + m._copy(op, p, n, reads_input=op == "reduce_scatter") + self.overhead(op, "mpi")
         if algorithm not in table:
             raise ValueError(f"no cost formula for {op} algorithm {algorithm!r}")
         entry = table[algorithm]
-        return self._seconds(entry, p, n) + self._copy(op, p, n, entry.reads_input)
+        return m._seconds(entry, p, n) + m._copy(op, p, n, entry.reads_input) + self.overhead(op, algorithm)
 
     def lower_bound(self, op, p, n):
         """Bandwidth lower bound: bytes that must leave the busiest rank, times beta
         (n*beta for a send or a recv, on any p: the latency alpha is not in the bound)."""
         if p <= 1 and op not in MESSAGE_OPS:
             return 0.0
-        return bandwidth_factor(op, p) * n * self.beta
+        return bandwidth_factor(op, p) * n * self.regime(n).beta
 
     def best(self, op, p, n):
         """The hand-written algorithm this model predicts to be fastest (``algorithm="auto"``)."""
         table = _table(op)
         if p <= 1:
             return next(iter(table))
-        return min(table, key=lambda alg: self._seconds(table[alg], p, n)
-                   + self._copy(op, p, n, table[alg].reads_input))
+        m = self.regime(n)
+        return min(table, key=lambda alg: m._seconds(table[alg], p, n)
+                   + m._copy(op, p, n, table[alg].reads_input) + self.overhead(op, alg))
 
     def to_dict(self):
         return asdict(self)
@@ -187,7 +247,15 @@ class CostModel:
                 f"o = {format_seconds(self.o)}/message of a hand-written algorithm, "
                 f"kappa = {format_seconds(self.kappa)}/byte copied fresh"
                 + (f", beta alone = {format_seconds(self.beta_alone)}/byte" if self.beta_alone else "")
+                + (f"; from {format_bytes(self.large_from)}: beta = {format_seconds(self.large.beta)}/byte, "
+                   f"gamma = {format_seconds(self.large.gamma)}/byte, "
+                   f"kappa = {format_seconds(self.large.kappa)}/byte" if self.large else "")
+                + (self._calls_text() if self.call else "")
                 + f" [{self.source}]")
+
+    def _calls_text(self):
+        lo, hi = (format_seconds(f(c[2] for c in self.call)) for f in (min, max))
+        return f"; {lo}-{hi} per call beyond the formulas ({len(self.call)} algorithms)"
 
     @classmethod
     def calibrate(cls, comm, sizes=None, trials=7, method="contention"):

@@ -20,11 +20,19 @@ the intercept of the step's line minus the intercept of the raw line, the
 Python cost of one step that a C library does not pay. The step's slope minus
 the raw slope is what the step adds per byte (its combine: about gamma).
 
+:func:`cost_model` builds the whole CostModel from a calibration's timings, with a second
+set of per-byte constants past a break in the per-byte cost (:func:`find_break`).
+
 A fit per trial (:func:`fits_per_trial`) shows the spread of the constants over
 repeats; the model uses the fit of the per-size medians (:func:`fit_model`).
 """
+from dataclasses import replace
+
 import numpy as np
 
+from .cost_model import CostModel
+
+GAMMA_FROM = 1 << 14  #: gamma and kappa are fitted on sizes from this up
 FLOOR_ALPHA, FLOOR_BETA = 1e-9, 1e-13  #: smallest constants a fit returns (noise can go below 0)
 
 
@@ -67,3 +75,80 @@ def spread(fits):
     """{constant: (median, min, max)} over a list of fits."""
     return {key: (float(np.median([f[key] for f in fits])), float(min(f[key] for f in fits)),
                   float(max(f[key] for f in fits))) for key in fits[0]}
+
+
+def slope_through(sizes, seconds, alpha):
+    """beta of the line t = alpha + n*beta with alpha given: the weighted (1/t) least-squares
+    slope, floored -- the bandwidth of large messages, whose latency the small ones measure."""
+    n, t = np.asarray(sizes, float), np.asarray(seconds, float)
+    w = 1 / t ** 2
+    return max(float(np.sum(w * n * (t - alpha)) / np.sum(w * n * n)), FLOOR_BETA)
+
+
+def _relative_error(sizes, seconds, alpha, beta):
+    t = np.asarray(seconds, float)
+    return float(np.sum(((alpha + np.asarray(sizes, float) * beta - t) / t) ** 2))
+
+
+def find_break(sizes, seconds, least=2, gain=2.0, close=0.05):
+    """Where the per-byte cost changes (the caches): the index k such that a line through
+    sizes[:k] and a slope of its own, same intercept, through sizes[k:] fit the times
+    best (weighted squared relative error), each side holding at least ``least`` sizes.
+
+    None where one line through all the sizes is within ``close`` (root mean square of the
+    relative errors), where no split makes the error ``gain`` times smaller than that line's,
+    or where there are too few sizes: the caches then do not show."""
+    if len(sizes) < 2 * least:
+        return None
+    alpha, beta = fit_line(sizes, seconds)
+    one = _relative_error(sizes, seconds, alpha, beta)
+    if one <= len(sizes) * close ** 2:
+        return None
+    best, best_err = None, one / gain
+    for k in range(least, len(sizes) - least + 1):
+        a, b = fit_line(sizes[:k], seconds[:k])
+        a = max(a, FLOOR_ALPHA)
+        b_large = slope_through(sizes[k:], seconds[k:], a)
+        err = (_relative_error(sizes[:k], seconds[:k], a, b)
+               + _relative_error(sizes[k:], seconds[k:], a, b_large))
+        if err < best_err:
+            best, best_err = k, err
+    return best
+
+
+def cost_model(sizes, raw, step, add, copy, alone, source):
+    """The CostModel of a calibration's timings (per trial k, size i: ``raw`` exchanges, ``step``
+    Channel steps or None, ``add`` and ``copy`` local times, ``alone`` ping-pongs or None):
+    one set of constants, or where the per-byte cost changes (:func:`find_break`: the caches)
+    a second set fitted on the sizes from there, ``large``. gamma and kappa are slopes through
+    the sizes >= GAMMA_FROM (smaller adds and copies are call overhead)."""
+    def cut(rows, part):
+        return None if rows is None else [r[part] for r in rows]
+
+    def slope(times, part):  # gamma, kappa: the slope through the sizes >= GAMMA_FROM of part
+        idx = [i for i in range(len(sizes))[part] if sizes[i] >= GAMMA_FROM]
+        if len(idx) < 2:
+            idx = [i for i in range(len(sizes)) if sizes[i] >= GAMMA_FROM] or list(range(len(sizes)))
+        if len(idx) < 2:
+            idx = list(range(len(sizes)))
+        med = np.median(np.asarray(times, float), axis=0)
+        return max(fit_line([sizes[i] for i in idx], med[idx])[1], FLOOR_BETA)
+
+    k = find_break(sizes, np.median(np.asarray(raw, float), axis=0))
+    small = slice(0, k)
+    consts = fit_model(sizes[small], cut(raw, small), cut(step, small))
+    alone_fit = None if alone is None else fit_model(sizes[small], cut(alone, small))
+    model = CostModel(consts["alpha"], consts["beta"], slope(add, small), o=consts["o"],
+                      kappa=slope(copy, small), source=source,
+                      beta_alone=None if alone_fit is None else alone_fit["beta"])
+    if k is None:
+        return model
+    big = slice(k, None)
+
+    def beta_through(rows, alpha):
+        return slope_through(sizes[big], np.median(np.asarray(rows, float), axis=0)[big], alpha)
+
+    large = replace(model, beta=beta_through(raw, model.alpha), gamma=slope(add, big),
+                    kappa=slope(copy, big), source=f"{source}, sizes from {sizes[k]} B",
+                    beta_alone=None if alone is None else beta_through(alone, alone_fit["alpha"]))
+    return replace(model, large=large, large_from=sizes[k], small_up_to=sizes[k - 1])

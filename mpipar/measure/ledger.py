@@ -25,6 +25,7 @@ communication thread may record while the main thread computes; each record goes
 ledgers open at that moment. Recording on the thread that posted a message (as
 ``pipeline_engine`` does) also keeps the records' order that thread's.
 """
+import contextlib
 import time
 
 from .cost_model import MESSAGE_OPS, CostModel
@@ -39,6 +40,17 @@ _DTYPE_NAMES = {}  # dtype -> str(dtype), which is slow enough to show in the le
 def recording():
     """True while at least one ledger is open (collectives skip the clock otherwise)."""
     return bool(_OPEN)
+
+
+@contextlib.contextmanager
+def paused():
+    """No ledger records inside this block (a calibration's own calls are not the program's)."""
+    opened = _OPEN[:]
+    _OPEN.clear()
+    try:
+        yield
+    finally:
+        _OPEN[:0] = opened
 
 
 def tracing():

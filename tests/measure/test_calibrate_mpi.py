@@ -5,7 +5,7 @@ import math
 from mpi4py import MPI
 import pytest
 
-from mpipar.measure import calibrate
+from mpipar.measure import calibrate, fit
 from mpipar.measure.cost_model import CostModel
 
 
@@ -38,3 +38,33 @@ def test_a_benchmark_of_large_messages_calibrates_on_them_too():
     assert calibrate.sizes_up_to(16 << 20) == calibrate.SIZES + (16 << 20,)
     assert calibrate.sizes_up_to(5 << 20) == calibrate.SIZES + (16 << 20,)  # the next 4x step
     assert calibrate.sizes_up_to(1 << 30)[-1] == calibrate.LARGEST == 16 << 20
+
+
+@pytest.mark.mpi
+def test_contention_measures_every_algorithms_call_overhead_outside_any_ledger():
+    from mpipar.collectives import ALGORITHMS
+    from mpipar.measure.ledger import CommLedger
+    comm = MPI.COMM_WORLD
+    p = comm.Get_size()
+    with CommLedger() as led:
+        model = CostModel.calibrate(comm, sizes=(8, 1024, 65536), trials=2)
+    assert led.records == []  # the calibration's own calls are not the program's
+    want = [(op, alg) for op, table in ALGORITHMS.items() for alg in (*table, "mpi")]
+    assert [(op, alg) for op, alg, _ in model.call] == (want if p > 1 else [])
+    assert all(math.isfinite(s) and s >= 0 for _, _, s in model.call)
+    assert CostModel.calibrate(comm, sizes=(8, 1024, 65536), trials=1, method="pingpong").call == ()
+
+
+def test_a_break_in_the_exchange_times_gives_a_second_set_of_constants():
+    sizes = (8, 1024, 16384, 65536, 262144, 1 << 20, 1 << 22, 1 << 24)
+    line = lambda n, beta: 3e-6 + n * beta  # noqa: E731
+    raw = [[line(n, 1e-10 if n < 1 << 20 else 2.5e-10) for n in sizes]] * 3
+    step = [[t + 2e-6 for t in raw[0]]] * 3
+    local = [[n * (4e-11 if n < 1 << 20 else 1e-10) for n in sizes]] * 3
+    model = fit.cost_model(sizes, raw, step, local, local, raw, "synthetic")
+    assert (model.small_up_to, model.large_from) == (1 << 18, 1 << 20)
+    assert model.beta == pytest.approx(1e-10) and model.large.beta == pytest.approx(2.5e-10)
+    assert model.large.alpha == model.alpha and model.large.o == model.o == pytest.approx(2e-6)
+    assert model.gamma == pytest.approx(4e-11) and model.large.gamma == pytest.approx(1e-10)
+    flat = fit.cost_model(sizes, [[line(n, 1e-10) for n in sizes]] * 3, step, local, local, None, "s")
+    assert flat.large is None and flat.beta_alone is None

@@ -1,4 +1,5 @@
 """The cost model's closed forms, checked by hand on small cases (no MPI needed)."""
+import json
 import math
 
 import pytest
@@ -144,3 +145,38 @@ def test_beta_alone_prices_the_algorithms_whose_messages_travel_one_at_a_time():
             assert alone.predict(op, alg, p, n) == pytest.approx(want)
     assert CostModel(A, B, G, beta_alone=None).predict("allreduce", "tree", 8, 4096) == \
         model.predict("allreduce", "tree", 8, 4096)
+
+
+def test_a_second_set_of_per_byte_constants_prices_large_payloads():
+    large = CostModel(A, 3 * B, 2 * G, kappa=4e-10)
+    two = CostModel(A, B, G, kappa=1e-10, large=large, large_from=1 << 20, small_up_to=1 << 18)
+    for p in (2, 5, 16):
+        for op, algs in ALGORITHMS.items():
+            for alg in (*algs, "mpi"):
+                small = CostModel(A, B, G, kappa=1e-10)
+                assert two.predict(op, alg, p, 1 << 18) == small.predict(op, alg, p, 1 << 18)
+                assert two.predict(op, alg, p, 1 << 22) == large.predict(op, alg, p, 1 << 22)
+            assert two.best(op, p, 1 << 22) == large.best(op, p, 1 << 22)
+    half = two.regime(1 << 19)  # halfway in lg n between the two measured sizes
+    assert half.beta == pytest.approx(2 * B) and half.gamma == pytest.approx(1.5 * G)
+    assert two.lower_bound("allreduce", 4, 1 << 22) == large.lower_bound("allreduce", 4, 1 << 22)
+    assert "from 1 MiB" in two.describe()
+    assert CostModel.from_dict(json.loads(json.dumps(two.to_dict()))) == two
+
+
+def test_a_measured_per_call_overhead_is_added_to_its_algorithm_alone():
+    call = (("allreduce", "ring", 5e-5), ("allreduce", "mpi", 1e-6))
+    timed = CostModel(A, B, G, call=call)
+    for alg in ALGORITHMS["allreduce"]:
+        extra = 5e-5 if alg == "ring" else 0.0
+        assert timed.predict("allreduce", alg, 4, 4096) == pytest.approx(
+            model.predict("allreduce", alg, 4, 4096) + extra)
+    assert timed.predict("allreduce", "mpi", 4, 4096) == pytest.approx(
+        model.predict("allreduce", "mpi", 4, 4096) + 1e-6)
+    assert timed.predict("allgather", "ring", 4, 4096) == model.predict("allgather", "ring", 4, 4096)
+    slow = CostModel(A, B, G, call=(("allreduce", "rabenseifner", 1.0),))
+    assert model.best("allreduce", 8, 1 << 20) == "rabenseifner" != slow.best("allreduce", 8, 1 << 20)
+    assert "per call" in timed.describe()
+    assert CostModel.from_dict(json.loads(json.dumps(timed.to_dict()))) == timed
+    with pytest.raises(TypeError, match="call overheads"):
+        CostModel.from_dict({**timed.to_dict(), "call": [["allreduce", "ring"]]})

@@ -59,3 +59,13 @@ def test_bad_input_is_a_clear_error():
         fit.fit_line([8, 8], [1e-6, 1e-6])
     with pytest.raises(ValueError, match="positive"):
         fit.fit_line([8, 16], [1e-6, 0.0])
+
+
+def test_a_break_in_the_per_byte_cost_is_found_where_it_is():
+    sizes = [8, 1024, 16384, 65536, 262144, 1 << 20, 1 << 22, 1 << 24]
+    n = np.array(sizes, float)
+    bent = np.where(n < (1 << 20), ALPHA + n * BETA, ALPHA + n * 2.2 * BETA)  # past "the caches"
+    assert fit.find_break(sizes, bent) == 5
+    assert fit.slope_through(sizes[5:], bent[5:], ALPHA) == pytest.approx(2.2 * BETA)
+    assert fit.find_break(sizes, ALPHA + n * BETA) is None  # one line fits: no break
+    assert fit.find_break(sizes[:3], bent[:3]) is None  # too few sizes for two sides
