@@ -13,7 +13,8 @@ cache that ``auto`` reads for this host, MPI library and world size, and is
 printed as decision rules in the style of Open MPI's coll_tuned fixed rules.
 
 --verify measures again, alternating ``auto`` (now reading the new table), every
-hand-written algorithm and ``mpi``, and prints auto / best and auto / mpi per size.
+hand-written algorithm and ``mpi``, and prints auto / best and auto / mpi per size, and
+auto / itself (auto over the algorithm it runs, called by name): the noise floor.
 """
 import argparse
 import functools
@@ -137,19 +138,29 @@ def paired_ratio(row, a, b):
 
 def ratio_table(op, rows, p):
     """Per size: the fastest algorithm, and auto's time / the best's and / mpi's (verify),
-    each the median of per-trial ratios."""
+    each the median of per-trial ratios; and auto / itself, auto's time over the very same
+    algorithm called by name in the same trials: the noise floor of the other two ratios.
+    (On the 16-core machine it spread 0.78-1.28 at 512 KiB-16 MiB, and at 8-512 B it was
+    1.00-1.14, auto's look-up of its choice included.)"""
     cols = [Column("size", format_bytes), Column("best", align="<"), Column("best time", format_seconds),
-            Column("auto", align="<"), Column("auto / best"), Column("auto / mpi")]
+            Column("auto", align="<"), Column("auto / best"), Column("auto / mpi"),
+            Column("auto / itself")]
     cells = []
     for r in rows:
-        s = r["seconds"]
+        s, own = r["seconds"], r.get("auto_algorithm")
         best = min(ALGORITHMS[op], key=lambda a: s[a])
         r["auto_over_best"] = paired_ratio(r, "auto", best)
         r["auto_over_mpi"] = paired_ratio(r, "auto", "mpi")
-        cells.append([r["bytes"], best, s[best], r.get("auto_algorithm", "-"),
-                      f"{r['auto_over_best']:.2f}", f"{r['auto_over_mpi']:.2f}"])
+        r["auto_over_itself"] = paired_ratio(r, "auto", own) if own in s else None
+        cells.append([r["bytes"], best, s[best], own or "-", f"{r['auto_over_best']:.2f}",
+                      f"{r['auto_over_mpi']:.2f}",
+                      "-" if r["auto_over_itself"] is None else f"{r['auto_over_itself']:.2f}"])
+    itself = [r["auto_over_itself"] for r in rows if r["auto_over_itself"] is not None]
+    floor = (f"\nauto / itself {min(itself):.2f}-{max(itself):.2f}: two measurements of one "
+             "algorithm differ that much here, so auto / best inside that spread is noise"
+             if itself else "")
     return format_table(cols, cells, title=f"{op}: auto with the table, {p} rank(s); "
-                        "ratios: medians of per-trial ratios")
+                        "ratios: medians of per-trial ratios") + floor
 
 
 def run(args, comm):

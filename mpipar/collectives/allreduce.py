@@ -8,6 +8,8 @@ result). Costs for n bytes on p ranks (Thakur, Rabenseifner & Gropp 2005, sec. 4
     tree                binomial reduce + binomial broadcast:
                         2 ceil(lg p)(alpha + n beta) + ceil(lg p) n gamma
     recursive_doubling  lg p (alpha + n beta + n gamma)
+    recursive_multiplying  k-way exchanges, p = k_1 ... k_m (multiplying.py):
+                        sum_j alpha + (k_j - 1) n (beta + gamma)
     ring                reduce-scatter then allgather, both rings:
                         2(p-1) alpha + 2(p-1)/p n beta + (p-1)/p n gamma
     rabenseifner        recursive halving then recursive doubling:
@@ -22,15 +24,17 @@ onto 0..p-q-1 first (+ alpha + n beta + n gamma) and send them the result last
 Why every rank ends with identical bits although floating-point addition is not
 associative: in naive, tree, ring and rabenseifner each element is reduced on
 exactly one rank and then only copied; in recursive_doubling both partners of an
-exchange combine the same two operands, in the same order (lower rank first).
+exchange combine the same two operands, in the same order (lower rank first), and in
+recursive_multiplying all members of a group reduce the same k operands in member order.
 
 ring and recursive_doubling also run with a 16-bit ``wire`` (lowp.py): what
 travels is rounded to it, every combine happens in x's dtype (float32).
 """
 
 from ..measure.cost_model import Algorithm, ceil_lg, floor_lg, folds, share
-from . import allgather, broadcast, reduce_scatter
+from . import allgather, broadcast, multiplying, reduce_scatter
 from .blocks import Fold, combine, from_wire, pow2_floor, split_offsets, to_wire, wire_dtype
+from .multiplying import recursive_multiplying  # noqa: F401  (the table's functions live here)
 
 
 def naive(ch, x, op):
@@ -131,6 +135,7 @@ ALGORITHMS = {
     "recursive_doubling": Algorithm(recursive_doubling, lambda p, n, alpha, beta, gamma:
                                     floor_lg(p) * (alpha + n * beta + n * gamma)
                                     + folds(p) * (2 * alpha + 2 * n * beta + n * gamma)),
+    "recursive_multiplying": Algorithm(recursive_multiplying, multiplying.cost),
     "ring": Algorithm(ring, lambda p, n, alpha, beta, gamma:
                       2 * (p - 1) * alpha + 2 * share(p) * n * beta + share(p) * n * gamma),
     "rabenseifner": Algorithm(rabenseifner, lambda p, n, alpha, beta, gamma:

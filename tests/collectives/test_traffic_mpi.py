@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from mpipar.collectives import ALGORITHMS, allgather, allreduce, broadcast, reduce_scatter
+from mpipar.collectives.multiplying import factors
 from mpipar.measure.cost_model import CostModel
 from mpipar.measure.ledger import CommLedger
 
@@ -81,6 +82,9 @@ def expected(op, alg, p, r, b, root=0):
     if (op, alg) == ("allreduce", "recursive_doubling"):  # whole vector in every message
         m = 1 if extra else lq + partner
         return m, m * n, lq + 2 * fold
+    if (op, alg) == ("allreduce", "recursive_multiplying"):  # the whole vector to k - 1 peers
+        m = sum(k - 1 for k in factors(p))  # in each round, p = k_1 k_2 ... (16 = 4 x 4)
+        return m, m * n, len(factors(p))
     if (op, alg) == ("allreduce", "ring"):  # RS sends every block but r, AG all but r+1
         return 2 * (p - 1), (n - b[r]) + (n - b[(r + 1) % p]), 2 * (p - 1)
     if (op, alg) == ("allreduce", "rabenseifner"):
@@ -126,6 +130,8 @@ def totals(op, alg, p, b):
         ("allreduce", "naive"): (2 * (p - 1), 2 * (p - 1) * n),
         ("allreduce", "tree"): (2 * (p - 1), 2 * (p - 1) * n),  # once up, once down per rank
         ("allreduce", "recursive_doubling"): (folded, folded * n),
+        ("allreduce", "recursive_multiplying"): (p * sum(k - 1 for k in factors(p)),
+                                                 p * sum(k - 1 for k in factors(p)) * n),
         ("allreduce", "ring"): (2 * p * (p - 1), 2 * (p - 1) * n),
         ("allreduce", "rabenseifner"): (folded + q * lg(q), 2 * (p - 1) * n),
         ("allgather", "naive"): (2 * (p - 1), (p - 1) * n + n - b[0]),

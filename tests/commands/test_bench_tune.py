@@ -20,6 +20,7 @@ def test_tune_writes_a_table_that_auto_obeys(tmp_path, monkeypatch):
     out = job.stdout
     assert "communicator_size == 2" in out and f"wrote {path}" in out
     assert "allreduce: auto with the table, 2 rank(s)" in out and "auto / mpi" in out
+    assert "auto / itself" in out and "so auto / best inside that spread is noise" in out
     assert not (tmp_path / "cache").exists()
 
 
@@ -28,3 +29,18 @@ def test_paired_ratio_is_the_median_of_per_trial_ratios():
     # a load that doubles every time in trial 2 cancels in the pair: 1.1 each trial
     row = {"trials": {"auto": [1.1, 2.2, 1.1], "ring": [1.0, 2.0, 1.0]}}
     assert abs(paired_ratio(row, "auto", "ring") - 1.1) < 1e-12
+
+
+def test_the_ratio_table_measures_its_own_noise_floor():
+    from mpipar.bench.tune import ratio_table
+    trials = {"naive": [2.0, 2.0, 2.0], "tree": [1.0, 1.0, 1.0], "recursive_doubling": [3.0] * 3,
+              "recursive_multiplying": [3.0] * 3,
+              "ring": [4.0] * 3, "rabenseifner": [4.0] * 3, "mpi": [0.5] * 3, "auto": [1.1, 1.2, 1.0]}
+    row = {"bytes": 8, "auto_algorithm": "tree", "trials": trials,
+           "seconds": {a: sorted(t)[1] for a, t in trials.items()}}
+    text = ratio_table("allreduce", [row], 2)
+    assert row["auto_over_itself"] == row["auto_over_best"] == 1.1  # auto runs the best: tree
+    assert row["auto_over_mpi"] == 2.2 and "auto / itself 1.10-1.10" in text
+    row.pop("auto_over_itself")
+    row["auto_algorithm"] = None  # an op the table has no rule for: no floor to show
+    assert "auto / itself" not in ratio_table("allreduce", [row], 2).split("\n")[-1]

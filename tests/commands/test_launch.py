@@ -47,7 +47,8 @@ def test_demo_json_at_three_ranks(tmp_path):
     data = job.data
     assert data["world_size"] == 3 and data["nbytes"] == 4096
     algs = {row["algorithm"]: row for row in data["allreduce"]}
-    assert set(algs) == {"naive", "tree", "recursive_doubling", "ring", "rabenseifner", "mpi"}
+    assert set(algs) == {"naive", "tree", "recursive_doubling", "recursive_multiplying", "ring",
+                         "rabenseifner", "mpi"}
     for row in data["allreduce"]:
         assert row["ranks_agree"]
         assert row["max_normalized_error"] <= row["bound"]
