@@ -9,7 +9,7 @@ result). Costs for n bytes on p ranks (Thakur, Rabenseifner & Gropp 2005, sec. 4
                         2 ceil(lg p)(alpha + n beta) + ceil(lg p) n gamma
     recursive_doubling  lg p (alpha + n beta + n gamma)
     recursive_multiplying  k-way exchanges, p = k_1 ... k_m (multiplying.py):
-                        sum_j alpha + (k_j - 1) n (beta + gamma)
+                        sum_j (k_j - 1)(alpha + n beta + n gamma)
     ring                reduce-scatter then allgather, both rings:
                         2(p-1) alpha + 2(p-1)/p n beta + (p-1)/p n gamma
     rabenseifner        recursive halving then recursive doubling:

@@ -5,19 +5,26 @@ simulation", Parallel Computing 69 (2017). Write p = k_1 k_2 ... k_m (factors of
 :data:`RADIX` where p has them) and each rank's number in that mixed radix. In round j every
 rank exchanges its whole partial result with the k_j - 1 ranks that differ from it only in
 digit j, all messages at once, and reduces the k_j partials. After m rounds every rank holds
-the reduction of all p inputs:
+the reduction of all p inputs. The cost model charges every message its latency, overlapped
+or not (the library still handles each one; the paper's model charges a round once):
 
-    sum over rounds of  alpha + (k_j - 1) n beta + (k_j - 1) n gamma
+    sum over rounds of  (k_j - 1) (alpha + n beta + n gamma)
 
-So p = 16 takes 2 rounds of latency (radix 4) where recursive doubling takes 4 and a
-binomial tree 8, at the price of (k - 1) times the bytes per round: an algorithm for small
-messages. No folding is needed for p not a power of two: p = 12 is 4 x 3, a prime p is one
-round of p - 1 messages.
+So p = 16 takes 2 rounds (radix 4) where recursive doubling takes 4 and a binomial tree 8,
+at the price of (k - 1) times the bytes per round: an algorithm for small messages. Measured
+on the 16-core machine it was the fastest hand-written all-reduce at 512 B-2 KiB on 4 and 16
+ranks, but not at 8 B (44 us at p = 16, a tree 36 us): the Python around a call, and the
+wait for the slowest of k - 1 peers, outweigh the latencies it saves. ``bench tune`` measures
+where it wins; without a table, ``auto`` (the model above) picks it only where a round of
+three spares recursive doubling's fold of the extra ranks (p = 3, 6, 9 for small messages).
+No folding is needed for p not a power of two: p = 12 is 4 x 3, a prime p is one round of
+p - 1 messages.
 
 The messages of a round are MPI *persistent* requests (``Send_init``/``Recv_init``), made
 once per communicator and size and restarted by each call (``Startall``, ``Waitall``): two
 calls from Python per round instead of two per message. On the 16-core machine, 8 B at
-p = 16: 20.5 us, where a binomial tree took 35 us and the MPI library's own allreduce 12 us.
+p = 16, these rounds alone (without mpipar's argument handling) took 16-20 us, where a
+binomial tree took 35 us and the MPI library's own allreduce 11-12 us.
 Up to :data:`KEEP_UP_TO` bytes the plan (requests and buffers) is kept (scratch.py, on a
 duplicate of the communicator that only plans use); larger calls make one and free it.
 
@@ -128,5 +135,5 @@ def _reduce(op, rows, out):
 
 
 def cost(p, n, alpha, beta, gamma):
-    """sum over rounds of alpha + (k - 1) n (beta + gamma)."""
-    return sum(alpha + (k - 1) * n * (beta + gamma) for k in factors(p))
+    """sum over rounds of (k - 1)(alpha + n beta + n gamma)."""
+    return sum((k - 1) * (alpha + n * beta + n * gamma) for k in factors(p))

@@ -50,11 +50,13 @@ def test_non_power_of_two_pays_for_folding():
 
 
 def test_auto_picks_latency_optimal_for_small_and_bandwidth_optimal_for_large():
-    assert model.best("allreduce", 8, 8) == "recursive_multiplying"  # 2 rounds (4 x 2), not 3
-    assert model.best("allreduce", 2, 8) == "recursive_doubling"  # one exchange: a tie, first wins
-    for p, rounds, sent in ((16, 2, 6), (12, 2, 5), (7, 1, 6), (8, 2, 4)):  # sent: (k_j - 1) summed
+    assert model.best("allreduce", 8, 8) == "recursive_doubling"
+    for p in (2, 4, 5, 8, 12, 16):  # every message pays its latency: not ahead of doubling...
+        assert model.best("allreduce", p, 8) != "recursive_multiplying"
+    assert model.best("allreduce", 3, 8) == "recursive_multiplying"  # ...but for its fold
+    for p, sent in ((16, 6), (12, 5), (7, 6), (8, 4)):  # sent: (k_j - 1) summed, 16 = 4 x 4
         assert model.predict("allreduce", "recursive_multiplying", p, 1000) == pytest.approx(
-            rounds * A + sent * 1000 * (B + G))
+            sent * (A + 1000 * (B + G)))
     assert model.best("allreduce", 8, 1 << 26) in ("ring", "rabenseifner")
     assert model.best("allgather", 8, 8) in ("bruck", "recursive_doubling")
     assert model.best("broadcast", 16, 1 << 26) == "scatter_allgather"
