@@ -66,11 +66,12 @@ class Round:
     def __init__(self, comm, rank, stride, k, count, dtype, tag):
         self.own = (rank // stride) % k
         base = rank - self.own * stride
-        self.peers = [base + m * stride for m in range(k) if m != self.own]
+        members = [m for m in range(k) if m != self.own]
+        self.peers = [base + m * stride for m in members]
         self.rows = np.empty((k, count), dtype)
         mine = [self.rows[self.own], MPI.BYTE]
         self.requests = []
-        for m, peer in zip((m for m in range(k) if m != self.own), self.peers):
+        for m, peer in zip(members, self.peers):
             self.requests.append(comm.Recv_init([self.rows[m], MPI.BYTE], peer, tag))
             self.requests.append(comm.Send_init(mine, peer, tag))
         self.statuses = [MPI.Status() for _ in self.requests]
@@ -98,8 +99,8 @@ def recursive_multiplying(ch, x, op):
     if ch.size == 1:
         return x
     make = lambda comm: Plan(comm, x.size, x.dtype, ch.tag)  # noqa: E731
-    kept = x.nbytes <= KEEP_UP_TO
-    plan = scratch.plan(ch.comm, ("multiplying", x.size, x.dtype.str), make) if kept else make(ch.comm)
+    key, kept = ("multiplying", x.size, x.dtype.str), x.nbytes <= KEEP_UP_TO
+    plan = scratch.plan(ch.comm, key, make) if kept else make(ch.comm)
     try:
         first = plan.rounds[0]
         first.rows[first.own] = x
@@ -116,7 +117,7 @@ def recursive_multiplying(ch, x, op):
             _reduce(op, r.rows, out)
     except BaseException:
         if kept:  # a failed round may leave requests active: never restart this plan
-            scratch.drop_plan(ch.comm, ("multiplying", x.size, x.dtype.str))
+            scratch.drop_plan(ch.comm, key)
         raise
     finally:
         if not kept:

@@ -51,7 +51,6 @@ from .cost_model import CostModel
 
 SIZES = (8, 1 << 10, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22)  #: bytes, multiples of 4
 LARGEST = 1 << 24  #: the largest size ``sizes_up_to`` adds
-GAMMA_FROM = fit.GAMMA_FROM
 METHODS = ("contention", "pingpong")
 _TAG = 0x6D71
 
@@ -102,7 +101,7 @@ def calibrate(comm, method="contention", sizes=SIZES, trials=7):
         copy = _add_trials(comm, sizes, trials, copy=True)
         alone = _pingpong_trials(comm, sizes, trials)
         where = (f"contention: every rank of {p} in a ring Sendrecv at once, slowest rank; "
-                 f"o: Channel step - raw Sendrecv")
+                 f"o: Channel step - raw Sendrecv; per call: measured - formula at 1 element per rank")
     else:
         local = None
         if comm.Get_rank() == 0:  # the local times of rank 0 alone
@@ -113,8 +112,7 @@ def calibrate(comm, method="contention", sizes=SIZES, trials=7):
         where = (f"ping-pong 0<->1 in a job of {p} ranks" if p > 1 else "ping-pong: self-messages, 1 rank")
     model = fit.cost_model(sizes, raw, step, add, copy, alone, f"calibrated ({where})")
     if method == "contention":
-        model = replace(model, call=_call_overheads(comm, model, trials),
-                        source=model.source[:-1] + "; per call: measured - formula at 1 element per rank)")
+        model = replace(model, call=_call_overheads(comm, model, trials))
     return Calibration(model, method, sizes, raw, step, add, copy)
 
 
@@ -131,12 +129,7 @@ def _call_overheads(comm, model, trials, rounds=10):
     p = comm.Get_size()
     if p == 1:
         return ()
-    x = np.ones(p, np.float32)
-    calls = {"allreduce": lambda alg: collectives.allreduce(comm, x, algorithm=alg, check=False),
-             "allgather": lambda alg: collectives.allgather(comm, x[:1], algorithm=alg, check=False),
-             "reduce_scatter": lambda alg: collectives.reduce_scatter(comm, x, algorithm=alg,
-                                                                      check=False),
-             "broadcast": lambda alg: collectives.broadcast(comm, x, algorithm=alg, check=False)}
+    x = np.ones(p, np.float32)  # one element per rank: allgather's share is x[:1]
     cases = [(op, alg) for op, table in collectives.ALGORITHMS.items() for alg in (*table, "mpi")]
     times = []
     with ledger.paused():
@@ -146,7 +139,8 @@ def _call_overheads(comm, model, trials, rounds=10):
                 comm.Barrier()
                 t0 = time.perf_counter()
                 for _ in range(rounds):
-                    calls[op](alg)
+                    getattr(collectives, op)(comm, x[:1] if op == "allgather" else x,
+                                             algorithm=alg, check=False)
                 per_trial.append((time.perf_counter() - t0) / rounds)
             times.append(per_trial[1:])
     slowest = np.asarray(_slowest(comm, np.ravel(times))).reshape(len(cases), trials)

@@ -125,30 +125,30 @@ def cost_model(sizes, raw, step, add, copy, alone, source):
     def cut(rows, part):
         return None if rows is None else [r[part] for r in rows]
 
-    def slope(times, part):  # gamma, kappa: the slope through the sizes >= GAMMA_FROM of part
+    def median(rows):
+        return None if rows is None else np.median(np.asarray(rows, float), axis=0)
+
+    raw_med, add_med, copy_med, alone_med = (median(t) for t in (raw, add, copy, alone))
+    local = [i for i, n in enumerate(sizes) if n >= GAMMA_FROM]
+
+    def slope(med, part):  # gamma, kappa: through part's sizes >= GAMMA_FROM (else all such, else all)
         idx = [i for i in range(len(sizes))[part] if sizes[i] >= GAMMA_FROM]
-        if len(idx) < 2:
-            idx = [i for i in range(len(sizes)) if sizes[i] >= GAMMA_FROM] or list(range(len(sizes)))
-        if len(idx) < 2:
-            idx = list(range(len(sizes)))
-        med = np.median(np.asarray(times, float), axis=0)
+        idx = next(c for c in (idx, local, list(range(len(sizes)))) if len(c) >= 2)
         return max(fit_line([sizes[i] for i in idx], med[idx])[1], FLOOR_BETA)
 
-    k = find_break(sizes, np.median(np.asarray(raw, float), axis=0))
+    k = find_break(sizes, raw_med)
     small = slice(0, k)
     consts = fit_model(sizes[small], cut(raw, small), cut(step, small))
     alone_fit = None if alone is None else fit_model(sizes[small], cut(alone, small))
-    model = CostModel(consts["alpha"], consts["beta"], slope(add, small), o=consts["o"],
-                      kappa=slope(copy, small), source=source,
+    model = CostModel(consts["alpha"], consts["beta"], slope(add_med, small), o=consts["o"],
+                      kappa=slope(copy_med, small), source=source,
                       beta_alone=None if alone_fit is None else alone_fit["beta"])
     if k is None:
         return model
     big = slice(k, None)
-
-    def beta_through(rows, alpha):
-        return slope_through(sizes[big], np.median(np.asarray(rows, float), axis=0)[big], alpha)
-
-    large = replace(model, beta=beta_through(raw, model.alpha), gamma=slope(add, big),
-                    kappa=slope(copy, big), source=f"{source}, sizes from {sizes[k]} B",
-                    beta_alone=None if alone is None else beta_through(alone, alone_fit["alpha"]))
+    large = replace(model, beta=slope_through(sizes[big], raw_med[big], model.alpha),
+                    gamma=slope(add_med, big), kappa=slope(copy_med, big),
+                    source=f"{source}, sizes from {sizes[k]} B",
+                    beta_alone=None if alone is None else
+                    slope_through(sizes[big], alone_med[big], alone_fit["alpha"]))
     return replace(model, large=large, large_from=sizes[k], small_up_to=sizes[k - 1])
