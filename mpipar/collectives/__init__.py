@@ -74,7 +74,8 @@ def allreduce(comm, x, op="sum", algorithm="auto", *, check=True):
     else:
         work = x.flatten()  # a private C-order copy the algorithm may overwrite
         fn = lambda ch: _ar.ALGORITHMS[alg].run(ch, work, op)  # noqa: E731
-    return _run(comm, "allreduce", alg, algorithm, x, x.nbytes, fn).reshape(x.shape)
+    out = _run(comm, "allreduce", alg, algorithm, x, x.nbytes, fn)
+    return out if out.shape == x.shape else out.reshape(x.shape)
 
 
 def allgather(comm, x, axis=0, algorithm="auto", *, check=True):

@@ -22,10 +22,7 @@ REDUCTIONS = {"sum": np.add, "prod": np.multiply, "max": np.maximum, "min": np.m
 def split_offsets(n, p):
     """Offsets of ``np.array_split(range(n), p)``: p blocks, sizes differ by at most one."""
     base, extra = divmod(n, p)
-    offsets = [0]
-    for j in range(p):
-        offsets.append(offsets[-1] + base + (1 if j < extra else 0))
-    return offsets
+    return [j * base + (j if j < extra else extra) for j in range(p + 1)]
 
 
 def split(n, p, r):
@@ -136,10 +133,12 @@ class Fold:
     phase and get the result back after it -- two extra steps, the standard fix
     (Thakur, Rabenseifner & Gropp 2005, sec. 4). During the phase, rank i < q owns
     *slot* i: block i followed by block i+q when that rank exists. ``to_slots``
-    lays a buffer out slot by slot so every slot range is contiguous.
+    lays a buffer out slot by slot so every slot range is contiguous. ``offsets`` (the
+    p blocks) are needed only by the slot methods: recursive doubling of a whole vector
+    passes none.
     """
 
-    def __init__(self, p, offsets):
+    def __init__(self, p, offsets=None):
         self.p = p
         self.q = pow2_floor(p)
         self.rounds = self.q.bit_length() - 1  #: lg q, the steps of one power-of-two phase

@@ -91,9 +91,10 @@ def agree(comm, name, problem, check, info=0, **fields):
     h = -1 if problem else signature_hash((key, info))  # -1: below every hash
     low = np.empty(2, np.int64)
     comm.Allreduce(np.array([h, -h], np.int64), low, op=MPI.MIN)
-    if low[0] == -low[1] and low[0] >= 0:  # one hash everywhere, and it is not -1
+    least, minus_most = low.tolist()  # Python ints: cheaper to compare than NumPy scalars
+    if least == -minus_most and least >= 0:  # one hash everywhere, and it is not -1
         return [info] * p  # the common case: one message of 16 bytes, no pickling
-    if low[0] >= 0 and isinstance(info, int):  # nobody is bad; maybe only the lengths differ
+    if least >= 0 and isinstance(info, int):  # nobody is bad; maybe only the lengths differ
         both = np.empty((p, 2), np.int64)
         comm.Allgather(np.array([signature_hash(key), info], np.int64), both)
         if (both[:, 0] == both[0, 0]).all():
