@@ -11,20 +11,22 @@ or not (the library still handles each one; the paper's model charges a round on
     sum over rounds of  (k_j - 1) (alpha + n beta + n gamma)
 
 So p = 16 takes 2 rounds (radix 4) where recursive doubling takes 4 and a binomial tree 8,
-at the price of (k - 1) times the bytes per round: an algorithm for small messages. Measured
-on the 16-core machine it was the fastest hand-written all-reduce at 512 B-2 KiB on 4 and 16
-ranks, but not at 8 B (44 us at p = 16, a tree 36 us): the Python around a call, and the
-wait for the slowest of k - 1 peers, outweigh the latencies it saves. ``bench tune`` measures
-where it wins; without a table, ``auto`` (the model above) picks it only where a round of
-three spares recursive doubling's fold of the extra ranks (p = 3, 6, 9 for small messages).
-No folding is needed for p not a power of two: p = 12 is 4 x 3, a prime p is one round of
-p - 1 messages.
+at the price of (k - 1) times the bytes per round: an algorithm for small messages.
+Measured on the 16-core machine (``bench tune``, 8 B - 16 KiB) it was the fastest
+hand-written all-reduce at p = 9 at every size, at p = 3 at all but 128-512 B, at p = 6 at
+8 B and from 2 KiB, and at 512 B-2 KiB on 4 and 16 ranks. At 8 B on 16 ranks it ties
+recursive doubling and a tree (34, 33 and 35 us; ``algorithm="mpi"`` 13 us): the Python
+around a call, and the wait for the slowest of k - 1 peers, outweigh the latencies it saves.
+``bench tune`` measures where it wins; without a table, ``auto`` (the model above) picks it
+only where a round of three spares recursive doubling's fold of the extra ranks (p = 3, 6,
+9 for small messages). No folding is needed for p not a power of two: p = 12 is 4 x 3, a
+prime p is one round of p - 1 messages.
 
 The messages of a round are MPI *persistent* requests (``Send_init``/``Recv_init``), made
 once per communicator and size and restarted by each call (``Startall``, ``Waitall``): two
 calls from Python per round instead of two per message. On the 16-core machine, 8 B at
-p = 16, these rounds alone (without mpipar's argument handling) took 16-20 us, where a
-binomial tree took 35 us and the MPI library's own allreduce 11-12 us.
+p = 16, two such rounds in bare mpi4py (no tally, no checks) took 21 us, recursive
+doubling's four Sendrecvs the same, a bare ``comm.Allreduce`` 8 us.
 Up to :data:`KEEP_UP_TO` bytes the plan (requests and buffers) is kept (scratch.py, on a
 duplicate of the communicator that only plans use); larger calls make one and free it.
 
