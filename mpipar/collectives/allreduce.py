@@ -86,17 +86,13 @@ def recursive_doubling(ch, x, op, wire=None):
     if not fold.is_extra(rank):
         incoming = ch.scratch(x.size, wire_dtype(wire, x.dtype))
         d = 1
-        while d < fold.q:  # the inner loop of small messages: kept to a few Python calls a step
+        while d < fold.q:
             ch.step()
-            mine = x if wire is None else x.astype(wire)
+            mine = to_wire(x, wire)
             ch.sendrecv(mine, rank ^ d, incoming, rank ^ d)
             left, right = (mine, incoming) if rank < (rank ^ d) else (incoming, mine)
-            if wire is not None:
-                left, right = left.astype(x.dtype), right.astype(x.dtype)
-            combine(op, left, right, out=x)
+            combine(op, from_wire(left, x.dtype), from_wire(right, x.dtype), out=x)
             d <<= 1
-    if fold.q == fold.p and wire is None:
-        return x
     fold.sit_out(ch)
     result = to_wire(x, wire)
     fold.fold_out(ch, result, result)  # ranks that stood in for an extra send it the result

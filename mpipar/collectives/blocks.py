@@ -183,9 +183,9 @@ class Fold:
         return self._hand_over(ch, send, recv, extras_send=False)
 
     def _hand_over(self, ch, send, recv, extras_send):
-        rank, partner = ch.rank, self.partner(ch.rank)
         if self.q == self.p:
             return False
+        rank, partner = ch.rank, self.partner(ch.rank)
         ch.step()
         if partner is None:
             return False
